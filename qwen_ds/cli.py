@@ -1,0 +1,62 @@
+"""`qwen-ds` entry point: a click group whose subcommands load lazily (one module each), so that
+`--help` and the estimate path import neither torch nor the other commands."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from . import __version__
+from .errors import EXIT_BAD_INPUT, QwenDsError, one_line
+
+COMMANDS = {
+    "models": ("qwen_ds.commands.cmd_models", "List model presets with total and active parameters."),
+    "gpus": ("qwen_ds.commands.cmd_gpus", "List the GPU catalog (memory, compute capability, TFLOP/s, bandwidths)."),
+    "estimate": ("qwen_ds.commands.cmd_estimate", "Memory per GPU and per node for one plan, term by term."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        return importlib.import_module(COMMANDS[name][0]).command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # short help from the table above: listing commands must not import them
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, helptext) for name, (_, helptext) in COMMANDS.items()])
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="qwen-ds")
+def cli() -> None:
+    """Plan, size and launch DeepSpeed jobs for Qwen3 / Qwen3-MoE / Qwen3-Next and HF decoder models.
+
+    Offline, no GPU needed: `qwen-ds estimate --model Qwen3-Next-80B-A3B --gpu A100-80GB --nodes 2 --gpus-per-node 8`
+    """
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; project errors become a one-line message and their exit code, never a traceback."""
+    try:
+        rc = cli.main(args=argv, prog_name="qwen-ds", standalone_mode=False)
+    except QwenDsError as exc:
+        click.echo(f"error: {one_line(exc)}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code if exc.exit_code else EXIT_BAD_INPUT)
+    sys.exit(rc if isinstance(rc, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""estimate(model, cluster, workload, plan) -> MemoryBreakdown: the sum of named terms."""
+
+from __future__ import annotations
+
+from ..calibration import constant
+from ..hardware import Cluster
+from ..models.spec import ModelSpec
+from ..plan import Plan, Workload
+from . import activations, buffers, inference, model_states
+from .breakdown import GIB, MemoryBreakdown, Term
+from .layout import Layout, layout
+
+__all__ = ["GIB", "Layout", "MemoryBreakdown", "Term", "estimate", "layout"]
+
+
+def estimate(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan) -> MemoryBreakdown:
+    lay = layout(model, cluster, plan)
+    gpn = cluster.gpus_per_node
+    if workload.mode == "infer":
+        gpu = inference.inference_terms(model, lay, plan, workload.seq_len, workload.new_tokens, cluster.world_size)
+        cpu = inference.cpu_terms(model, plan, cluster.nodes)
+        nvme: list[Term] = []
+    else:
+        gpu = (
+            model_states.gpu_terms(lay, plan)
+            + activations.activation_terms(model, lay, plan, workload.seq_len)
+            + activations.loss_terms(model, lay, plan, workload.seq_len)
+            + buffers.gpu_terms(model, lay, plan)
+        )
+        cpu = model_states.cpu_terms(lay, plan, gpn)
+        nvme = model_states.nvme_terms(lay, plan, gpn)
+    gpu += buffers.cuda_context(cluster.world_size)
+    notes = []
+    if not model.closed_form:
+        notes.append(f"{model.family}: parameters counted on the meta device; activations not modelled for this family")
+    return MemoryBreakdown(
+        gpu_terms=tuple(t for t in gpu if t.bytes or t.phase == "persistent"),
+        cpu_terms=tuple(cpu),
+        nvme_terms=tuple(nvme),
+        fragmentation=constant("fragmentation"),
+        gpu_memory_bytes=cluster.gpu.memory_bytes,
+        notes=tuple(notes),
+    )

@@ -1,0 +1,69 @@
+"""MemoryBreakdown: named terms per GPU and per node, and how they add up to a peak.
+
+Phases: terms tagged ``persistent`` live the whole step; ``fwd_bwd`` terms coexist at the
+activation peak (end of forward / start of backward); ``step`` terms coexist during the optimizer
+step. Peak allocated = persistent + max(fwd_bwd, step). Reserved adds allocator fragmentation;
+the GPU total adds what lives outside PyTorch's allocator (CUDA context, NCCL).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+GIB = 1024**3
+PHASES = ("persistent", "fwd_bwd", "step", "outside")
+
+
+@dataclass(frozen=True)
+class Term:
+    name: str
+    bytes: int
+    phase: str  # persistent | fwd_bwd | step | outside (not in torch's allocator)
+    formula: str  # the formula with the numbers filled in, for --explain / the table
+
+
+@dataclass(frozen=True)
+class MemoryBreakdown:
+    gpu_terms: tuple[Term, ...]
+    cpu_terms: tuple[Term, ...] = ()  # per node
+    nvme_terms: tuple[Term, ...] = ()  # per node
+    fragmentation: float = 0.0
+    gpu_memory_bytes: int = 0
+    notes: tuple[str, ...] = field(default=())
+
+    def _phase(self, phase: str) -> int:
+        return sum(t.bytes for t in self.gpu_terms if t.phase == phase)
+
+    @property
+    def peak_phase(self) -> str:
+        return "step" if self._phase("step") > self._phase("fwd_bwd") else "fwd_bwd"
+
+    @property
+    def gpu_allocated_bytes(self) -> int:
+        """Predicted torch.cuda.max_memory_allocated()."""
+        return self._phase("persistent") + max(self._phase("fwd_bwd"), self._phase("step"))
+
+    @property
+    def gpu_reserved_bytes(self) -> int:
+        """Predicted torch.cuda.max_memory_reserved(): allocated plus allocator slack."""
+        return int(self.gpu_allocated_bytes * (1 + self.fragmentation))
+
+    @property
+    def gpu_total_bytes(self) -> int:
+        """What the GPU must hold: reserved + CUDA context and NCCL buffers (nvidia-smi view)."""
+        return self.gpu_reserved_bytes + self._phase("outside")
+
+    @property
+    def cpu_total_bytes_per_node(self) -> int:
+        return sum(t.bytes for t in self.cpu_terms)
+
+    @property
+    def nvme_total_bytes_per_node(self) -> int:
+        return sum(t.bytes for t in self.nvme_terms)
+
+    @property
+    def fits(self) -> bool:
+        return self.gpu_total_bytes <= self.gpu_memory_bytes
+
+    def terms_dict(self) -> dict[str, int]:
+        return {t.name: t.bytes for t in self.gpu_terms}

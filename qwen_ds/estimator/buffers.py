@@ -1,0 +1,78 @@
+"""DeepSpeed communication buffers, ZeRO-3 gathered parameters, and memory outside the allocator.
+
+Sources: DeepSpeed 0.19.8 `runtime/zero/stage_1_and_2.py` (ipg buffers of reduce_bucket_size,
+two with overlap_comm), `runtime/zero/stage3.py` (one ipg bucket per grad dtype of
+reduce_bucket_size; params fetched module by module plus a prefetch window of
+stage3_prefetch_bucket_size; params under stage3_param_persistence_threshold stay whole), and the
+estimator's 4·L "largest layer" term (gathered 16-bit params + their full gradients before
+reduce-scatter). CUDA context / NCCL / fragmentation constants: data/calibration.json.
+"""
+
+from __future__ import annotations
+
+from ..calibration import constant
+from ..models.counts import count_params, persistent_params
+from ..models.spec import ModelSpec
+from ..plan import Plan
+from .breakdown import Term
+from .layout import Layout
+from .model_states import param_bytes
+
+
+def reduce_buckets(model: ModelSpec, lay: Layout, plan: Plan) -> Term:
+    """Gradient reduce buckets: b·reduce_bucket_size, doubled by overlap_comm for ZeRO 1/2.
+    ZeRO-0 (plain DP) all-reduces in DeepSpeed's own allreduce buckets: modelled as one bucket."""
+    if lay.dp == 1 and plan.zero_stage < 3:
+        return Term("reduce_buckets", 0, "fwd_bwd", "dp 1: no gradient reduction")
+    b = param_bytes(plan.precision)
+    rbs = plan.buckets(model.hidden_size)["reduce_bucket_size"]
+    n = 2 if (plan.overlap_comm and plan.zero_stage in (1, 2)) else 1
+    return Term("reduce_buckets", n * b * rbs, "fwd_bwd", f"{n} x {b} B x reduce_bucket_size {rbs:,}")
+
+
+def zero3_gathered_params(model: ModelSpec, lay: Layout, plan: Plan) -> Term:
+    """ZeRO-3 live 16-bit params: the largest gathered unit L (one module, or one MoE block
+    registered as a leaf) plus the prefetch window: b·(L/tp + prefetch_bucket_size)."""
+    if plan.zero_stage != 3:
+        return Term("zero3_gathered_params", 0, "fwd_bwd", "not ZeRO-3")
+    b = param_bytes(plan.precision)
+    largest = -(-count_params(model).largest_gathered // lay.tp)
+    pf = plan.buckets(model.hidden_size)["prefetch_bucket_size"]
+    return Term("zero3_gathered_params", b * (largest + pf), "fwd_bwd", f"{b} B x ({largest:,} largest + {pf:,} prefetch)")
+
+
+def zero3_gathered_grads(model: ModelSpec, lay: Layout, plan: Plan) -> Term:
+    """ZeRO-3 backward: full gradients of the gathered unit before reduce-scatter: b·L/tp."""
+    if plan.zero_stage != 3:
+        return Term("zero3_gathered_grads", 0, "fwd_bwd", "not ZeRO-3")
+    b = param_bytes(plan.precision)
+    largest = -(-count_params(model).largest_gathered // lay.tp)
+    return Term("zero3_gathered_grads", b * largest, "fwd_bwd", f"{b} B x {largest:,}")
+
+
+def zero3_persistent_params(model: ModelSpec, lay: Layout, plan: Plan) -> Term:
+    """Params smaller than stage3_param_persistence_threshold stay unpartitioned on every rank:
+    b·(sum of small tensors), with their full-size gradients b·(same)."""
+    if plan.zero_stage != 3:
+        return Term("zero3_persistent_params", 0, "persistent", "not ZeRO-3")
+    b = param_bytes(plan.precision)
+    thr = plan.buckets(model.hidden_size)["param_persistence_threshold"]
+    n = persistent_params(model, thr) if model.closed_form else 0
+    return Term("zero3_persistent_params", 2 * b * n, "persistent", f"2 x {b} B x {n:,} params < {thr:,} elements")
+
+
+def cuda_context(world: int) -> list[Term]:
+    """Outside PyTorch's allocator: CUDA context + library handles, and NCCL buffers when world > 1."""
+    out = [Term("cuda_context", int(constant("cuda_context_bytes")), "outside", "calibration.json cuda_context_bytes")]
+    if world > 1:
+        out.append(Term("nccl_buffers", int(constant("nccl_bytes")), "outside", "calibration.json nccl_bytes"))
+    return out
+
+
+def gpu_terms(model: ModelSpec, lay: Layout, plan: Plan) -> list[Term]:
+    return [
+        reduce_buckets(model, lay, plan),
+        zero3_gathered_params(model, lay, plan),
+        zero3_gathered_grads(model, lay, plan),
+        zero3_persistent_params(model, lay, plan),
+    ]

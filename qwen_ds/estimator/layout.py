@@ -1,0 +1,58 @@
+"""How the model is split over the cluster: DP x TP x PP degrees and the parameters one GPU owns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import InputError
+from ..hardware import Cluster
+from ..models.counts import ParamCounts, count_params
+from ..models.spec import ModelSpec
+from ..plan import Plan
+
+
+@dataclass(frozen=True)
+class Layout:
+    dp: int
+    tp: int
+    pp: int
+    #: parameters of the heaviest pipeline stage, divided by TP (what one model-parallel rank owns)
+    params_per_mp_rank: int
+    #: decoder layers on the heaviest stage
+    layers_per_stage: int
+    #: indexes of the decoder layers of the heaviest stage
+    stage_layers: tuple[int, ...]
+    first_stage: bool
+    last_stage: bool
+
+
+def layout(model: ModelSpec, cluster: Cluster, plan: Plan) -> Layout:
+    """Check the degrees tile the GPUs and the model; pick the pipeline stage with most parameters."""
+    world, tp, pp = cluster.world_size, plan.tp, plan.pp
+    if world % (tp * pp):
+        raise InputError(
+            f"--tp {tp} x --pp {pp} = {tp * pp} does not divide the {world} GPUs "
+            f"({cluster.nodes} nodes x {cluster.gpus_per_node}); choose degrees whose product divides {world}"
+        )
+    if tp > cluster.gpus_per_node:
+        raise InputError(f"--tp {tp} exceeds --gpus-per-node {cluster.gpus_per_node}; keep tensor parallelism inside a node")
+    if model.num_heads % tp:
+        raise InputError(f"--tp {tp} does not divide the {model.num_heads} attention heads of {model.name}; choose a divisor")
+    if model.num_layers % pp:
+        raise InputError(f"--pp {pp} does not divide the {model.num_layers} layers of {model.name}; choose a divisor")
+    counts: ParamCounts = count_params(model)
+    per = model.num_layers // pp
+    best = None
+    for stage in range(pp):
+        idx = tuple(range(stage * per, (stage + 1) * per))
+        n = sum(counts.layers[i].total for i in idx) if counts.layers else counts.total * per // model.num_layers
+        if stage == 0:
+            n += counts.embedding
+        if stage == pp - 1:
+            n += counts.lm_head + counts.final_norm
+        if best is None or n > best[0]:
+            best = (n, stage, idx)
+    n, stage, idx = best
+    if not counts.layers:  # meta-counted family: whole model as one block
+        n = counts.total if pp == 1 else n
+    return Layout(world // (tp * pp), tp, pp, -(-n // tp), per, idx, stage == 0, stage == pp - 1)

@@ -1,0 +1,123 @@
+"""Model states of mixed-precision AdamW training under ZeRO 0-3 and offload.
+
+M = parameters one model-parallel rank owns (Layout.params_per_mp_rank), D = data-parallel degree.
+Bytes per parameter (ZeRO paper, arXiv 1910.02054 §3; DeepSpeed `estimate_zero{2,3}_model_states_mem_needs`):
+16-bit params 2, 16-bit grads 2, fp32 master 4, Adam m and v 4+4; fp32 training: params 4, grads 4,
+Adam 8, no master copy. FP8 compute keeps bf16 model states (TE / torchao keep bf16 masters).
+Partitioning: ZeRO-1 optimizer states + master, ZeRO-2 also grads, ZeRO-3 also params.
+Read from DeepSpeed 0.19.8: stage 0 bf16 (grad_accum_dtype = model dtype) -> FP16_Optimizer with an
+fp32 flat master copy; stage 1/2 -> stage_1_and_2.py (fp32 partition, fp32 grad partition made in
+step()); stage 3 -> stage3.py (grad partitions in the accumulation dtype, on CPU with
+offload_optimizer; fp32 grads built per sub-group of ``sub_group_size`` in step()).
+"""
+
+from __future__ import annotations
+
+from ..plan import Plan
+from .breakdown import Term
+from .layout import Layout
+
+
+def param_bytes(precision: str) -> int:
+    """Bytes of a model (compute-copy) parameter: 4 for fp32, else 2 (bf16/fp16; fp8 keeps bf16 weights)."""
+    return 4 if precision == "fp32" else 2
+
+
+def _div(n: int, d: int) -> int:
+    return -(-n // d)
+
+
+def params_16bit(lay: Layout, plan: Plan) -> Term:
+    """Model parameters on GPU: b·M, /D under ZeRO-3, 0 with offload_param (they live on CPU/NVMe)."""
+    b, m = param_bytes(plan.precision), lay.params_per_mp_rank
+    if plan.zero_stage == 3 and plan.offload_param != "none":
+        return Term("params", 0, "persistent", f"offloaded to {plan.offload_param}")
+    if plan.zero_stage == 3:
+        return Term("params", _div(b * m, lay.dp), "persistent", f"{b} B x {m:,} / dp {lay.dp}")
+    return Term("params", b * m, "persistent", f"{b} B x {m:,}")
+
+
+def gradients(lay: Layout, plan: Plan) -> Term:
+    """Gradients in the model dtype: full b·M for ZeRO 0/1, b·M/D for ZeRO 2/3; none on GPU when the
+    optimizer is offloaded (stage 2/3 copy each reduced partition straight to CPU)."""
+    b, m = param_bytes(plan.precision), lay.params_per_mp_rank
+    if plan.offload_optimizer != "none" and plan.zero_stage >= 2:
+        return Term("gradients", 0, "persistent", "reduced partitions go to CPU (offload_optimizer)")
+    if plan.zero_stage >= 2:
+        return Term("gradients", _div(b * m, lay.dp), "persistent", f"{b} B x {m:,} / dp {lay.dp}")
+    return Term("gradients", b * m, "persistent", f"{b} B x {m:,}")
+
+
+def _opt_partition(lay: Layout, plan: Plan) -> int:
+    return _div(lay.params_per_mp_rank, lay.dp) if plan.zero_stage >= 1 else lay.params_per_mp_rank
+
+
+def master_weights(lay: Layout, plan: Plan) -> Term:
+    """fp32 master copy 4·M (/D with ZeRO >= 1); none for fp32 training; on CPU when offloaded."""
+    if plan.precision == "fp32":
+        return Term("master_weights_fp32", 0, "persistent", "fp32 training: params are the master copy")
+    if plan.offload_optimizer != "none":
+        return Term("master_weights_fp32", 0, "persistent", f"on {plan.offload_optimizer} (offload_optimizer)")
+    n = _opt_partition(lay, plan)
+    return Term("master_weights_fp32", 4 * n, "persistent", f"4 B x {n:,}")
+
+
+def optimizer_states(lay: Layout, plan: Plan) -> Term:
+    """AdamW first and second moments in fp32: 8·M (/D with ZeRO >= 1); on CPU when offloaded."""
+    if plan.offload_optimizer != "none":
+        return Term("optimizer_states", 0, "persistent", f"on {plan.offload_optimizer} (offload_optimizer)")
+    n = _opt_partition(lay, plan)
+    return Term("optimizer_states", 8 * n, "persistent", f"8 B x {n:,} (Adam m, v)")
+
+
+def step_fp32_grads(lay: Layout, plan: Plan) -> Term:
+    """fp32 gradients made for the optimizer step: 4·M (ZeRO-0), 4·M/D (ZeRO 1/2), and for ZeRO-3
+    one sub-group at a time 4·min(sub_group_size, M/D). None on GPU with optimizer offload or fp32."""
+    if plan.precision == "fp32" or plan.offload_optimizer != "none":
+        return Term("step_fp32_grads", 0, "step", "none on GPU")
+    n = _opt_partition(lay, plan)
+    if plan.zero_stage == 3:
+        n = min(n, plan.sub_group_size)
+    return Term("step_fp32_grads", 4 * n, "step", f"4 B x {n:,}")
+
+
+def gpu_terms(lay: Layout, plan: Plan) -> list[Term]:
+    return [params_16bit(lay, plan), gradients(lay, plan), master_weights(lay, plan), optimizer_states(lay, plan), step_fp32_grads(lay, plan)]
+
+
+def cpu_terms(lay: Layout, plan: Plan, gpus_per_node: int) -> list[Term]:
+    """CPU RAM per node for offload: each of the node's ranks holds its partition.
+    offload_optimizer=cpu: fp32 master 4 + Adam 8 + fp32 grads 4 = 16 B per partition element
+    (DeepSpeed CPU-Adam; grads land in a pinned fp32 buffer). offload_param=cpu: b B per element."""
+    out = []
+    part = _opt_partition(lay, plan)
+    if plan.offload_optimizer == "cpu":
+        out.append(Term("cpu_optimizer_offload", 16 * part * gpus_per_node, "persistent",
+                        f"16 B x {part:,} x {gpus_per_node} ranks"))
+    if plan.offload_param == "cpu":
+        b = param_bytes(plan.precision)
+        n = _div(lay.params_per_mp_rank, lay.dp)
+        out.append(Term("cpu_param_offload", b * n * gpus_per_node, "persistent", f"{b} B x {n:,} x {gpus_per_node} ranks"))
+    if plan.offload_param == "nvme":
+        # offload_param buffer_count 5 x buffer_size 1e8 elements, pinned, per rank
+        out.append(Term("cpu_nvme_param_buffers", 5 * 100_000_000 * 2 * gpus_per_node, "persistent",
+                        f"5 x 1e8 x 2 B x {gpus_per_node} ranks"))
+    if plan.offload_optimizer == "nvme":
+        # offload_optimizer buffer_count 4 swap buffers of one sub-group (fp32) per rank
+        sub = min(part, plan.sub_group_size)
+        out.append(Term("cpu_nvme_optimizer_buffers", 4 * sub * 4 * gpus_per_node, "persistent",
+                        f"4 x {sub:,} x 4 B x {gpus_per_node} ranks"))
+    return out
+
+
+def nvme_terms(lay: Layout, plan: Plan, gpus_per_node: int) -> list[Term]:
+    """NVMe space per node: the same bytes as the CPU offload they replace."""
+    out = []
+    part = _opt_partition(lay, plan)
+    if plan.offload_optimizer == "nvme":
+        out.append(Term("nvme_optimizer", 16 * part * gpus_per_node, "persistent", f"16 B x {part:,} x {gpus_per_node} ranks"))
+    if plan.offload_param == "nvme":
+        b = param_bytes(plan.precision)
+        n = _div(lay.params_per_mp_rank, lay.dp)
+        out.append(Term("nvme_params", b * n * gpus_per_node, "persistent", f"{b} B x {n:,} x {gpus_per_node} ranks"))
+    return out

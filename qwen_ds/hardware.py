@@ -1,0 +1,92 @@
+"""GPU catalog (data/gpus.json, every figure with its source) and the Cluster shape."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from .errors import InputError, one_line
+
+_DATA = Path(__file__).resolve().parent / "data" / "gpus.json"
+
+
+@dataclass(frozen=True)
+class GPU:
+    name: str
+    memory_bytes: int
+    compute_capability: str
+    bf16: bool
+    fp8: bool
+    fp16_tflops: float
+    bf16_tflops: float | None
+    fp8_tflops: float | None
+    hbm_gbps: float
+    nvlink_gbps: float
+    pcie_gbps: float
+    notes: str = ""
+
+    @property
+    def cc(self) -> tuple[int, int]:
+        major, minor = self.compute_capability.split(".")
+        return int(major), int(minor)
+
+    def peak_tflops(self, precision: str) -> float:
+        """Dense tensor-core peak for a compute precision (fp32 training runs on TF32/FP32 paths: use fp16/4)."""
+        if precision == "fp8" and self.fp8_tflops:
+            return self.fp8_tflops
+        if precision == "bf16" and self.bf16_tflops:
+            return self.bf16_tflops
+        if precision == "fp32":
+            return self.fp16_tflops / 4
+        return self.fp16_tflops
+
+
+@lru_cache(maxsize=1)
+def _catalog() -> tuple[dict, ...]:
+    with open(_DATA, encoding="utf-8") as fh:
+        return tuple(json.load(fh)["gpus"])
+
+
+def gpu_names() -> list[str]:
+    return [g["name"] for g in _catalog()]
+
+
+def gpu_entries() -> tuple[dict, ...]:
+    """The raw catalog entries, sources included."""
+    return _catalog()
+
+
+def _normalise(name: str) -> str:
+    return name.strip().lower().replace("_", "-")
+
+
+@lru_cache(maxsize=64)
+def get_gpu(name: str) -> GPU:
+    key = _normalise(name)
+    for entry in _catalog():
+        if key == entry["name"].lower() or key in entry.get("aliases", ()):
+            fields = {f: entry[f] for f in GPU.__dataclass_fields__ if f in entry}
+            return GPU(**fields)
+    raise InputError(f"--gpu {one_line(name)}: unknown GPU; choose one of {', '.join(gpu_names())} (see `qwen-ds gpus`)")
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """nodes x GPUs of one type. ``cpu_mem_per_node`` (bytes) bounds CPU offload when known."""
+
+    gpu: GPU
+    nodes: int = 1
+    gpus_per_node: int = 1
+    cpu_mem_per_node: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.nodes < 1:
+            raise InputError(f"--nodes {self.nodes}: must be >= 1")
+        if self.gpus_per_node < 1:
+            raise InputError(f"--gpus-per-node {self.gpus_per_node}: must be >= 1")
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.gpus_per_node

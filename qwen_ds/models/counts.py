@@ -1,0 +1,208 @@
+"""Closed-form parameter counts per family (no torch).
+
+Every layer is listed as its parameter tensors (module path, numel); totals, per-layer splits,
+the largest module ZeRO-3 gathers and the small parameters ZeRO-3 keeps persistent all derive
+from that one list. Formulas: ../shared/reference/qwen-models.md §1-2, each checked against the
+meta-device model of transformers (tests/test_counts.py repeats the check for every preset and
+for random small configs).
+Notation: V vocab, h hidden, q = nH*hd, kv = nKV*hd, I intermediate, E experts, k top-k,
+Im moe_intermediate, Is shared_expert_intermediate, kd = nk*dk, vd = nv*dv, Kc conv kernel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from .spec import DENSE, LINEAR_ATTENTION, MOE, ModelSpec
+
+# (module, numel) of one parameter tensor; module is the path below the layer, e.g. "mlp.experts"
+Tensor = tuple[str, int]
+
+
+def attention_tensors(s: ModelSpec) -> list[Tensor]:
+    """Dense / GQA attention: q h*q, k and v h*kv, o q*h; Qwen3 q/k RMSNorm hd each;
+    biases: Qwen2 always on q/k/v (not o), Llama/Qwen3 with attention_bias on q/k/v/o."""
+    h, q, kv, hd = s.hidden_size, s.q_dim, s.kv_dim, s.head_dim
+    t = [("self_attn.q_proj", h * q), ("self_attn.k_proj", h * kv), ("self_attn.v_proj", h * kv), ("self_attn.o_proj", q * h)]
+    if s.family == "qwen2" or s.attention_bias:
+        t += [("self_attn.q_proj", q), ("self_attn.k_proj", kv), ("self_attn.v_proj", kv)]
+    if s.family != "qwen2" and s.attention_bias:
+        t.append(("self_attn.o_proj", h))
+    if s.family in ("qwen3", "qwen3_moe"):
+        t += [("self_attn.q_norm", hd), ("self_attn.k_norm", hd)]
+    return t
+
+
+def gated_attention_tensors(s: ModelSpec) -> list[Tensor]:
+    """Qwen3-Next full attention: q_proj emits query and sigmoid gate (h*2q), k/v h*kv, o q*h, q/k norms hd."""
+    h, q, kv, hd = s.hidden_size, s.q_dim, s.kv_dim, s.head_dim
+    t = [("self_attn.q_proj", h * 2 * q), ("self_attn.k_proj", h * kv), ("self_attn.v_proj", h * kv), ("self_attn.o_proj", q * h)]
+    if s.attention_bias:
+        t += [("self_attn.q_proj", 2 * q), ("self_attn.k_proj", kv), ("self_attn.v_proj", kv), ("self_attn.o_proj", h)]
+    return t + [("self_attn.q_norm", hd), ("self_attn.k_norm", hd)]
+
+
+def gated_deltanet_tensors(s: ModelSpec) -> list[Tensor]:
+    """Qwen3-Next linear attention (Gated DeltaNet): depthwise conv1d (2kd+vd)*Kc, in_proj_qkvz h(2kd+2vd),
+    in_proj_ba h*2nv, dt_bias nv, A_log nv, gated RMSNorm dv, out_proj vd*h."""
+    h, nv = s.hidden_size, s.linear_num_value_heads
+    kd = s.linear_num_key_heads * s.linear_key_head_dim
+    vd = nv * s.linear_value_head_dim
+    return [
+        ("linear_attn.conv1d", (2 * kd + vd) * s.linear_conv_kernel),
+        ("linear_attn.in_proj_qkvz", h * (2 * kd + 2 * vd)),
+        ("linear_attn.in_proj_ba", h * 2 * nv),
+        ("linear_attn.dt_bias", nv),
+        ("linear_attn.A_log", nv),
+        ("linear_attn.norm", s.linear_value_head_dim),
+        ("linear_attn.out_proj", vd * h),
+    ]
+
+
+def dense_mlp_tensors(s: ModelSpec) -> list[Tensor]:
+    """SwiGLU MLP: gate, up h*I, down I*h (+ I, I, h biases for Llama mlp_bias)."""
+    h, inter = s.hidden_size, s.intermediate_size
+    t = [("mlp.gate_proj", h * inter), ("mlp.up_proj", h * inter), ("mlp.down_proj", inter * h)]
+    if s.family == "llama" and s.mlp_bias:
+        t += [("mlp.gate_proj", inter), ("mlp.up_proj", inter), ("mlp.down_proj", h)]
+    return t
+
+
+def moe_tensors(s: ModelSpec) -> list[Tensor]:
+    """Router E*h; routed experts fused as gate_up [E,2Im,h] and down [E,h,Im] (3*E*Im*h);
+    Qwen3-Next adds a shared SwiGLU expert 3h*Is and its sigmoid gate h."""
+    h, E, Im = s.hidden_size, s.num_experts, s.moe_intermediate_size
+    t = [("mlp.gate", E * h), ("mlp.experts", 2 * E * Im * h), ("mlp.experts", E * h * Im)]
+    if s.family == "qwen3_next":
+        Is = s.shared_expert_intermediate_size
+        t += [
+            ("mlp.shared_expert.gate_proj", h * Is),
+            ("mlp.shared_expert.up_proj", h * Is),
+            ("mlp.shared_expert.down_proj", Is * h),
+            ("mlp.shared_expert_gate", h),
+        ]
+    return t
+
+
+def moe_inactive_params(s: ModelSpec) -> int:
+    """Routed-expert parameters one token does not touch in one MoE layer: 3*(E-k)*Im*h."""
+    return 3 * (s.num_experts - s.experts_per_token) * s.moe_intermediate_size * s.hidden_size
+
+
+@lru_cache(maxsize=256)
+def layer_tensors(s: ModelSpec, i: int) -> tuple[Tensor, ...]:
+    """Parameter tensors of decoder layer ``i`` (module path relative to the layer)."""
+    if s.layer_types[i] == LINEAR_ATTENTION:
+        mixer = gated_deltanet_tensors(s)
+    elif s.family == "qwen3_next":
+        mixer = gated_attention_tensors(s)
+    else:
+        mixer = attention_tensors(s)
+    mlp = moe_tensors(s) if s.mlp_types[i] == MOE else dense_mlp_tensors(s)
+    norms = [("input_layernorm", s.hidden_size), ("post_attention_layernorm", s.hidden_size)]
+    return tuple(mixer + mlp + norms)
+
+
+@dataclass(frozen=True)
+class LayerParams:
+    """Parameters of one decoder layer, split by sub-block."""
+
+    mixer_type: str  # full_attention | linear_attention
+    mlp_type: str  # dense | moe
+    mixer: int
+    mlp: int
+    mlp_active: int
+    norms: int
+
+    @property
+    def total(self) -> int:
+        return self.mixer + self.mlp + self.norms
+
+    @property
+    def active(self) -> int:
+        return self.mixer + self.mlp_active + self.norms
+
+
+@dataclass(frozen=True)
+class ParamCounts:
+    total: int
+    active: int
+    embedding: int
+    lm_head: int
+    final_norm: int
+    layers: tuple[LayerParams, ...]
+    #: largest unit ZeRO-3 gathers at once: one module's own parameters, or a whole MoE block
+    #: (the runtime registers MoE blocks as ZeRO-3 leaf modules, so they are fetched as one)
+    largest_gathered: int
+    largest_gathered_name: str
+
+    @property
+    def non_embedding(self) -> int:
+        """Total without input embedding and lm_head (the 'non-embedding' of the Qwen model cards)."""
+        return self.total - self.embedding - self.lm_head
+
+    @property
+    def active_non_embedding(self) -> int:
+        return self.active - self.embedding - self.lm_head
+
+    def by_kind(self) -> dict[str, int]:
+        """Parameters summed per sub-block kind, e.g. {'linear_attention': .., 'moe': .., 'norms': ..}."""
+        out: dict[str, int] = {}
+        for lp in self.layers:
+            out[lp.mixer_type] = out.get(lp.mixer_type, 0) + lp.mixer
+            out[lp.mlp_type] = out.get(lp.mlp_type, 0) + lp.mlp
+            out["norms"] = out.get("norms", 0) + lp.norms
+        return out
+
+
+def _layer_params(s: ModelSpec, i: int) -> LayerParams:
+    mixer = mlp = norms = 0
+    for module, n in layer_tensors(s, i):
+        if module.startswith(("self_attn", "linear_attn")):
+            mixer += n
+        elif module.startswith("mlp"):
+            mlp += n
+        else:
+            norms += n
+    active = mlp - moe_inactive_params(s) if s.mlp_types[i] == MOE else mlp
+    return LayerParams(s.layer_types[i], s.mlp_types[i], mixer, mlp, active, norms)
+
+
+def _largest_gathered(s: ModelSpec) -> tuple[int, str]:
+    modules: dict[str, int] = {"embed_tokens": s.vocab_size * s.hidden_size}
+    if not s.tie_embeddings:
+        modules["lm_head"] = s.vocab_size * s.hidden_size
+    for i in range(s.num_layers):
+        per_module: dict[str, int] = {}
+        for module, n in layer_tensors(s, i):
+            key = "mlp (MoE block)" if s.mlp_types[i] == MOE and module.startswith("mlp") else module
+            per_module[key] = per_module.get(key, 0) + n
+        for key, n in per_module.items():
+            if n > modules.get(key, 0):
+                modules[key] = n
+    name = max(modules, key=modules.__getitem__)
+    return modules[name], name
+
+
+def persistent_params(s: ModelSpec, threshold: int) -> int:
+    """Elements of parameter tensors smaller than ``stage3_param_persistence_threshold``: ZeRO-3
+    keeps these unpartitioned on every rank (`partition_parameters.py`, ds_persist)."""
+    small = sum(n for i in range(s.num_layers) for _, n in layer_tensors(s, i) if n < threshold)
+    return small + (s.hidden_size if s.hidden_size < threshold else 0)
+
+
+@lru_cache(maxsize=256)
+def count_params(s: ModelSpec) -> ParamCounts:
+    """All counts of a closed-form family; for other families the meta-device total is used."""
+    V, h = s.vocab_size, s.hidden_size
+    embedding = V * h
+    lm_head = 0 if s.tie_embeddings else V * h
+    if not s.closed_form:
+        total = s.measured_total_params or 0
+        return ParamCounts(total, total, embedding, lm_head, h, (), max(embedding, lm_head), "embed_tokens")
+    layers = tuple(_layer_params(s, i) for i in range(s.num_layers))
+    total = embedding + lm_head + h + sum(lp.total for lp in layers)
+    active = embedding + lm_head + h + sum(lp.active for lp in layers)
+    largest, name = _largest_gathered(s)
+    return ParamCounts(total, active, embedding, lm_head, h, layers, largest, name)

@@ -1,0 +1,128 @@
+"""Resolve ``--model``: a preset name, a config.json path, an HF model directory, or an HF model id
+found in the local HF cache (never the network)."""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError, one_line
+from .spec import SUPPORTED_FAMILIES, ModelSpec, spec_from_config
+
+_DATA = Path(__file__).resolve().parent.parent / "data"
+
+
+@lru_cache(maxsize=1)
+def _presets() -> dict[str, dict[str, Any]]:
+    with open(_DATA / "models.json", encoding="utf-8") as fh:
+        data = json.load(fh)
+    with open(_DATA / "tiny_models.json", encoding="utf-8") as fh:
+        data["presets"].extend(json.load(fh)["presets"])
+    return {p["name"].lower(): p for p in data["presets"]}
+
+
+def preset_names() -> list[str]:
+    return [p["name"] for p in _presets().values()]
+
+
+def preset_entry(name: str) -> dict[str, Any] | None:
+    presets = _presets()
+    key = name.lower()
+    if key in presets:
+        return presets[key]
+    for entry in presets.values():  # also accept the HF id of a preset, e.g. Qwen/Qwen3-8B
+        if entry.get("hf_id", "").lower() == key:
+            return entry
+    return None
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read model config {one_line(path)}: {one_line(exc.strerror or exc)}; pass a readable config.json to --model") from None
+    try:
+        cfg = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{one_line(path)} line {exc.lineno}: malformed JSON ({exc.msg}); fix the file or pass another --model") from None
+    if not isinstance(cfg, dict):
+        raise InputError(f"{one_line(path)}: expected a JSON object with model_type, hidden_size, ...; pass a config.json to --model")
+    return cfg
+
+
+def hf_cache_dirs() -> list[Path]:
+    """Where huggingface_hub keeps downloads: $HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub."""
+    dirs = []
+    if os.environ.get("HF_HUB_CACHE"):
+        dirs.append(Path(os.environ["HF_HUB_CACHE"]))
+    if os.environ.get("HF_HOME"):
+        dirs.append(Path(os.environ["HF_HOME"]) / "hub")
+    dirs.append(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "huggingface" / "hub")
+    return dirs
+
+
+def find_in_hf_cache(model_id: str) -> Path | None:
+    """config.json of ``org/name`` in the local HF cache: the snapshot refs/main points to, else the newest."""
+    folder = "models--" + model_id.replace("/", "--")
+    for cache in hf_cache_dirs():
+        repo = cache / folder
+        snapshots = repo / "snapshots"
+        if not snapshots.is_dir():
+            continue
+        ref = repo / "refs" / "main"
+        if ref.is_file():
+            cand = snapshots / ref.read_text().strip() / "config.json"
+            if cand.is_file():
+                return cand
+        found = sorted(snapshots.glob("*/config.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+        if found:
+            return found[0]
+    return None
+
+
+def _with_counts(spec: ModelSpec) -> ModelSpec:
+    if spec.closed_form:
+        return spec
+    from .meta import meta_param_count  # imports transformers only for unknown families
+
+    return spec_replace_total(spec, meta_param_count(spec.config, where=spec.source or spec.name))
+
+
+def spec_replace_total(spec: ModelSpec, total: int) -> ModelSpec:
+    import dataclasses
+
+    return dataclasses.replace(spec, measured_total_params=total)
+
+
+@lru_cache(maxsize=64)
+def load_model(model: str) -> ModelSpec:
+    """Resolve a --model value. Raises InputError with the accepted forms when nothing matches."""
+    entry = preset_entry(model)
+    if entry is not None:
+        return _with_counts(spec_from_config(entry["config"], name=entry["name"], source=entry.get("source", "")))
+    path = Path(model).expanduser()
+    if path.is_dir():
+        cfg_path = path / "config.json"
+        if not cfg_path.is_file():
+            raise InputError(f"--model {one_line(model)}: directory has no config.json; pass an HF model directory or a config.json file")
+        return _with_counts(spec_from_config(_read_config(cfg_path), name=path.name, source=str(cfg_path)))
+    if path.is_file() or model.endswith(".json"):
+        return _with_counts(spec_from_config(_read_config(path), name=path.stem if path.name != "config.json" else path.parent.name or "model", source=str(path)))
+    if model.count("/") == 1 and not model.startswith((".", "/")):
+        cfg_path = find_in_hf_cache(model)
+        if cfg_path is None:
+            raise InputError(
+                f"--model {one_line(model)}: not a preset and not in the local HF cache "
+                f"({', '.join(str(d) for d in hf_cache_dirs())}); download it first or pass a config.json path"
+            )
+        return _with_counts(spec_from_config(_read_config(cfg_path), name=model.split("/")[1], source=str(cfg_path)))
+    raise InputError(
+        f"--model {one_line(model)}: unknown model; use a preset ({', '.join(preset_names()[:6])}, ... see `qwen-ds models`), "
+        "a config.json path, an HF model directory, or an HF id in the local cache"
+    )
+
+
+__all__ = ["SUPPORTED_FAMILIES", "load_model", "preset_names", "preset_entry", "find_in_hf_cache"]
