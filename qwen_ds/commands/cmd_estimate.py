@@ -51,11 +51,15 @@ def render(model, cluster, workload, plan, lay, b: MemoryBreakdown) -> str:
     head = (
         f"{model.name}: {human_count(c.total)} params ({human_count(c.active)} active) | "
         f"{cluster.nodes} x {cluster.gpus_per_node} {cluster.gpu.name} | {workload.mode} "
-        f"seq {workload.seq_len}{f' + {workload.new_tokens} new' if workload.new_tokens else ''}, micro-batch {plan.micro_batch}\n"
+        f"seq {workload.seq_len}{f' + {workload.new_tokens} new' if workload.new_tokens else ''}, "
+        f"{'batch' if workload.mode == 'infer' else 'micro-batch'} {plan.micro_batch}\n"
         f"plan: ZeRO-{plan.zero_stage}, dp {lay.dp} x tp {lay.tp} x pp {lay.pp}, {plan.precision}, "
-        f"offload optimizer={plan.offload_optimizer} params={plan.offload_param}, "
-        f"checkpointing {'on' if plan.checkpointing else 'off'}, loss {plan.loss}, kernels {plan.kernels}"
     )
+    if workload.mode == "infer":
+        head += f"param offload={plan.offload_param}"
+    else:
+        head += (f"offload optimizer={plan.offload_optimizer} params={plan.offload_param}, "
+                 f"checkpointing {'on' if plan.checkpointing else 'off'}, loss {plan.loss}, kernels {plan.kernels}")
     total = b.gpu_total_bytes or 1
     rows = [[t.name, t.phase, gib(t.bytes), f"{100 * t.bytes / total:.1f}%", t.formula] for t in b.gpu_terms]
     lines = [head, "", "per GPU:", table(["term", "phase", "GiB", "share", "formula"], rows, "llrrl")]

@@ -54,7 +54,9 @@ def inference_terms(s: ModelSpec, lay: Layout, plan: Plan, seq_len: int, new_tok
     kv = kv_bytes_per_token(s, plan, lay.tp)
     gdn = gdn_state_bytes_per_sequence(s, plan, lay.tp)
     act_dtype = 4 if plan.precision == "fp32" else 2
-    h, inter = s.hidden_size, max(s.intermediate_size, s.experts_per_token * s.moe_intermediate_size)
+    h = s.hidden_size
+    inter = max(s.intermediate_size if "dense" in s.mlp_types else 0,
+                s.experts_per_token * s.moe_intermediate_size + s.shared_expert_intermediate_size if s.n_moe_layers else 0)
     # prefill: one layer's transients alive at a time (residual, MLP gate/up/act) + last-token logits
     prefill = batch * seq_len * act_dtype * (3 * h + -(-3 * inter // lay.tp))
     logits = batch * s.vocab_size * 4
@@ -62,7 +64,7 @@ def inference_terms(s: ModelSpec, lay: Layout, plan: Plan, seq_len: int, new_tok
         weight_term(s, lay, plan, world),
         Term("kv_cache", kv * batch * ctx, "persistent", f"{kv:,} B/token x {batch} seq x {ctx:,} tokens"),
         Term("gdn_state", gdn * batch, "persistent", f"{gdn:,} B/seq x {batch} seq"),
-        Term("prefill_activations", prefill, "fwd_bwd", f"{act_dtype} B x {batch * seq_len:,} tokens x (3h + 3I/tp)"),
+        Term("prefill_activations", prefill, "fwd_bwd", f"{act_dtype} B x {batch * seq_len:,} tokens x (3h + 3I/tp), I={inter:,}"),
         Term("logits", logits, "fwd_bwd", f"fp32 last-token logits {batch} x V {s.vocab_size:,}"),
     ]
 
