@@ -21,6 +21,8 @@ MOE = "moe"
 
 
 _FAMILY_HEAD_DIM = {"qwen3": 128, "qwen3_next": 256}
+# transformers 5.x class defaults when config.json leaves num_key_value_heads out (Llama: = heads)
+_FAMILY_KV_HEADS = {"qwen2": 32, "qwen3": 32, "qwen3_moe": 4, "qwen3_next": 2}
 
 
 @dataclass(frozen=True)
@@ -166,7 +168,7 @@ def spec_from_config(cfg: Mapping[str, Any], *, name: str, source: str = "") -> 
         hidden_size=h,
         num_layers=n_layers,
         num_heads=n_heads,
-        num_kv_heads=_positive_int(cfg, "num_key_value_heads", n_heads, where=where),
+        num_kv_heads=_positive_int(cfg, "num_key_value_heads", _FAMILY_KV_HEADS.get(family, n_heads), where=where),
         head_dim=int(head_dim),
         intermediate_size=_positive_int(cfg, "intermediate_size", 0, where=where, allow_zero=True),
         tie_embeddings=bool(cfg.get("tie_word_embeddings", family not in SUPPORTED_FAMILIES)),
