@@ -24,9 +24,25 @@ def _opts(*decorators: Callable) -> Callable:
 cluster_options = _opts(
     click.option("--model", "-m", required=True, help="Preset name (qwen-ds models), config.json path, HF model directory, or HF id in the local cache."),
     click.option("--gpu", "-g", required=True, help="GPU type from the catalog (qwen-ds gpus), e.g. A100-80GB, H100-SXM, V100-32GB."),
-    click.option("--nodes", type=int, default=1, show_default=True, help="Number of nodes."),
-    click.option("--gpus-per-node", type=int, default=8, show_default=True, help="GPUs per node."),
+    click.option("--nodes", type=int, default=None, help="Number of nodes [1, or from --hostfile]."),
+    click.option("--gpus-per-node", type=int, default=None, help="GPUs per node [8, or from --hostfile]."),
+    click.option("--hostfile", type=click.Path(dir_okay=False), default=None,
+                 help="DeepSpeed hostfile ('host slots=N' lines): gives --nodes and --gpus-per-node."),
 )
+
+
+def cluster_shape(kw: dict[str, Any]) -> tuple[int, int]:
+    """(nodes, gpus_per_node) from --hostfile and/or the explicit flags; they must agree."""
+    nodes, gpn = kw.get("nodes"), kw.get("gpus_per_node")
+    if kw.get("hostfile"):
+        from ..hostfile import read_hostfile
+
+        hf = read_hostfile(kw["hostfile"])
+        for flag, given, actual in (("--nodes", nodes, hf.nodes), ("--gpus-per-node", gpn, hf.gpus_per_node)):
+            if given is not None and given != actual:
+                raise InputError(f"{flag} {given} disagrees with --hostfile {kw['hostfile']} ({actual}); drop the flag or fix the hostfile")
+        return hf.nodes, hf.gpus_per_node
+    return (1 if nodes is None else nodes), (8 if gpn is None else gpn)
 
 plan_options = _opts(
     click.option("--mode", type=click.Choice(["train", "infer"]), default="train", show_default=True),
@@ -64,11 +80,12 @@ def build_inputs(kw: dict[str, Any]) -> tuple[ModelSpec, Cluster, Workload, Plan
     """Flags -> (ModelSpec, Cluster, Workload, Plan); every problem is an InputError naming the flag."""
     for flag, key in (("--seq-len", "seq_len"), ("--micro-batch", "micro_batch"), ("--grad-accum", "grad_accum"),
                       ("--tp", "tp"), ("--pp", "pp"), ("--nodes", "nodes"), ("--gpus-per-node", "gpus_per_node")):
-        if kw[key] < 1:
+        if kw[key] is not None and kw[key] < 1:
             raise InputError(f"{flag} {kw[key]}: must be a positive integer")
+    nodes, gpn = cluster_shape(kw)
     model = load_model(kw["model"])
     gpu = get_gpu(kw["gpu"])
-    cluster = Cluster(gpu, kw["nodes"], kw["gpus_per_node"])
+    cluster = Cluster(gpu, nodes, gpn)
     mode = kw["mode"]
     precision = kw["precision"] or ("bf16" if gpu.bf16 else "fp16")
     check_precision(gpu, precision, mode)
