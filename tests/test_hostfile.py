@@ -28,7 +28,8 @@ def test_comments_blank_lines_order_and_tabs():
     ("w0\n", 1, "not 'HOST slots=N'"),
     ("w0 slots=0\n", 1, "slots=0"),
     ("w0 slots=8 max_slots=8\n", 1, "only a '# comment'"),
-    ("w0;rm -rf / slots=8\n", 1, "characters outside"),
+    ("w0;rm -rf / slots=8\n", 1, "not .HOST slots=N."),
+    ("w0;reboot slots=8\n", 1, "characters outside"),
     ("$(reboot) slots=8\n", 1, "characters outside"),
     ("w`id` slots=8\n", 1, "characters outside"),
 ])
