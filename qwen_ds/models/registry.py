@@ -42,8 +42,10 @@ def preset_entry(name: str) -> dict[str, Any] | None:
 def _read_config(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise InputError(f"cannot read model config {one_line(path)}: {one_line(exc.strerror or exc)}; pass a readable config.json to --model") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{one_line(path)}: not UTF-8 text; pass a config.json (UTF-8 JSON) to --model") from None
     try:
         cfg = json.loads(text)
     except json.JSONDecodeError as exc:

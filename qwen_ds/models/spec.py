@@ -8,6 +8,7 @@ meta-device build through transformers (see ``meta.py``).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -103,7 +104,8 @@ def _get(cfg: Mapping[str, Any], key: str, default: Any = None, *, where: str) -
 
 def _positive_int(cfg: Mapping[str, Any], key: str, default: Any = None, *, where: str, allow_zero: bool = False) -> int:
     value = _get(cfg, key, default, where=where)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or (isinstance(value, float) and (not math.isfinite(value) or not value.is_integer()))):
         raise InputError(f"{where}: '{key}' = {value!r} is not an integer; fix it in the config.json")
     value = int(value)
     if value < 0 or (value == 0 and not allow_zero):
@@ -116,6 +118,8 @@ def _layer_types(cfg: Mapping[str, Any], family: str, num_layers: int, where: st
         return (FULL_ATTENTION,) * num_layers
     given = cfg.get("layer_types")
     if given:
+        if not isinstance(given, list):
+            raise InputError(f"{where}: 'layer_types' must be a list of {num_layers} layer types; fix it in the config.json")
         types = tuple(given)
         if len(types) != num_layers or any(t not in (FULL_ATTENTION, LINEAR_ATTENTION) for t in types):
             raise InputError(
@@ -133,7 +137,10 @@ def _mlp_types(cfg: Mapping[str, Any], family: str, num_layers: int, where: str)
         return (DENSE,) * num_layers
     experts = _positive_int(cfg, "num_experts", where=where, allow_zero=True)
     step = _positive_int(cfg, "decoder_sparse_step", 1, where=where)
-    only = set(cfg.get("mlp_only_layers") or ())
+    only = cfg.get("mlp_only_layers") or []
+    if not isinstance(only, list) or any(isinstance(i, bool) or not isinstance(i, int) for i in only):
+        raise InputError(f"{where}: 'mlp_only_layers' = {only!r} must be a list of layer indexes; fix it in the config.json")
+    only = set(only)
     return tuple(
         MOE if (i not in only and experts > 0 and (i + 1) % step == 0) else DENSE for i in range(num_layers)
     )
@@ -142,7 +149,9 @@ def _mlp_types(cfg: Mapping[str, Any], family: str, num_layers: int, where: str)
 def text_config(cfg: Mapping[str, Any]) -> Mapping[str, Any]:
     """Multimodal configs nest the decoder under text_config; use it when the top level has no hidden_size."""
     if "hidden_size" not in cfg and isinstance(cfg.get("text_config"), Mapping):
-        return cfg["text_config"]
+        inner = dict(cfg["text_config"])
+        inner.setdefault("model_type", cfg.get("model_type"))
+        return inner
     return cfg
 
 
@@ -160,7 +169,8 @@ def spec_from_config(cfg: Mapping[str, Any], *, name: str, source: str = "") -> 
     n_layers = _positive_int(cfg, "num_hidden_layers", where=where)
     # transformers' class defaults when a config.json leaves head_dim out: Qwen3Config 128,
     # Qwen3NextConfig 256; Llama/Qwen2/Qwen3-MoE derive h / heads.
-    head_dim = cfg.get("head_dim") or _FAMILY_HEAD_DIM.get(family) or h // n_heads
+    head_dim = _positive_int(cfg, "head_dim", None, where=where) if cfg.get("head_dim") is not None else (
+        _FAMILY_HEAD_DIM.get(family) or h // n_heads)
     common = dict(
         name=name,
         family=family,
@@ -176,7 +186,7 @@ def spec_from_config(cfg: Mapping[str, Any], *, name: str, source: str = "") -> 
         mlp_bias=bool(cfg.get("mlp_bias", False)),
         layer_types=_layer_types(cfg, family, n_layers, where),
         mlp_types=_mlp_types(cfg, family, n_layers, where),
-        max_position_embeddings=int(cfg.get("max_position_embeddings") or 0),
+        max_position_embeddings=_positive_int(cfg, "max_position_embeddings", 0, where=where, allow_zero=True),
         source=source,
         config=dict(cfg),
     )
