@@ -62,7 +62,12 @@ class Plan:
     prefetch_bucket_size: int | None = None
     param_persistence_threshold: int | None = None
     max_live_parameters: int = 1_000_000_000
+    max_reuse_distance: int = 1_000_000_000
     sub_group_size: int = 1_000_000_000
+    #: ZeRO++: hierarchical partition size (hpZ, secondary param copy inside a node), qwZ, qgZ
+    hpz_partition_size: int = 1
+    quantized_weights: bool = False
+    quantized_gradients: bool = False
 
     def __post_init__(self) -> None:
         if self.zero_stage not in (0, 1, 2, 3):
@@ -72,7 +77,8 @@ class Plan:
         _choice("--precision", self.precision, INFER_PRECISIONS)
         _choice("--loss", self.loss, LOSS_PATHS)
         _choice("--kernels", self.kernels, KERNELS)
-        for flag, value in (("--tp", self.tp), ("--pp", self.pp), ("--micro-batch", self.micro_batch), ("--grad-accum", self.grad_accum)):
+        for flag, value in (("--tp", self.tp), ("--pp", self.pp), ("--micro-batch", self.micro_batch), ("--grad-accum", self.grad_accum),
+                            ("--hpz", self.hpz_partition_size)):
             _positive(flag, value)
         if self.offload_param != "none" and self.zero_stage != 3:
             raise InputError(
@@ -81,6 +87,8 @@ class Plan:
             )
         if self.offload_optimizer != "none" and self.zero_stage == 0:
             raise InputError(f"--offload-optimizer {self.offload_optimizer} needs --zero 1, 2 or 3 (got --zero 0)")
+        if (self.hpz_partition_size > 1 or self.quantized_weights) and self.zero_stage != 3:
+            raise InputError(f"ZeRO++ (--hpz / --quantized-weights) needs --zero 3 (got --zero {self.zero_stage})")
         if self.pp > 1 and self.zero_stage >= 2:
             raise InputError(f"--pp {self.pp} with --zero {self.zero_stage}: DeepSpeed's pipeline engine allows only ZeRO 0 or 1")
 

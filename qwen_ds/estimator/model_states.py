@@ -37,6 +37,15 @@ def params_16bit(lay: Layout, plan: Plan) -> Term:
     return Term("params", b * m, "persistent", f"{b} B x {m:,}")
 
 
+def hpz_secondary_params(lay: Layout, plan: Plan) -> Term:
+    """ZeRO++ hpZ: a secondary copy of the 16-bit params partitioned over hpz ranks (one node):
+    b·M/hpz, so backward all-gathers stay inside the node (arXiv 2306.10209 §3.2)."""
+    if plan.zero_stage != 3 or plan.hpz_partition_size <= 1:
+        return Term("hpz_secondary_params", 0, "persistent", "no hpZ")
+    b, m, z = param_bytes(plan.precision), lay.params_per_mp_rank, plan.hpz_partition_size
+    return Term("hpz_secondary_params", _div(b * m, z), "persistent", f"{b} B x {m:,} / hpz {z}")
+
+
 def gradients(lay: Layout, plan: Plan) -> Term:
     """Gradients in the model dtype: full b·M for ZeRO 0/1, b·M/D for ZeRO 2/3; none on GPU when the
     optimizer is offloaded (stage 2/3 copy each reduced partition straight to CPU)."""
@@ -82,7 +91,7 @@ def step_fp32_grads(lay: Layout, plan: Plan) -> Term:
 
 
 def gpu_terms(lay: Layout, plan: Plan) -> list[Term]:
-    return [params_16bit(lay, plan), gradients(lay, plan), master_weights(lay, plan), optimizer_states(lay, plan), step_fp32_grads(lay, plan)]
+    return [params_16bit(lay, plan), hpz_secondary_params(lay, plan), gradients(lay, plan), master_weights(lay, plan), optimizer_states(lay, plan), step_fp32_grads(lay, plan)]
 
 
 def cpu_terms(lay: Layout, plan: Plan, gpus_per_node: int) -> list[Term]:
