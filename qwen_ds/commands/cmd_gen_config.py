@@ -1,0 +1,95 @@
+"""`qwen-ds gen-config`: render ds_config.json + plan.json for a plan, validated, written atomically."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .. import __version__
+from ..errors import EXIT_BAD_INPUT, EXIT_DOES_NOT_FIT
+from ..estimator import estimate, layout
+from ..fileio import check_writable, write_json_atomic
+from ..render import ConfigOptions, fp8_recipe, render
+from ..validate import Context, validate_config
+from .cmd_estimate import render as render_estimate
+from .cmd_estimate import to_json as estimate_json
+from .options import build_inputs, cluster_options, plan_options
+from .report import echo_problems, errors
+
+
+def launch_command(kw: dict, out: Path, mode: str) -> list[str]:
+    cmd = ["qwen-ds", "launch"]
+    cmd += ["--hostfile", kw["hostfile"]] if kw.get("hostfile") else ["--hostfile", "HOSTFILE"]
+    return cmd + ["--config", str(out / "ds_config.json"), "--plan", str(out / "plan.json"), mode]
+
+
+@click.command("gen-config", help="Render a validated DeepSpeed config (ds_config.json) and plan.json for a plan.")
+@cluster_options
+@plan_options
+@click.option("--output-dir", "-o", required=True, type=click.Path(file_okay=False), help="Where ds_config.json and plan.json go.")
+@click.option("--force", is_flag=True, help="Overwrite existing ds_config.json / plan.json.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
+              help="Override a rendered value, e.g. --set zero_optimization.stage3_max_live_parameters=1e9 (validated after).")
+@click.option("--template-dir", type=click.Path(file_okay=False, exists=True), default=None, help="Use your own templates (copy templates/).")
+@click.option("--hpz", "hpz_partition_size", type=int, default=1, show_default=True, help="ZeRO++ hpZ partition size (usually GPUs per node).")
+@click.option("--quantized-weights", is_flag=True, help="ZeRO++ qwZ: quantized weight all-gathers (ZeRO-3).")
+@click.option("--quantized-gradients", is_flag=True, help="ZeRO++ qgZ: quantized gradient reduce-scatter (ZeRO-3).")
+@click.option("--nvme-path", default=None, help="Local NVMe directory for --offload-* nvme.")
+@click.option("--lr", type=float, default=2e-5, show_default=True)
+@click.option("--warmup-steps", type=int, default=100, show_default=True)
+@click.option("--total-steps", type=int, default=1000, show_default=True)
+@click.option("--gradient-clipping", type=float, default=1.0, show_default=True)
+@click.option("--communication-data-type", type=click.Choice(["fp16", "bf16", "fp32"]), default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print plan.json to stdout as well.")
+def command(output_dir: str, force: bool, overrides: tuple[str, ...], template_dir: str | None, hpz_partition_size: int,
+            quantized_weights: bool, quantized_gradients: bool, nvme_path: str | None, lr: float, warmup_steps: int,
+            total_steps: int, gradient_clipping: float, communication_data_type: str | None, as_json: bool, **kw) -> None:
+    model, cluster, workload, plan = build_inputs(kw)
+    plan = dataclasses.replace(plan, hpz_partition_size=hpz_partition_size, quantized_weights=quantized_weights,
+                               quantized_gradients=quantized_gradients)
+    opts = ConfigOptions(lr=lr, warmup_steps=warmup_steps, total_steps=total_steps, gradient_clipping=gradient_clipping,
+                         nvme_path=nvme_path, communication_data_type=communication_data_type)
+    out = Path(output_dir)
+    targets = [out / "ds_config.json", out / "plan.json"]
+    check_writable(targets, force)
+    cfg = render(model, cluster, workload, plan, opts, Path(template_dir) if template_dir else None, list(overrides))
+    ctx = Context(world_size=cluster.world_size, gpus_per_node=cluster.gpus_per_node, pp=plan.pp, gpu=cluster.gpu, model=model)
+    problems = validate_config(cfg, ctx)
+    echo_problems(problems, "ds_config.json")
+    if errors(problems):
+        click.echo(f"error: the rendered config has {len(errors(problems))} problem(s); nothing written", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    lay = layout(model, cluster, plan)
+    mem = estimate(model, cluster, workload, plan)
+    if not mem.fits:
+        click.echo(render_estimate(model, cluster, workload, plan, lay, mem), err=True)
+        click.echo("error: this plan does not fit; nothing written (change the plan, or see qwen-ds estimate)", err=True)
+        sys.exit(EXIT_DOES_NOT_FIT)
+    plan_doc = {
+        "qwen_ds_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "deepspeed_version": "0.19.8",
+        "model": {"name": model.name, "family": model.family, "source": model.source, "config": dict(model.config)},
+        "cluster": {"gpu": cluster.gpu.name, "nodes": cluster.nodes, "gpus_per_node": cluster.gpus_per_node,
+                    "world_size": cluster.world_size, "hostfile": kw.get("hostfile")},
+        "workload": dataclasses.asdict(workload),
+        "plan": {**dataclasses.asdict(plan), "dp": lay.dp},
+        "fp8_recipe": fp8_recipe(plan),
+        "overrides": list(overrides),
+        "memory": estimate_json(model, cluster, workload, plan, lay, mem),
+        "launch": {"command": launch_command(kw, out, workload.mode)},
+    }
+    write_json_atomic(targets[0], cfg)
+    write_json_atomic(targets[1], plan_doc)
+    if as_json:
+        click.echo(json.dumps(plan_doc, indent=2))
+    else:
+        click.echo(f"wrote {targets[0]} and {targets[1]}")
+        click.echo(f"ZeRO-{plan.zero_stage}, dp {lay.dp} x tp {lay.tp} x pp {lay.pp}, {plan.precision}; "
+                   f"{mem.gpu_total_bytes / 1024**3:.2f} GiB of {mem.gpu_memory_bytes / 1024**3:.2f} GiB per GPU")
+        click.echo("launch: " + " ".join(plan_doc["launch"]["command"]))

@@ -1,0 +1,68 @@
+"""Read a DeepSpeed config the way DeepSpeed does: JSON, or hjson (comments, trailing commas);
+duplicate keys are an error (DeepSpeed raises on them for files)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError, one_line
+
+
+class DuplicateKeys(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    dups = sorted({k for k in keys if keys.count(k) > 1})
+    if dups:
+        raise DuplicateKeys(", ".join(dups))
+    return dict(pairs)
+
+
+def parse_config_text(text: str, where: str) -> dict[str, Any]:
+    """JSON first; hjson (what DeepSpeed's file loader accepts) when JSON fails."""
+    try:
+        cfg = json.loads(text, object_pairs_hook=_no_duplicates)
+    except DuplicateKeys as exc:
+        raise InputError(f"{where}: duplicate keys {exc} (DeepSpeed refuses them); keep one of each") from None
+    except json.JSONDecodeError as json_err:
+        try:
+            import hjson
+        except ImportError:
+            raise InputError(f"{where} line {json_err.lineno}: malformed JSON ({json_err.msg}); fix that line") from None
+        try:
+            cfg = hjson.loads(text, object_pairs_hook=_no_duplicates)
+        except DuplicateKeys as exc:
+            raise InputError(f"{where}: duplicate keys {exc} (DeepSpeed refuses them); keep one of each") from None
+        except Exception as exc:  # hjson raises HjsonDecodeError and, on odd input, other ValueErrors
+            line = getattr(exc, "lineno", json_err.lineno)
+            raise InputError(f"{where} line {line}: neither JSON nor hjson ({one_line(getattr(exc, 'msg', exc))[:120]}); fix that line") from None
+    if not isinstance(cfg, dict):
+        raise InputError(f"{where}: a DeepSpeed config is a JSON object, got {type(cfg).__name__}")
+    return _plain(cfg)
+
+
+def _plain(value: Any) -> Any:
+    """hjson returns OrderedDicts and Decimals in places: make plain dict/list/int/float."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if type(value).__name__ == "Decimal":
+        f = float(value)
+        return int(f) if f.is_integer() else f
+    return value
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"{one_line(path)}: cannot read it ({one_line(exc.strerror or exc)}); pass a readable ds_config.json") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{one_line(path)}: not UTF-8 text; a DeepSpeed config is JSON") from None
+    return parse_config_text(text, one_line(path))

@@ -1,0 +1,23 @@
+"""A problem found in a DeepSpeed config: where (JSON path), what, which rule, how bad."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str  # JSON path, e.g. $.zero_optimization.offload_param
+    message: str  # what is wrong and how to fix it, one line
+    rule: str  # rule id, e.g. "auto", "batch", "schema", "deepspeed"
+    severity: str = "error"  # error | warning
+
+    def as_dict(self) -> dict[str, str]:
+        return {"path": self.path, "message": self.message, "rule": self.rule, "severity": self.severity}
+
+
+def json_path(parts) -> str:
+    out = "$"
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else f".{p}"
+    return out
