@@ -177,13 +177,20 @@ def test_pipeline_first_stage_carries_embedding_and_in_flight_microbatches():
 
 def test_breakdown_totals_add_up():
     b, _ = terms(NEXT, "A100-80GB", 2, 8, Plan())
-    persistent = sum(t.bytes for t in b.gpu_terms if t.phase == "persistent")
-    fwd = sum(t.bytes for t in b.gpu_terms if t.phase == "fwd_bwd")
-    step = sum(t.bytes for t in b.gpu_terms if t.phase == "step")
-    outside = sum(t.bytes for t in b.gpu_terms if t.phase == "outside")
-    assert b.gpu_allocated_bytes == persistent + max(fwd, step)
+    by = {ph: sum(t.bytes for t in b.gpu_terms if t.phase == ph) for ph in ("persistent", "fwd_bwd", "loss", "recompute", "step", "outside")}
+    assert b.gpu_allocated_bytes == by["persistent"] + max(by["fwd_bwd"] + max(by["loss"], by["recompute"]), by["step"])
     assert b.gpu_reserved_bytes == int(b.gpu_allocated_bytes * (1 + constant("fragmentation")))
-    assert b.gpu_total_bytes == b.gpu_reserved_bytes + outside
+    assert b.gpu_total_bytes == b.gpu_reserved_bytes + by["outside"]
+
+
+def test_loss_and_recompute_peaks_are_exclusive_with_checkpointing():
+    # measured on H200 (benchmarks/results/activation_gpu_h200_2026-11-28.md): with checkpointing the
+    # loss transients are freed before the first layer is recomputed
+    b, t = terms("Qwen3-0.6B", "H200", 1, 1, Plan(zero_stage=0, micro_batch=2), Workload(seq_len=4096))
+    loss = t["logits_and_logsoftmax"] + t["loss_backward"]
+    assert loss > t["activations_recompute"]
+    assert b.backward_peak_bytes == t["activations_checkpoints"] + t["final_norm_and_head"] + loss
+    assert b.peak_phase == "loss backward"
 
 
 def test_bad_degrees_raise_input_error():

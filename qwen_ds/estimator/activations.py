@@ -2,9 +2,11 @@
 
 Two kernel sets:
 - ``hf``: transformers' modules as they run by default (sdpa attention, RMSNorm in fp32, the torch
-  fallback of Gated DeltaNet, grouped_mm MoE). Coefficients measured with
-  torch.autograd.graph.saved_tensors_hooks (benchmarks/activation_probe.py, results in
-  benchmarks/results/activation_saved_tensors_cpu_2026-11-28.md; reference/qwen-models.md §4).
+  fallback of Gated DeltaNet, grouped_mm MoE). Exact formulas fitted to saved-tensor
+  measurements (torch.autograd.graph.saved_tensors_hooks) over 7-9 configs per family, residual
+  0 B on CPU and on H200 (benchmarks/activation_probe.py,
+  benchmarks/results/activation_saved_tensors_cpu_2026-11-28.md); peak memory of real steps
+  within 0.3 % median (benchmarks/results/activation_gpu_h200_2026-11-28.md).
 - ``fused``: flash attention, fused RMSNorm (input + rstd), FLA Gated DeltaNet kernels: the lower
   bounds of reference/qwen-models.md §4.
 Symbols: h hidden, q = nH*hd, kv = nKV*hd, I intermediate, E experts, k top-k, Im / Is MoE /
@@ -23,9 +25,12 @@ from .breakdown import Term
 from .layout import Layout
 
 
+GDN_CHUNK = 64  # chunk size of the Gated DeltaNet chunked kernels (torch fallback and FLA)
+
+
 def norm_bytes(s: ModelSpec, kernels: str) -> int:
-    """One RMSNorm. HF: fp32 upcast input 4h + bf16 output 2h + fp32 rstd 4 (6h+4); Qwen3-Next's
-    zero-centred norm keeps fp32 input and fp32 normed (8h+4). Fused: input 2h + rstd 4."""
+    """One RMSNorm. HF: 6h+4 (fp32 upcast input, rstd, ...); Qwen3-Next's zero-centred (1+w) norm
+    computes in fp32: 8h+4. Fused: input 2h + rstd 4."""
     h = s.hidden_size
     if kernels == "fused":
         return 2 * h + 4
@@ -33,38 +38,38 @@ def norm_bytes(s: ModelSpec, kernels: str) -> int:
 
 
 def attention_bytes(s: ModelSpec, kernels: str) -> int:
-    """Dense GQA attention (Llama, Qwen2, Qwen3). HF sdpa: projections' outputs, q/k-norm fp32
-    internals (Qwen3), RoPE operands, sdpa q/k/v/out + fp32 logsumexp 4nH. Fused: 2h + 4q + 4kv."""
-    h, q, kv, nh = s.hidden_size, s.q_dim, s.kv_dim, s.num_heads
-    if kernels == "fused":
+    """Dense GQA attention under sdpa (no mask, enable_gqa; flash / cuDNN on GPU save the same):
+    Qwen3 / Qwen3-MoE with q/k RMSNorm: 2h + 10q + 10kv + 8nH + 4nKV; Qwen2 / Llama (biases add
+    nothing): 2h + 4q + 4kv + 4nH (input, q/k after RoPE, v, output = o_proj input, fp32 logsumexp)."""
+    h, q, kv, nh, nkv = s.hidden_size, s.q_dim, s.kv_dim, s.num_heads, s.num_kv_heads
+    if kernels == "fused" or s.family not in ("qwen3", "qwen3_moe"):
         return 2 * h + 4 * q + 4 * kv + 4 * nh
-    extra = 6 * q + 6 * kv + 4 * nh if s.family in ("qwen3", "qwen3_moe") else 0
-    return 6 * q + 6 * kv + 4 * nh + extra
+    return 2 * h + 10 * q + 10 * kv + 8 * nh + 4 * nkv
 
 
 def gated_attention_bytes(s: ModelSpec, kernels: str) -> int:
-    """Qwen3-Next gated attention: as dense attention plus the sigmoid output gate (query and gate
-    from one q_proj, gate sigmoid kept, gated output kept for o_proj)."""
-    h, q, kv, nh = s.hidden_size, s.q_dim, s.kv_dim, s.num_heads
+    """Qwen3-Next gated attention (query + sigmoid gate from one q_proj, q/k norms, partial RoPE):
+    HF 2h + 18q + 12kv + 8nH + 4nKV. Fused: dense flash attention plus gate, sigmoid, gated output."""
+    h, q, kv, nh, nkv = s.hidden_size, s.q_dim, s.kv_dim, s.num_heads, s.num_kv_heads
     if kernels == "fused":
         return 2 * h + 10 * q + 4 * kv + 4 * nh
-    return 16 * q + 12 * kv + 4 * nh
+    return 2 * h + 18 * q + 12 * kv + 8 * nh + 4 * nkv
 
 
 def gated_deltanet_bytes(s: ModelSpec, kernels: str) -> int:
-    """Qwen3-Next Gated DeltaNet. Fused (FLA chunk kernel): q,k,v + rstds, g, beta, A [64 per head]
-    plus projections and conv. HF torch fallback upcasts q, k, v, beta, g to fp32 and keeps the
-    per-chunk matrices: several times more."""
-    h = s.hidden_size
-    nk, nv = s.linear_num_key_heads, s.linear_num_value_heads
-    kd, vd = nk * s.linear_key_head_dim, nv * s.linear_value_head_dim
-    proj = 2 * h + 2 * (2 * kd + 2 * vd) + 2 * 2 * nv  # input, in_proj outputs
-    conv = 2 * (2 * kd + vd) * 2  # conv input and SiLU output
+    """Qwen3-Next Gated DeltaNet. HF torch fallback (chunk C = 64, s a multiple of C):
+    2h + 8kd + 34vd + 32·nv·dk + 38nv + 20·C·nv + 4·nv·dk·dv/C + 4nv/C (five fp32 CxC matrices
+    per chunk and one fp32 state per chunk). Fused (FLA chunk kernel, states recomputed in
+    backward): projections, conv, q/k/v + rstds, g, beta, A[64 per head] - an estimate until the
+    FLA path is measured (#7)."""
+    h, C = s.hidden_size, GDN_CHUNK
+    nk, nv, dk, dv = s.linear_num_key_heads, s.linear_num_value_heads, s.linear_key_head_dim, s.linear_value_head_dim
+    kd, vd = nk * dk, nv * dv
     if kernels == "fused":
-        chunk = 2 * kd + 2 * kd + 2 * vd + 8 * nv + 4 * nv * 64 + 2 * vd * 3
-        return proj + conv + chunk
-    fallback = 4 * (2 * kd * nv // nk + vd) * 4 + 4 * nv * 64 * 6 + 2 * vd * 4
-    return proj + conv + fallback
+        proj = 2 * h + 2 * (2 * kd + 2 * vd) + 4 * nv
+        conv = 4 * (2 * kd + vd)
+        return proj + conv + 4 * kd + 2 * vd + 8 * nv + 4 * nv * C + 6 * vd
+    return 2 * h + 8 * kd + 34 * vd + 32 * nv * dk + 38 * nv + 20 * C * nv + (4 * nv * dk * dv + 4 * nv) // C
 
 
 def dense_mlp_bytes(s: ModelSpec, kernels: str) -> int:
@@ -73,14 +78,20 @@ def dense_mlp_bytes(s: ModelSpec, kernels: str) -> int:
 
 
 def moe_bytes(s: ModelSpec, kernels: str) -> int:
-    """MoE block (grouped_mm): input 2h, router probs fp32 4E, per routed slot k*(4h + 8Im)
-    (permuted copy 2h, gate_up 4Im, act 2Im, product 2Im, down output 2h), + Qwen3-Next shared
-    expert 8Is + 2h and its gate, + ~400 B of routing indices."""
+    """MoE block, transformers' default grouped_mm experts: per routed slot 4h + 8Im + 38 (permuted
+    copy, gate_up, activation, product, down output, indices), router 4E + 12k + 4 (fp32 probs).
+    Qwen3-MoE: 2h + k(4h+8Im+38) + 4E + 4. Qwen3-Next adds the shared expert 2h + 8Is and its gate
+    multiply 2h + 2: 4h + k(4h+8Im+38) + 4E + 8Is + 6."""
     h, E, k, Im = s.hidden_size, s.num_experts, s.experts_per_token, s.moe_intermediate_size
-    n = 2 * h + 4 * E + k * (4 * h + 8 * Im) + 400
+    n = 2 * h + k * (4 * h + 8 * Im + 38) + 4 * E + 4
     if s.family == "qwen3_next":
-        n += 8 * s.shared_expert_intermediate_size + 2 * h + 4
+        n += 2 * h + 8 * s.shared_expert_intermediate_size + 2
     return n
+
+
+def head_bytes(s: ModelSpec, kernels: str) -> int:
+    """Model-level per token: final norm + lm_head input 2h + int64 input ids 8 + labels 8."""
+    return norm_bytes(s, kernels) + 2 * s.hidden_size + 16
 
 
 def layer_bytes(s: ModelSpec, i: int, kernels: str) -> tuple[int, int]:
@@ -114,7 +125,7 @@ def activation_terms(s: ModelSpec, lay: Layout, plan: Plan, seq_len: int) -> lis
         recompute = max(per_layer) * tokens * scale
         return [
             Term("activations_checkpoints", kept, "fwd_bwd", f"2h x {len(per_layer)} layers x {tokens:,} tokens x {in_flight} in flight"),
-            Term("activations_recompute", recompute, "fwd_bwd", f"one layer {max(per_layer):,} B/token x {tokens:,} tokens"),
+            Term("activations_recompute", recompute, "recompute", f"one layer {max(per_layer):,} B/token x {tokens:,} tokens"),
         ]
     total = sum(per_layer) * tokens * in_flight * scale
     return [Term("activations", total, "fwd_bwd", f"{sum(per_layer):,} B/token over {len(per_layer)} layers x {tokens:,} tokens x {in_flight} in flight")]
@@ -130,12 +141,13 @@ def loss_terms(s: ModelSpec, lay: Layout, plan: Plan, seq_len: int) -> list[Term
         return []
     V, tokens = s.vocab_size, plan.micro_batch * seq_len
     bwd = int(constant("loss_backward_transient_per_vocab"))
-    final_norm = Term("final_norm", norm_bytes(s, plan.kernels) * tokens, "fwd_bwd", f"{norm_bytes(s, plan.kernels)} B x {tokens:,} tokens")
+    hb = head_bytes(s, plan.kernels)
+    final_norm = Term("final_norm_and_head", hb * tokens, "fwd_bwd", f"{hb:,} B/token (norm, lm_head input, ids, labels) x {tokens:,} tokens")
     if plan.loss == "chunked":
         c = min(tokens, int(constant("loss_chunk_tokens")))
-        return [final_norm, Term("loss_chunk", (6 + bwd) * V * c, "fwd_bwd", f"{6 + bwd}V x {c:,} chunk tokens, V={V:,}")]
+        return [final_norm, Term("loss_chunk", (6 + bwd) * V * c, "loss", f"{6 + bwd}V x {c:,} chunk tokens, V={V:,}")]
     return [
         final_norm,
-        Term("logits_and_logsoftmax", 6 * V * tokens, "fwd_bwd", f"(2+4)V x {tokens:,} tokens, V={V:,}"),
-        Term("loss_backward", bwd * V * tokens, "fwd_bwd", f"{bwd}V x {tokens:,} tokens"),
+        Term("logits_and_logsoftmax", 6 * V * tokens, "loss", f"(2+4)V x {tokens:,} tokens, V={V:,}"),
+        Term("loss_backward", bwd * V * tokens, "loss", f"{bwd}V x {tokens:,} tokens"),
     ]

@@ -1,9 +1,12 @@
 """MemoryBreakdown: named terms per GPU and per node, and how they add up to a peak.
 
-Phases: terms tagged ``persistent`` live the whole step; ``fwd_bwd`` terms coexist at the
-activation peak (end of forward / start of backward); ``step`` terms coexist during the optimizer
-step. Peak allocated = persistent + max(fwd_bwd, step). Reserved adds allocator fragmentation;
-the GPU total adds what lives outside PyTorch's allocator (CUDA context, NCCL).
+Phases: ``persistent`` terms live the whole step. ``fwd_bwd`` terms live through backward.
+``loss`` terms (logits, fp32 log-softmax and their grads) peak at the start of backward; with
+checkpointing, the ``recompute`` term (one layer re-run) comes later, after the loss transients
+are freed, so the two are exclusive peaks. ``step`` terms coexist during the optimizer step, when
+activations are gone. Peak allocated = persistent + max(fwd_bwd + max(loss, recompute), step)
+(measured on H200: benchmarks/results/activation_gpu_h200_2026-11-28.md). Reserved adds allocator
+fragmentation; the GPU total adds what lives outside PyTorch's allocator (CUDA context, NCCL).
 """
 
 from __future__ import annotations
@@ -11,14 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 GIB = 1024**3
-PHASES = ("persistent", "fwd_bwd", "step", "outside")
+PHASES = ("persistent", "fwd_bwd", "loss", "recompute", "step", "outside")
 
 
 @dataclass(frozen=True)
 class Term:
     name: str
     bytes: int
-    phase: str  # persistent | fwd_bwd | step | outside (not in torch's allocator)
+    phase: str  # persistent | fwd_bwd | loss | recompute | step | outside (not in torch's allocator)
     formula: str  # the formula with the numbers filled in, for --explain / the table
 
 
@@ -35,13 +38,19 @@ class MemoryBreakdown:
         return sum(t.bytes for t in self.gpu_terms if t.phase == phase)
 
     @property
+    def backward_peak_bytes(self) -> int:
+        return self._phase("fwd_bwd") + max(self._phase("loss"), self._phase("recompute"))
+
+    @property
     def peak_phase(self) -> str:
-        return "step" if self._phase("step") > self._phase("fwd_bwd") else "fwd_bwd"
+        if self._phase("step") > self.backward_peak_bytes:
+            return "step"
+        return "loss backward" if self._phase("loss") >= self._phase("recompute") else "layer recompute"
 
     @property
     def gpu_allocated_bytes(self) -> int:
         """Predicted torch.cuda.max_memory_allocated()."""
-        return self._phase("persistent") + max(self._phase("fwd_bwd"), self._phase("step"))
+        return self._phase("persistent") + max(self.backward_peak_bytes, self._phase("step"))
 
     @property
     def gpu_reserved_bytes(self) -> int:
