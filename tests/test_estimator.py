@@ -112,6 +112,18 @@ def test_dense_mlp_and_norm_activation_formulas():
     assert activations.norm_bytes(load_model(NEXT), "hf") == 8 * 2048 + 4  # 16,388 measured
 
 
+def test_fitted_layer_formulas_reproduce_reference_measurements():
+    # reference/qwen-models.md §4 measured (HF eager, saved_tensors_hooks); the reference folded the
+    # per-forward RoPE cos/sin (4·rot·s / s = 4·rot bytes per token) into the attention layer
+    q8, nxt = load_model("Qwen3-8B"), load_model(NEXT)
+    layer8 = 2 * activations.norm_bytes(q8, "hf") + activations.attention_bytes(q8, "hf") + activations.dense_mlp_bytes(q8, "hf")
+    assert layer8 + 4 * 128 == 215_848
+    assert activations.gated_attention_bytes(nxt, "hf") + 4 * 64 == 84_360  # partial rotary: rot = 256/4
+    assert activations.gated_deltanet_bytes(nxt, "hf") == 365_762
+    e64 = dataclasses.replace(nxt, num_experts=64)
+    assert activations.moe_bytes(e64, "hf") == 135_810
+
+
 def test_checkpointing_keeps_2h_per_layer_and_one_layer():
     m, c = load_model("Qwen3-8B"), Cluster(get_gpu("H100-SXM"), 1, 8)
     on = estimate(m, c, Workload(seq_len=2048), Plan(micro_batch=2, checkpointing=True)).terms_dict()
