@@ -78,6 +78,8 @@ def _enabled(cfg: dict[str, Any], key: str) -> bool:
 
 def _auto_hint(path: tuple, ctx: Context) -> str:
     key = path[-1] if path else ""
+    if key == "enabled":
+        return " (true or false)"
     h = ctx.model.hidden_size if ctx.model else None
     if h and key == "reduce_bucket_size":
         return f" (for {ctx.model.name}: h*h = {h * h})"
@@ -97,7 +99,7 @@ def rule_auto(cfg: dict[str, Any], ctx: Context) -> list[Problem]:
             top = len(path) == 1
             effect = "DeepSpeed crashes on it at the top level" if top else "DeepSpeed silently drops it and uses its default"
             out.append(Problem(json_path(path), f'"auto" is filled only by the HF Trainer / Accelerate; {effect}; '
-                               f"write a number{_auto_hint(path, ctx)} or let qwen-ds gen-config compute it", "auto"))
+                               f"write the value{_auto_hint(path, ctx)} or let qwen-ds gen-config compute it", "auto"))
     return out
 
 
