@@ -15,6 +15,7 @@ COMMANDS = {
     "models": ("qwen_ds.commands.cmd_models", "List model presets with total and active parameters."),
     "gpus": ("qwen_ds.commands.cmd_gpus", "List the GPU catalog (memory, compute capability, TFLOP/s, bandwidths)."),
     "estimate": ("qwen_ds.commands.cmd_estimate", "Memory per GPU and per node for one plan, term by term."),
+    "plan": ("qwen_ds.commands.cmd_plan", "Fastest plans that fit, ranked by a step-time model; rejected families and why."),
     "gen-config": ("qwen_ds.commands.cmd_gen_config", "Render a validated ds_config.json and plan.json for a plan."),
     "validate": ("qwen_ds.commands.cmd_validate", "Check a DeepSpeed config: schema, rules, DeepSpeed's parser, memory."),
 }

@@ -18,8 +18,12 @@ from ..render import ConfigOptions, fp8_recipe, render
 from ..validate import Context, validate_config
 from .cmd_estimate import render as render_estimate
 from .cmd_estimate import to_json as estimate_json
+from .cmd_plan import constraints_from, pinned_knobs, planner_options
 from .options import build_inputs, cluster_options, plan_options
 from .report import echo_problems, errors
+
+
+PLAN_KNOBS = ("zero_stage", "offload_optimizer", "offload_param", "micro_batch", "checkpointing", "tp", "pp", "grad_accum")
 
 
 def launch_command(kw: dict, out: Path, mode: str) -> list[str]:
@@ -46,12 +50,27 @@ def launch_command(kw: dict, out: Path, mode: str) -> list[str]:
 @click.option("--gradient-clipping", type=float, default=1.0, show_default=True)
 @click.option("--communication-data-type", type=click.Choice(["fp16", "bf16", "fp32"]), default=None)
 @click.option("--json", "as_json", is_flag=True, help="Print plan.json to stdout as well.")
-def command(output_dir: str, force: bool, overrides: tuple[str, ...], template_dir: str | None, hpz_partition_size: int,
+@planner_options
+@click.pass_context
+def command(ctx: click.Context, output_dir: str, force: bool, overrides: tuple[str, ...], template_dir: str | None, hpz_partition_size: int,
             quantized_weights: bool, quantized_gradients: bool, nvme_path: str | None, lr: float, warmup_steps: int,
             total_steps: int, gradient_clipping: float, communication_data_type: str | None, as_json: bool, **kw) -> None:
     model, cluster, workload, plan = build_inputs(kw)
     plan = dataclasses.replace(plan, hpz_partition_size=hpz_partition_size, quantized_weights=quantized_weights,
                                quantized_gradients=quantized_gradients)
+    pinned = pinned_knobs(ctx, kw)
+    chosen_by = "flags"
+    if len(pinned) < len(PLAN_KNOBS):  # knobs left open: the planner's fastest plan that fits fills them
+        from ..planner import search
+
+        cons, net = constraints_from(kw, pinned)
+        res = search(model, cluster, workload, plan, cons, net)
+        if not res.accepted:
+            reasons = "; ".join(f"{f}: {r}" for f, r in res.rejected_families()[:4])
+            click.echo(f"error: no plan fits ({reasons}); see qwen-ds plan", err=True)
+            sys.exit(EXIT_DOES_NOT_FIT)
+        plan = res.accepted[0].plan
+        chosen_by = f"planner (best of {res.considered}; pinned: {', '.join(sorted(pinned)) or 'none'})"
     opts = ConfigOptions(lr=lr, warmup_steps=warmup_steps, total_steps=total_steps, gradient_clipping=gradient_clipping,
                          nvme_path=nvme_path, communication_data_type=communication_data_type)
     out = Path(output_dir)
@@ -81,6 +100,7 @@ def command(output_dir: str, force: bool, overrides: tuple[str, ...], template_d
         "plan": {**dataclasses.asdict(plan), "dp": lay.dp},
         "fp8_recipe": fp8_recipe(plan),
         "overrides": list(overrides),
+        "chosen_by": chosen_by,
         "memory": estimate_json(model, cluster, workload, plan, lay, mem),
         "launch": {"command": launch_command(kw, out, workload.mode)},
     }
@@ -90,6 +110,9 @@ def command(output_dir: str, force: bool, overrides: tuple[str, ...], template_d
         click.echo(json.dumps(plan_doc, indent=2))
     else:
         click.echo(f"wrote {targets[0]} and {targets[1]}")
-        click.echo(f"ZeRO-{plan.zero_stage}, dp {lay.dp} x tp {lay.tp} x pp {lay.pp}, {plan.precision}; "
+        click.echo(f"plan chosen by {chosen_by}")
+        click.echo(f"ZeRO-{plan.zero_stage}, offload optimizer={plan.offload_optimizer} params={plan.offload_param}, "
+                   f"dp {lay.dp} x tp {lay.tp} x pp {lay.pp}, micro-batch {plan.micro_batch} x grad-accum {plan.grad_accum}, "
+                   f"checkpointing {'on' if plan.checkpointing else 'off'}, {plan.precision}; "
                    f"{mem.gpu_total_bytes / 1024**3:.2f} GiB of {mem.gpu_memory_bytes / 1024**3:.2f} GiB per GPU")
         click.echo("launch: " + " ".join(plan_doc["launch"]["command"]))

@@ -1,0 +1,144 @@
+"""Step-time model: every part visible, so a reader can see why one plan beats another.
+
+step = compute + exposed communication + offload traffic + CPU optimizer, stretched by the
+pipeline bubble. Bandwidths and efficiencies are explicit inputs (``Network``); the catalog gives
+the GPU peak and link figures. How good the ranking is gets measured on GPUs (issue #7).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..hardware import Cluster
+from ..models.counts import count_params
+from ..models.spec import FULL_ATTENTION, ModelSpec
+from ..plan import Plan, Workload
+
+GB = 1e9
+
+
+@dataclass(frozen=True)
+class Network:
+    """Assumed rates. Defaults: NVLink at 70 % of the catalog's one-direction figure, 400 Gb/s
+    InfiniBand per node, PCIe at 70 % of the catalog host link, 25 GB/s of CPU-Adam memory
+    traffic per node (DeepSpeedCPUAdam, AVX-512), 3 GB/s NVMe per node."""
+
+    inter_node_gbps: float = 400.0  # Gbit/s per node
+    nvlink_efficiency: float = 0.7
+    pcie_efficiency: float = 0.7
+    compute_efficiency: float = 0.55  # achieved / peak tensor TFLOP/s for large GEMMs
+    overlap: float = 0.8  # share of overlappable communication hidden behind compute
+    cpu_adam_gbps: float = 25.0  # GB/s of optimizer-state traffic per node
+    nvme_gbps: float = 3.0  # GB/s per node
+
+
+@dataclass(frozen=True)
+class StepTime:
+    compute_s: float
+    recompute_s: float
+    comm_s: float
+    exposed_comm_s: float
+    offload_s: float
+    cpu_optimizer_s: float
+    bubble_factor: float
+    step_s: float
+    tokens_per_step: int
+    tokens_per_s: float
+    model_flops_per_step: float
+    mfu: float
+
+    def parts(self) -> dict[str, float]:
+        return {
+            "compute_s": self.compute_s, "recompute_s": self.recompute_s, "comm_s": self.comm_s,
+            "exposed_comm_s": self.exposed_comm_s, "offload_s": self.offload_s, "cpu_optimizer_s": self.cpu_optimizer_s,
+            "bubble_factor": self.bubble_factor, "step_s": self.step_s,
+        }
+
+
+def model_flops_per_token(model: ModelSpec, seq_len: int) -> float:
+    """Training FLOPs per token: 6 x active matmul params (embedding lookup excluded, lm_head
+    included) + causal attention scores 6 x 2 x s/2 x q per full-attention layer (fwd 2 matmuls
+    of 2·s·q FLOPs each, halved by the causal mask; backward twice the forward). Gated DeltaNet
+    layers are linear in s and counted through their parameters only."""
+    c = count_params(model)
+    matmul = c.active - c.embedding
+    n_full = sum(t == FULL_ATTENTION for t in model.layer_types)
+    attention = 6 * 2 * (seq_len / 2) * model.q_dim * n_full
+    return 6 * matmul + attention
+
+
+def _collective_s(nbytes: float, cluster: Cluster, group: int, net: Network) -> float:
+    """Ring all-gather / reduce-scatter of ``nbytes`` (the full tensor) over ``group`` ranks:
+    each rank moves (g-1)/g of it; across nodes each node's NIC carries its GPUs' share."""
+    if group <= 1 or nbytes <= 0:
+        return 0.0
+    gpu = cluster.gpu
+    frac = (group - 1) / group
+    nvlink = gpu.nvlink_gbps / 2 * net.nvlink_efficiency * GB if gpu.nvlink_gbps else gpu.pcie_gbps * net.pcie_efficiency * GB
+    t = nbytes * frac / nvlink
+    if cluster.nodes > 1 and group > cluster.gpus_per_node:
+        gpn = cluster.gpus_per_node
+        node_bw = net.inter_node_gbps / 8 * GB
+        t = max(t, nbytes * gpn * (group - gpn) / group / node_bw)
+    return t
+
+
+def step_time(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan, net: Network | None = None) -> StepTime:
+    net = net or Network()
+    gpu = cluster.gpu
+    world = cluster.world_size
+    dp = world // (plan.tp * plan.pp)
+    seq = workload.seq_len
+    tokens_per_gpu_micro = plan.micro_batch * seq
+    tokens_per_step = tokens_per_gpu_micro * plan.grad_accum * dp
+    peak = gpu.peak_tflops(plan.precision) * 1e12
+    flops_tok = model_flops_per_token(model, seq)
+    model_flops = flops_tok * tokens_per_step
+    # each GPU does 1/(tp*pp) of its data-parallel replica's work
+    per_gpu_flops = flops_tok * tokens_per_gpu_micro * plan.grad_accum / (plan.tp * plan.pp)
+    compute = per_gpu_flops / (peak * net.compute_efficiency)
+    recompute = compute / 3 if plan.checkpointing else 0.0  # one extra forward = 1/3 of fwd+bwd
+    c = count_params(model)
+    b = 4 if plan.precision == "fp32" else 2
+    shard = c.total / (plan.tp * plan.pp)  # params of one model-parallel rank's replica
+    ga = plan.grad_accum
+    # ZeRO traffic per optimizer step (bytes of the full tensor per collective)
+    if plan.zero_stage == 3:
+        comm = ga * (2 * _collective_s(b * shard, cluster, dp, net) + _collective_s(b * shard, cluster, dp, net))
+        if plan.hpz_partition_size > 1:  # backward all-gather stays in the node
+            comm -= ga * _collective_s(b * shard, cluster, dp, net)
+            comm += ga * _collective_s(b * shard, Cluster(gpu, 1, plan.hpz_partition_size), plan.hpz_partition_size, net)
+        if plan.quantized_weights:
+            comm *= 0.75
+    elif plan.zero_stage == 2:
+        comm = ga * _collective_s(b * shard, cluster, dp, net) + _collective_s(b * shard, cluster, dp, net)
+    elif plan.zero_stage == 1:
+        comm = 2 * _collective_s(b * shard, cluster, dp, net)
+    else:
+        comm = 2 * _collective_s(b * shard, cluster, dp, net)  # all-reduce = reduce-scatter + all-gather
+    if plan.tp > 1:  # AutoTP: 2 all-reduces of activations per layer in fwd, 2 in bwd
+        act = b * plan.micro_batch * seq * model.hidden_size
+        comm += ga * 4 * model.num_layers / plan.pp * 2 * _collective_s(act, Cluster(gpu, 1, plan.tp), plan.tp, net)
+    if plan.pp > 1:  # point-to-point activations between stages, fwd and bwd, per micro-batch
+        comm += ga * 2 * b * plan.micro_batch * seq * model.hidden_size / (net.inter_node_gbps / 8 * GB)
+    overlappable = comm if plan.overlap_comm or plan.zero_stage == 3 else 0.0
+    hidden = min(overlappable * net.overlap, compute + recompute)
+    exposed = comm - hidden
+    # offload: PCIe traffic and CPU Adam
+    part = shard / dp
+    pcie = gpu.pcie_gbps * net.pcie_efficiency * GB
+    offload = cpu_opt = 0.0
+    if plan.offload_optimizer != "none":
+        offload += (b * part + b * part) / pcie  # grads down, updated params up
+        cpu_opt = 16 * part * cluster.gpus_per_node / (net.cpu_adam_gbps * GB)
+        if plan.offload_optimizer == "nvme":
+            cpu_opt += 2 * 12 * part * cluster.gpus_per_node / (net.nvme_gbps * GB)
+    if plan.offload_param != "none":
+        offload += ga * 2 * b * part / pcie  # each rank streams its partition in, fwd and bwd
+        if plan.offload_param == "nvme":
+            offload += ga * 2 * b * part * cluster.gpus_per_node / (net.nvme_gbps * GB)
+    m = ga
+    bubble = (m + plan.pp - 1) / m if plan.pp > 1 else 1.0
+    step = (compute + recompute + exposed) * bubble + offload + cpu_opt
+    return StepTime(compute, recompute, comm, exposed, offload, cpu_opt, bubble, step, tokens_per_step,
+                    tokens_per_step / step, model_flops, model_flops / (step * peak * world))
