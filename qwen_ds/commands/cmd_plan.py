@@ -26,7 +26,7 @@ def planner_options(f):
         click.option("--allow-nvme", is_flag=True, help="Also consider NVMe offload."),
         click.option("--allow-tp", is_flag=True, help="Also consider tensor parallelism for training (AutoTP)."),
         click.option("--allow-pp", is_flag=True, help="Also consider pipeline parallelism (needs a PipelineModule training script)."),
-        click.option("--inter-node-gbps", type=float, default=400.0, show_default=True, help="Network between nodes, Gbit/s per node."),
+        click.option("--inter-node-gbps", type=float, default=None, help="Network between nodes, Gbit/s per node [200 x GPUs per node]."),
         click.option("--compute-efficiency", type=float, default=0.55, show_default=True, help="Achieved / peak tensor TFLOP/s."),
     ]):
         f = d(f)

@@ -18,6 +18,7 @@ from ..plan import Plan, Workload
 from .throughput import Network, StepTime, step_time
 
 GIB = 1024**3
+FREE_GRAD_ACCUM = (1, 4, 16)
 OFFLOADS = (("none", "none"), ("cpu", "none"), ("cpu", "cpu"), ("nvme", "none"), ("nvme", "nvme"))
 
 
@@ -120,16 +121,19 @@ def candidates(model: ModelSpec, cluster: Cluster, workload: Workload, base: Pla
                     micro_opts = [fixed["micro_batch"]] if "micro_batch" in fixed else _powers_of_two(c.max_micro_batch)
                     for micro in micro_opts:
                         if infer:
-                            ga = 1
+                            gas = [1]
                         elif c.global_batch is not None:
                             if c.global_batch % (micro * dp):
                                 continue
-                            ga = c.global_batch // (micro * dp)
-                        else:
-                            ga = fixed.get("grad_accum", 4 * pp if pp > 1 else 1)
-                        for ckpt in ckpts:
-                            yield dataclasses.replace(base, zero_stage=zero, offload_optimizer=oo, offload_param=op, tp=tp, pp=pp,
-                                                      micro_batch=micro, grad_accum=ga, checkpointing=ckpt)
+                            gas = [c.global_batch // (micro * dp)]
+                        elif "grad_accum" in fixed:
+                            gas = [fixed["grad_accum"]]
+                        else:  # global batch left open: grad-accum may amortize communication and offload
+                            gas = [g * pp for g in FREE_GRAD_ACCUM] if pp > 1 else list(FREE_GRAD_ACCUM)
+                        for ga in gas:
+                            for ckpt in ckpts:
+                                yield dataclasses.replace(base, zero_stage=zero, offload_optimizer=oo, offload_param=op, tp=tp,
+                                                          pp=pp, micro_batch=micro, grad_accum=ga, checkpointing=ckpt)
 
 
 def evaluate(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan, c: Constraints, net: Network) -> Candidate:

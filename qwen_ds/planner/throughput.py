@@ -19,11 +19,12 @@ GB = 1e9
 
 @dataclass(frozen=True)
 class Network:
-    """Assumed rates. Defaults: NVLink at 70 % of the catalog's one-direction figure, 400 Gb/s
-    InfiniBand per node, PCIe at 70 % of the catalog host link, 25 GB/s of CPU-Adam memory
-    traffic per node (DeepSpeedCPUAdam, AVX-512), 3 GB/s NVMe per node."""
+    """Assumed rates. Defaults: NVLink at 70 % of the catalog's one-direction figure, one 200 Gb/s
+    InfiniBand NIC per GPU between nodes (DGX A100 layout; DGX H100 has 400 Gb/s per GPU), PCIe at
+    70 % of the catalog host link, 25 GB/s of CPU-Adam memory traffic per node (DeepSpeedCPUAdam,
+    AVX-512), 3 GB/s NVMe per node."""
 
-    inter_node_gbps: float = 400.0  # Gbit/s per node
+    inter_node_gbps: float | None = None  # Gbit/s per node; None = 200 x GPUs per node
     nvlink_efficiency: float = 0.7
     pcie_efficiency: float = 0.7
     compute_efficiency: float = 0.55  # achieved / peak tensor TFLOP/s for large GEMMs
@@ -67,6 +68,11 @@ def model_flops_per_token(model: ModelSpec, seq_len: int) -> float:
     return 6 * matmul + attention
 
 
+def inter_node_bytes_per_s(cluster: Cluster, net: Network) -> float:
+    gbps = net.inter_node_gbps if net.inter_node_gbps is not None else 200.0 * cluster.gpus_per_node
+    return gbps / 8 * GB
+
+
 def _collective_s(nbytes: float, cluster: Cluster, group: int, net: Network) -> float:
     """Ring all-gather / reduce-scatter of ``nbytes`` (the full tensor) over ``group`` ranks:
     each rank moves (g-1)/g of it; across nodes each node's NIC carries its GPUs' share."""
@@ -78,7 +84,7 @@ def _collective_s(nbytes: float, cluster: Cluster, group: int, net: Network) -> 
     t = nbytes * frac / nvlink
     if cluster.nodes > 1 and group > cluster.gpus_per_node:
         gpn = cluster.gpus_per_node
-        node_bw = net.inter_node_gbps / 8 * GB
+        node_bw = inter_node_bytes_per_s(cluster, net)
         t = max(t, nbytes * gpn * (group - gpn) / group / node_bw)
     return t
 
@@ -120,7 +126,7 @@ def step_time(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan
         act = b * plan.micro_batch * seq * model.hidden_size
         comm += ga * 4 * model.num_layers / plan.pp * 2 * _collective_s(act, Cluster(gpu, 1, plan.tp), plan.tp, net)
     if plan.pp > 1:  # point-to-point activations between stages, fwd and bwd, per micro-batch
-        comm += ga * 2 * b * plan.micro_batch * seq * model.hidden_size / (net.inter_node_gbps / 8 * GB)
+        comm += ga * 2 * b * plan.micro_batch * seq * model.hidden_size / inter_node_bytes_per_s(cluster, net)
     overlappable = comm if plan.overlap_comm or plan.zero_stage == 3 else 0.0
     hidden = min(overlappable * net.overlap, compute + recompute)
     exposed = comm - hidden
