@@ -1,0 +1,82 @@
+"""`qwen-ds launch`: DeepSpeed's own launcher across a hostfile, checked first, supervised after."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from ..errors import EXIT_BAD_INPUT
+from ..hostfile import read_hostfile
+from ..launch import LAUNCHERS, LaunchRequest, build
+from ..launch.envfile import env_file_text, parse_env_items, rank_env, write_env_file
+
+
+def expected_ranks(hf, launcher: str, node_rank: int | None, filtered: bool) -> list[int]:
+    if filtered:
+        return []
+    if hf.single_host:
+        return list(range(hf.hosts[0].slots))
+    if launcher == "no-ssh":
+        start = sum(h.slots for h in hf.hosts[:node_rank])
+        return list(range(start, start + hf.hosts[node_rank].slots))
+    return []  # remote ranks report through the backend's exit code
+
+
+@click.command("launch", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+               help="Launch ENTRY (train | infer | a script | -m MODULE, then its arguments) with DeepSpeed's launcher.")
+@click.option("--hostfile", required=True, type=click.Path(dir_okay=False), help="DeepSpeed hostfile ('host slots=N').")
+@click.option("--config", "config", required=True, type=click.Path(dir_okay=False), help="ds_config.json.")
+@click.option("--plan", default=None, type=click.Path(dir_okay=False), help="plan.json from gen-config (checked against the hostfile).")
+@click.option("--launcher", type=click.Choice(LAUNCHERS), default="pdsh", show_default=True,
+              help="Backend for several hosts; no-ssh runs this node only (start one per node with --node-rank).")
+@click.option("--node-rank", type=int, default=None, help="This node's line in the hostfile (--launcher no-ssh).")
+@click.option("--include", default=None, help="DeepSpeed resource filter, e.g. 'w0@w1:0,2'.")
+@click.option("--exclude", default=None, help="DeepSpeed resource filter, e.g. 'w1:0'.")
+@click.option("--master-addr", default=None, help="Rendezvous address [127.0.0.1 for one host, else the first host].")
+@click.option("--master-port", type=int, default=29500, show_default=True)
+@click.option("--env", "env_items", multiple=True, metavar="KEY=VALUE", help="Environment for every rank (repeatable).")
+@click.option("--run-dir", default=None, help="Where rank status files go [./qwen-ds-runs/<time>-<pid>].")
+@click.option("--dry-run", is_flag=True, help="Print the command lines and the env file, start nothing.")
+@click.argument("entry", nargs=-1, type=click.UNPROCESSED)
+def command(hostfile, config, plan, launcher, node_rank, include, exclude, master_addr, master_port, env_items, run_dir,
+            dry_run, entry) -> None:
+    hf = read_hostfile(hostfile)
+    user_env = parse_env_items(env_items)
+    run_dir = run_dir or str(Path("qwen-ds-runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    req = LaunchRequest(hostfile=hf, config=config, plan=plan, entry=tuple(entry), run_dir=str(Path(run_dir).resolve()),
+                        launcher=launcher, node_rank=node_rank, include=include, exclude=exclude, master_addr=master_addr,
+                        master_port=master_port, env=rank_env(user_env))
+    spec = build(req)
+    from ..launch.preflight import preflight
+
+    problems = preflight(req, spec)
+    if dry_run:
+        click.echo("# command")
+        click.echo(shlex.join(spec.argv))
+        click.echo("# environment added for the ranks")
+        for k, v in sorted(spec.env.items()):
+            click.echo(f"{k}={v}")
+        if spec.env_file is not None:
+            click.echo("# .deepspeed_env (merged into ./.deepspeed_env, old file backed up)")
+            click.echo(env_file_text(spec.env_file), nl=False)
+        for p in problems:
+            click.echo(f"preflight: {p}", err=True)
+        return
+    if problems:
+        for p in problems:
+            click.echo(f"error: preflight: {p}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    if spec.env_file is not None:
+        backup, changed = write_env_file(Path(".deepspeed_env"), spec.env_file)
+        if backup:
+            click.echo(f"qwen-ds launch: .deepspeed_env merged (changed: {', '.join(changed) or 'none'}); backup at {backup}", err=True)
+    from ..launch.run import run
+
+    ranks = expected_ranks(hf, launcher, node_rank, bool(include or exclude))
+    rc = run(spec, Path(req.run_dir), ranks, log=lambda *a, **k: click.echo(" ".join(map(str, a)), err=True))
+    sys.exit(rc)

@@ -1,0 +1,103 @@
+"""build(request) -> LaunchSpec(argv, env, env_file): the whole launch as data, no side effects.
+
+Every rank runs through qwen_ds.launch.rank (a thin wrapper: rank-prefixed output, signal
+forwarding, a status file per rank), started by DeepSpeed's own runner
+(`python -m deepspeed.launcher.runner`): the status files let `launch` tell a finished job from
+one whose launcher died by a signal, which DeepSpeed's runner reports as exit 0.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+from ..errors import InputError
+from ..hostfile import Hostfile
+
+LAUNCHERS = ("pdsh", "openmpi", "mvapich", "slurm", "no-ssh")
+BUILTIN = {"train": "qwen_ds.runtime.train", "infer": "qwen_ds.runtime.infer"}
+BACKEND_BINARY = {"pdsh": "pdsh", "openmpi": "mpirun", "mvapich": "mpirun", "slurm": "srun"}
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    hostfile: Hostfile
+    config: str
+    entry: tuple[str, ...]  # ("train", ...) | ("-m", "module", ...) | ("script.py", ...)
+    run_dir: str  # status files and logs of this run
+    plan: str | None = None
+    launcher: str = "pdsh"
+    node_rank: int | None = None
+    include: str | None = None
+    exclude: str | None = None
+    master_addr: str | None = None
+    master_port: int = 29500
+    env: dict = field(default_factory=dict)
+    python: str = sys.executable
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    argv: tuple[str, ...]
+    env: dict  # added to this process's environment for the runner (local paths)
+    env_file: dict | None  # .deepspeed_env contents (multi-node ssh/MPI paths), else None
+    local: bool  # this host runs the ranks itself (single host or no-ssh)
+    master_addr: str
+    entry_kind: str  # builtin | module | script
+    entry_target: str
+
+
+def resolve_entry(entry: tuple[str, ...], config: str, plan: str | None) -> tuple[str, str, list[str]]:
+    """(kind, target, args): the built-in runtime gets --config/--plan added."""
+    if not entry:
+        raise InputError("launch needs an ENTRY: train, infer, a script path, or -m MODULE (then its arguments)")
+    head, rest = entry[0], list(entry[1:])
+    if head in BUILTIN:
+        extra = ["--config", config] + (["--plan", plan] if plan else [])
+        return "builtin", BUILTIN[head], extra + rest
+    if head in ("-m", "--module"):
+        if not rest:
+            raise InputError("launch -m needs a module name, e.g. launch ... -m my_pkg.train --epochs 1")
+        return "module", rest[0], rest[1:]
+    return "script", head, rest
+
+
+def build(req: LaunchRequest) -> LaunchSpec:
+    if req.launcher not in LAUNCHERS:
+        raise InputError(f"--launcher {req.launcher!r}: choose one of {', '.join(LAUNCHERS)}")
+    hf = req.hostfile
+    if not 1 <= req.master_port <= 65535:
+        raise InputError(f"--master-port {req.master_port}: choose a TCP port 1-65535")
+    if req.include and req.exclude:
+        raise InputError("--include and --exclude are mutually exclusive (DeepSpeed refuses both); keep one")
+    no_ssh = req.launcher == "no-ssh"
+    if no_ssh:
+        if req.node_rank is None or not 0 <= req.node_rank < hf.nodes:
+            raise InputError(f"--launcher no-ssh needs --node-rank 0..{hf.nodes - 1} (this node's line in {hf.path})")
+    elif req.node_rank is not None:
+        raise InputError("--node-rank is only for --launcher no-ssh (the other launchers start every node themselves)")
+    if req.launcher in ("mvapich", "slurm") and not hf.equal_slots:
+        raise InputError(f"--launcher {req.launcher} needs the same slots= on every host of {hf.path}")
+    kind, target, args = resolve_entry(req.entry, req.config, req.plan)
+    single = hf.single_host
+    master = req.master_addr or ("127.0.0.1" if single else hf.hosts[0].name.split("@")[-1])
+    argv = [req.python, "-u", "-m", "deepspeed.launcher.runner", "--hostfile", hf.path,
+            "--master_addr", master, "--master_port", str(req.master_port)]
+    if single:
+        argv.append("--no_ssh_check")  # DeepSpeed ssh-checks the first host even for a single localhost line
+    if no_ssh:
+        argv += ["--no_ssh", "--node_rank", str(req.node_rank)]
+    elif not single:
+        argv += ["--launcher", "mvapich" if req.launcher == "mvapich" else req.launcher]
+    if req.include:
+        argv += ["--include", req.include]
+    if req.exclude:
+        argv += ["--exclude", req.exclude]
+    # the rank wrapper is the "script"; DeepSpeed adds --local_rank=N after it
+    argv += ["--module", "qwen_ds.launch.rank", "--run-dir", req.run_dir, "--kind", kind, "--target", target, "--"]
+    argv += args
+    local = single or no_ssh
+    env = dict(req.env)
+    env["QWEN_DS_RUN_DIR"] = req.run_dir
+    env_file = None if local else dict(env)
+    return LaunchSpec(tuple(argv), env, env_file, local, master, kind, target)

@@ -1,0 +1,83 @@
+"""Checks before anything starts: config vs cluster, plan vs hostfile, entry, port, backend."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+from ..errors import InputError, one_line
+from .build import BACKEND_BINARY, LaunchRequest, LaunchSpec
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+def read_plan(path: str | None) -> dict | None:
+    if not path:
+        return None
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(f"--plan {one_line(path)}: cannot read it ({one_line(exc.strerror or exc)}); pass the plan.json gen-config wrote") from None
+    except ValueError as exc:
+        raise InputError(f"--plan {one_line(path)}: not JSON ({one_line(exc)[:100]}); pass the plan.json gen-config wrote") from None
+
+
+def preflight(req: LaunchRequest, spec: LaunchSpec) -> list[str]:
+    """Problems found, each one line naming the fix. Empty = ready to launch."""
+    from ..validate import Context, validate_config
+    from ..validate.parse import read_config
+
+    problems: list[str] = []
+    hf = req.hostfile
+    plan = read_plan(req.plan)
+    pp = int(plan["plan"].get("pp", 1)) if plan and isinstance(plan.get("plan"), dict) else 1
+    cfg = read_config(req.config)
+    ctx = Context(world_size=hf.world_size, gpus_per_node=hf.gpus_per_node if hf.equal_slots else None, pp=pp)
+    for p in validate_config(cfg, ctx):
+        if p.severity == "error":
+            problems.append(f"{req.config}: {p.path}: {p.message}")
+    if plan:
+        cl = plan.get("cluster", {})
+        if hf.equal_slots and cl.get("gpus_per_node") not in (None, hf.gpus_per_node):
+            problems.append(f"{req.plan}: planned for {cl['gpus_per_node']} GPUs per node but {hf.path} gives {hf.gpus_per_node}; "
+                            "regenerate the plan with --hostfile")
+        if cl.get("world_size") not in (None, hf.world_size) and not (req.include or req.exclude):
+            problems.append(f"{req.plan}: planned for {cl['world_size']} GPUs but {hf.path} has {hf.world_size}; "
+                            "regenerate the plan with --hostfile")
+    if spec.entry_kind == "script":
+        if not Path(spec.entry_target).is_file():
+            problems.append(f"entry script {spec.entry_target} does not exist")
+    else:
+        sys.path.insert(0, os.getcwd())
+        try:
+            found = importlib.util.find_spec(spec.entry_target) is not None
+        except (ImportError, ValueError):
+            found = False
+        finally:
+            sys.path.pop(0)
+        if not found:
+            hint = " (the built-in runtime needs the [runtime] extra)" if spec.entry_kind == "builtin" else ""
+            problems.append(f"entry module {spec.entry_target} cannot be imported{hint}")
+    if importlib.util.find_spec("deepspeed") is None:
+        problems.append("deepspeed is not installed: pip install 'qwen-ds[runtime]'")
+    is_master_here = hf.single_host or (req.launcher == "no-ssh" and req.node_rank == 0)
+    if is_master_here and not _port_free(req.master_port):
+        problems.append(f"--master-port {req.master_port} is in use on this host; choose another")
+    if not spec.local:
+        binary = BACKEND_BINARY.get(req.launcher)
+        if binary and shutil.which(binary) is None:
+            problems.append(f"--launcher {req.launcher} needs '{binary}' on PATH; install it or use --launcher no-ssh on every node")
+    return problems

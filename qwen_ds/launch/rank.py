@@ -1,0 +1,88 @@
+"""Per-rank wrapper started by DeepSpeed's launcher: runs the real entry as a child, prefixes its
+output with the rank, forwards SIGINT/SIGTERM, and writes run_dir/rank-<R>.json with the exit
+status. `python -m qwen_ds.launch.rank [--local_rank=N] --run-dir D --kind K --target T -- ARGS`
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+RANK_VARS = ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID", "MV2_COMM_WORLD_RANK")
+
+
+def _parse(argv: list[str]) -> tuple[str | None, dict[str, str], list[str]]:
+    local_rank = None
+    opts: dict[str, str] = {}
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a.startswith("--local_rank="):
+            local_rank = a.split("=", 1)[1]
+        elif a in ("--run-dir", "--kind", "--target"):
+            opts[a[2:]] = argv[i + 1]
+            i += 1
+        elif a == "--":
+            return local_rank, opts, argv[i + 1:]
+        i += 1
+    return local_rank, opts, []
+
+
+def _rank() -> str:
+    for var in RANK_VARS:
+        if os.environ.get(var) is not None:
+            return os.environ[var]
+    return "0"
+
+
+def main(argv: list[str] | None = None) -> int:
+    local_rank, opts, args = _parse(sys.argv[1:] if argv is None else argv)
+    rank = _rank()
+    if local_rank is not None:
+        os.environ.setdefault("LOCAL_RANK", local_rank)
+    kind, target = opts["kind"], opts["target"]
+    cmd = [sys.executable, "-u"] + (["-m", target] if kind in ("builtin", "module") else [target])
+    if local_rank is not None and kind != "builtin":
+        cmd.append(f"--local_rank={local_rank}")  # what DeepSpeed would have passed the script
+    cmd += args
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0)
+
+    def forward(signum, _frame):
+        try:
+            child.send_signal(signum)
+        except ProcessLookupError:
+            pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    prefix = f"[rank {rank}] ".encode()
+
+    def pump() -> None:
+        out = sys.stdout.buffer
+        for line in iter(child.stdout.readline, b""):
+            out.write(prefix + line)
+            out.flush()
+
+    t = threading.Thread(target=pump, daemon=True)
+    t.start()
+    rc = child.wait()
+    t.join(timeout=5)
+    status = {"rank": int(rank), "local_rank": local_rank, "returncode": rc, "signal": -rc if rc < 0 else None, "pid": child.pid}
+    run_dir = Path(opts.get("run-dir") or os.environ.get("QWEN_DS_RUN_DIR", "."))
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = run_dir / f".rank-{rank}.json.tmp"
+        tmp.write_text(json.dumps(status))
+        tmp.replace(run_dir / f"rank-{rank}.json")
+    except OSError as exc:
+        print(f"[rank {rank}] qwen-ds: cannot write the status file in {run_dir}: {exc}", file=sys.stderr)
+    return rc if rc >= 0 else 128 - rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
