@@ -39,6 +39,7 @@ engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.param
 if os.environ.get("TINY_FAIL_RANK") == str(rank):
     print(f"rank {rank} failing on purpose", flush=True)
     sys.exit(1)
+print(f"READY rank {rank}", flush=True)
 time.sleep(float(os.environ.get("TINY_SLEEP", "0")))
 micro = ds_config["train_micro_batch_size_per_gpu"]
 for step in range(int(os.environ.get("TINY_STEPS", "1"))):

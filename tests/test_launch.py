@@ -1,0 +1,259 @@
+"""qwen-ds launch: argv per backend (dry run), env safety, and real DeepSpeed launches on CPU (gloo):
+2 ranks on one host, two no-ssh "nodes" on one machine, a failing rank, a SIGKILLed rank, SIGINT."""
+
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from qwen_ds.errors import InputError
+from qwen_ds.hostfile import parse_hostfile_text
+from qwen_ds.launch import LaunchRequest, build
+from qwen_ds.launch.envfile import parse_env_items, read_env_file, write_env_file
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = str(ROOT / "tests" / "launch_scripts" / "tiny_zero3.py")
+PY = sys.executable
+
+
+def req(hostfile_text="w0 slots=8\nw1 slots=8\n", **kw):
+    hf = parse_hostfile_text(hostfile_text, "hf")
+    base = dict(hostfile=hf, config="ds.json", entry=("train", "--steps", "5"), run_dir="/runs/x", plan="plan.json")
+    base.update(kw)
+    return LaunchRequest(**base)
+
+
+def test_dry_run_argv_pdsh():
+    spec = build(req(python="python"))
+    assert list(spec.argv) == [
+        "python", "-u", "-m", "deepspeed.launcher.runner", "--hostfile", "hf", "--master_addr", "w0", "--master_port", "29500",
+        "--launcher", "pdsh", "--module", "qwen_ds.launch.rank", "--run-dir", "/runs/x", "--kind", "builtin",
+        "--target", "qwen_ds.runtime.train", "--", "--config", "ds.json", "--plan", "plan.json", "--steps", "5"]
+    assert spec.env_file is not None and not spec.local
+
+
+@pytest.mark.parametrize("launcher", ["openmpi", "mvapich", "slurm"])
+def test_dry_run_argv_mpi_backends(launcher):
+    spec = build(req(launcher=launcher, python="python", master_addr="10.0.0.1", master_port=29600))
+    argv = list(spec.argv)
+    assert argv[argv.index("--launcher") + 1] == launcher
+    assert argv[argv.index("--master_addr") + 1] == "10.0.0.1" and argv[argv.index("--master_port") + 1] == "29600"
+    assert "--no_ssh_check" not in argv
+
+
+def test_dry_run_argv_single_host_and_no_ssh():
+    spec = build(req("localhost slots=2\n", entry=("-m", "my.mod", "--x", "1"), python="python", plan=None))
+    argv = list(spec.argv)
+    assert "--no_ssh_check" in argv and argv[argv.index("--master_addr") + 1] == "127.0.0.1" and "--launcher" not in argv
+    assert argv[-7:] == ["--kind", "module", "--target", "my.mod", "--", "--x", "1"]
+    assert spec.local and spec.env_file is None
+    spec = build(req(launcher="no-ssh", node_rank=1, python="python", entry=("s.py",)))
+    argv = list(spec.argv)
+    assert argv[argv.index("--node_rank") + 1] == "1" and "--no_ssh" in argv and spec.local
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(launcher="no-ssh"), "needs --node-rank"),
+    (dict(launcher="no-ssh", node_rank=2), "needs --node-rank 0..1"),
+    (dict(node_rank=0), "only for --launcher no-ssh"),
+    (dict(include="w0", exclude="w1"), "mutually exclusive"),
+    (dict(master_port=70000), "1-65535"),
+    (dict(entry=()), "needs an ENTRY"),
+    (dict(entry=("-m",)), "module name"),
+])
+def test_bad_requests(kw, match):
+    with pytest.raises(InputError, match=match):
+        build(req(**kw))
+
+
+def test_unequal_slots_refused_for_mvapich_and_slurm():
+    with pytest.raises(InputError, match="same slots="):
+        build(req("a slots=8\nb slots=4\n", launcher="slurm"))
+
+
+@pytest.mark.parametrize("item,match", [("A=1\nB=2", "newline"), ("1A=x", "variable name"), ("A B=x", "variable name"),
+                                        ("noequals", "KEY=VALUE"), ("A=x\rB=y", "newline")])
+def test_env_values_cannot_inject_lines(item, match):
+    with pytest.raises(InputError, match=match):
+        parse_env_items([item])
+
+
+def test_deepspeed_env_merge_backs_up_and_never_writes_blank_lines(tmp_path):
+    f = tmp_path / ".deepspeed_env"
+    f.write_text("NCCL_SOCKET_IFNAME=ib0\nKEEP=1\n")
+    backup, changed = write_env_file(f, {"NCCL_SOCKET_IFNAME": "eth0", "NEW": "a b"})
+    assert changed == ["NCCL_SOCKET_IFNAME"] and backup and backup.read_text() == "NCCL_SOCKET_IFNAME=ib0\nKEEP=1\n"
+    text = f.read_text()
+    assert read_env_file(f) == {"NCCL_SOCKET_IFNAME": "eth0", "KEEP": "1", "NEW": "a b"}
+    assert all(line and "=" in line for line in text.splitlines()) and not text.startswith("\n")
+    f.write_text("A=1\n\nB=2\n")
+    with pytest.raises(InputError, match="blank line"):
+        read_env_file(f)
+
+
+# ------------------------------------------------------------------ real launches (DeepSpeed on CPU, gloo)
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cfg")
+    hf = out / "hostfile"
+    hf.write_text("localhost slots=2\n")
+    p = subprocess.run([PY, "-m", "qwen_ds.cli", "gen-config", "-m", "tiny-qwen3", "-g", "H100-SXM", "--hostfile", str(hf),
+                        "--zero", "3", "--micro-batch", "1", "--grad-accum", "1", "--no-checkpointing", "--offload-optimizer", "none",
+                        "--offload-param", "none", "--tp", "1", "--pp", "1", "--seq-len", "32", "-o", str(out)],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    return out
+
+
+def launch_cmd(cfg_dir, run_dir, *extra, hostfile=None, env=()):
+    cmd = [PY, "-m", "qwen_ds.cli", "launch", "--hostfile", str(hostfile or cfg_dir / "hostfile"), "--config",
+           str(cfg_dir / "ds_config.json"), "--master-port", str(free_port()), "--run-dir", str(run_dir)]
+    for e in env:
+        cmd += ["--env", e]
+    return cmd + list(extra) + [SCRIPT, "--config", str(cfg_dir / "ds_config.json")]
+
+
+def leftovers(run_dir) -> list[int]:
+    """PIDs of any process still carrying this run's QWEN_DS_RUN_DIR."""
+    tag = f"QWEN_DS_RUN_DIR={run_dir}".encode()
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if tag in (d / "environ").read_bytes().split(b"\0"):
+                    pids.append(int(d.name))
+            except OSError:
+                pass
+    return pids
+
+
+def rank_pid(run_dir, rank) -> int | None:
+    tag = f"QWEN_DS_RUN_DIR={run_dir}".encode()
+    for pid in leftovers(run_dir):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if tag in env and f"RANK={rank}".encode() in env and b"tiny_zero3.py" in cmd and b"qwen_ds.launch.rank" not in cmd:
+            return pid
+    return None
+
+
+ENV = {**os.environ, "DS_ACCELERATOR": "cpu"}
+
+
+@pytest.mark.slow
+def test_two_ranks_real_zero3_step(tiny_config, tmp_path):
+    run_dir = tmp_path / "run"
+    p = subprocess.run(launch_cmd(tiny_config, run_dir), capture_output=True, text=True, env=ENV, timeout=300)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    assert "[rank 0] TINY_DONE" in p.stdout and "[rank 1] TINY_DONE" in p.stdout and "world 2" in p.stdout
+    assert {json.loads(f.read_text())["returncode"] for f in run_dir.glob("rank-*.json")} == {0}
+    assert not leftovers(run_dir)
+
+
+@pytest.mark.slow
+def test_two_nodes_on_one_machine_no_ssh(tiny_config, tmp_path):
+    hf = tmp_path / "hf2"
+    hf.write_text("127.0.0.1 slots=1\nlocalhost slots=1\n")
+    port = str(free_port())
+    procs = []
+    for rank in (0, 1):
+        cmd = [PY, "-m", "qwen_ds.cli", "launch", "--hostfile", str(hf), "--config", str(tiny_config / "ds_config.json"),
+               "--launcher", "no-ssh", "--node-rank", str(rank), "--master-addr", "127.0.0.1", "--master-port", port,
+               "--run-dir", str(tmp_path / f"n{rank}"), SCRIPT, "--config", str(tiny_config / "ds_config.json")]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV))
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert "[rank 0] TINY_DONE" in outs[0] and "[rank 1] TINY_DONE" in outs[1] and "world 2" in outs[1]
+
+
+@pytest.mark.slow
+def test_a_rank_that_exits_1_fails_the_launch(tiny_config, tmp_path):
+    run_dir = tmp_path / "run"
+    t0 = time.monotonic()
+    p = subprocess.run(launch_cmd(tiny_config, run_dir, env=["TINY_FAIL_RANK=1"]), capture_output=True, text=True, env=ENV, timeout=300)
+    assert p.returncode != 0 and "rank 1 failing on purpose" in p.stdout
+    assert time.monotonic() - t0 < 120
+    assert not leftovers(run_dir)
+
+
+def _start_and_wait_ready(cmd, timeout=120):
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+    ready, lines, t0 = set(), [], time.monotonic()
+    while len(ready) < 2:
+        line = proc.stdout.readline()
+        assert line or proc.poll() is None, "".join(lines[-40:])
+        lines.append(line)
+        if "READY rank" in line:
+            ready.add(line.split("READY rank")[1].strip())
+        assert time.monotonic() - t0 < timeout, "".join(lines[-40:])
+    return proc
+
+
+@pytest.mark.slow
+def test_a_sigkilled_rank_fails_the_launch_within_60s_and_leaves_nothing(tiny_config, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = _start_and_wait_ready(launch_cmd(tiny_config, run_dir, env=["TINY_SLEEP=120"]))
+    pid = rank_pid(run_dir, 1)
+    assert pid, "rank 1 process not found"
+    os.kill(pid, signal.SIGKILL)
+    t0 = time.monotonic()
+    proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert time.monotonic() - t0 < 60
+    time.sleep(0.5)
+    assert not leftovers(run_dir)
+
+
+@pytest.mark.slow
+def test_sigint_to_launch_ends_every_rank(tiny_config, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = _start_and_wait_ready(launch_cmd(tiny_config, run_dir, env=["TINY_SLEEP=120"]))
+    assert rank_pid(run_dir, 0) and rank_pid(run_dir, 1)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGINT
+    time.sleep(0.5)
+    assert not leftovers(run_dir)
+
+
+def test_preflight_refuses_before_starting(tiny_config, tmp_path):
+    bad = tmp_path / "bad.json"
+    cfg = json.loads((tiny_config / "ds_config.json").read_text())
+    cfg["train_batch_size"] = 3
+    bad.write_text(json.dumps(cfg))
+    p = subprocess.run([PY, "-m", "qwen_ds.cli", "launch", "--hostfile", str(tiny_config / "hostfile"), "--config", str(bad),
+                        "--run-dir", str(tmp_path / "r"), SCRIPT], capture_output=True, text=True, env=ENV)
+    assert p.returncode == 2 and "train_batch_size 3" in p.stderr
+    assert not (tmp_path / "r").exists()
+    p = subprocess.run([PY, "-m", "qwen_ds.cli", "launch", "--hostfile", str(tiny_config / "hostfile"), "--config",
+                        str(tiny_config / "ds_config.json"), "--run-dir", str(tmp_path / "r"), "missing_script.py"],
+                       capture_output=True, text=True, env=ENV)
+    assert p.returncode == 2 and "missing_script.py does not exist" in p.stderr
+
+
+def test_dry_run_prints_command_and_env_file(tiny_config):
+    p = subprocess.run([PY, "-m", "qwen_ds.cli", "launch", "--hostfile", str(ROOT / "hostfiles" / "a100-2x8"), "--config",
+                        str(tiny_config / "ds_config.json"), "--env", "NCCL_SOCKET_IFNAME=ib0", "--dry-run", "train"],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    argv = shlex.split(lines[1])
+    assert argv[argv.index("--launcher") + 1] == "pdsh" and "qwen_ds.runtime.train" in argv
+    assert "NCCL_SOCKET_IFNAME=ib0" in lines[lines.index("# .deepspeed_env (merged into ./.deepspeed_env, old file backed up)") + 1:]
