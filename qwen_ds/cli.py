@@ -17,6 +17,7 @@ COMMANDS = {
     "estimate": ("qwen_ds.commands.cmd_estimate", "Memory per GPU and per node for one plan, term by term."),
     "plan": ("qwen_ds.commands.cmd_plan", "Fastest plans that fit, ranked by a step-time model; rejected families and why."),
     "gen-config": ("qwen_ds.commands.cmd_gen_config", "Render a validated ds_config.json and plan.json for a plan."),
+    "hostfile": ("qwen_ds.commands.cmd_hostfile", "Check a DeepSpeed hostfile, or write one from a Slurm allocation."),
     "launch": ("qwen_ds.commands.cmd_launch", "Launch train / infer / your script with DeepSpeed's launcher across a hostfile."),
     "validate": ("qwen_ds.commands.cmd_validate", "Check a DeepSpeed config: schema, rules, DeepSpeed's parser, memory."),
 }

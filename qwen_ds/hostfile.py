@@ -94,3 +94,58 @@ def read_hostfile(path: str | Path) -> Hostfile:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise InputError(f"--hostfile {one_line(path)}: cannot read it ({one_line(reason)}); pass a readable hostfile") from None
     return parse_hostfile_text(text, str(path))
+
+
+def expand_slurm_nodelist(nodelist: str) -> list[str]:
+    """SLURM_JOB_NODELIST syntax: 'gpu[01-03,07],login1,rack[1-2]-n[1-2]' -> host names in order."""
+    def split_top(s: str) -> list[str]:
+        parts, depth, cur = [], 0, ""
+        for ch in s:
+            if ch == "[":
+                depth += 1
+            elif ch == "]":
+                depth -= 1
+                if depth < 0:
+                    raise InputError(f"SLURM_JOB_NODELIST {one_line(nodelist)!r}: unbalanced ']'")
+            if ch == "," and depth == 0:
+                parts.append(cur)
+                cur = ""
+            else:
+                cur += ch
+        if depth:
+            raise InputError(f"SLURM_JOB_NODELIST {one_line(nodelist)!r}: unbalanced '['")
+        parts.append(cur)
+        return [p for p in parts if p]
+
+    def expand(item: str) -> list[str]:
+        m = re.search(r"\[([^\[\]]+)\]", item)
+        if not m:
+            return [item]
+        pre, post = item[: m.start()], item[m.end():]
+        out = []
+        for rng in m.group(1).split(","):
+            if "-" in rng:
+                lo, hi = rng.split("-", 1)
+                if not (lo.isdigit() and hi.isdigit()) or int(lo) > int(hi):
+                    raise InputError(f"SLURM_JOB_NODELIST {one_line(nodelist)!r}: bad range {rng!r}")
+                width = len(lo)
+                vals = [str(v).zfill(width) for v in range(int(lo), int(hi) + 1)]
+            else:
+                vals = [rng]
+            for v in vals:
+                out.extend(expand(pre + v + post))
+        return out
+
+    hosts = [h for item in split_top(nodelist.strip()) for h in expand(item)]
+    for h in hosts:
+        if not _HOST.match(h):
+            raise InputError(f"SLURM_JOB_NODELIST: host name {one_line(h)!r} has characters outside [A-Za-z0-9._-]")
+    if not hosts:
+        raise InputError("SLURM_JOB_NODELIST is empty; run inside a Slurm allocation or pass --nodelist")
+    return hosts
+
+
+def hostfile_text(hosts: list[str], slots: int) -> str:
+    if slots < 1:
+        raise InputError(f"--gpus-per-node {slots}: must be >= 1")
+    return "".join(f"{h} slots={slots}\n" for h in hosts)

@@ -51,3 +51,64 @@ def test_unequal_slots_refused_for_cluster_shape():
     assert hf.world_size == 12
     with pytest.raises(InputError, match="different slot counts"):
         hf.gpus_per_node
+
+
+# ------------------------------------------------------------ hostfile check / from-slurm
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from qwen_ds.hostfile import expand_slurm_nodelist, hostfile_text  # noqa: E402
+
+
+@pytest.mark.parametrize("nodelist,hosts", [
+    ("gpu[01-03]", ["gpu01", "gpu02", "gpu03"]),
+    ("gpu[01-02,10],login1", ["gpu01", "gpu02", "gpu10", "login1"]),
+    ("rack[1-2]-n[7-8]", ["rack1-n7", "rack1-n8", "rack2-n7", "rack2-n8"]),
+    ("a,b", ["a", "b"]),
+    ("node[8-10]", ["node8", "node9", "node10"]),
+])
+def test_expand_slurm_nodelist(nodelist, hosts):
+    assert expand_slurm_nodelist(nodelist) == hosts
+
+
+@pytest.mark.parametrize("bad", ["x[1-2", "x]1", "x[3-1]", "x[a-b]", "", "a;b"])
+def test_bad_slurm_nodelists(bad):
+    with pytest.raises(InputError):
+        expand_slurm_nodelist(bad)
+
+
+def test_generated_hostfile_round_trips():
+    hf = parse_hostfile_text(hostfile_text(expand_slurm_nodelist("gpu[1-4]"), 8))
+    assert (hf.nodes, hf.gpus_per_node) == (4, 8)
+
+
+def cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "qwen_ds.cli", *args], capture_output=True, text=True, env=env)
+
+
+def test_hostfile_check_cli():
+    p = cli("hostfile", "check", str(HOSTFILES / "h100-4x8"), "--json")
+    assert p.returncode == 0 and json.loads(p.stdout)["world_size"] == 32
+    p = cli("hostfile", "check", str(HOSTFILES / "a100-2x8"))
+    assert "2 x 8 = world size 16" in p.stdout
+
+
+def test_hostfile_check_cli_bad_file(tmp_path):
+    f = tmp_path / "hf"
+    f.write_text("w0 slots=8\nw0 slots=8\n")
+    p = cli("hostfile", "check", str(f))
+    assert p.returncode == 2 and "line 2" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_from_slurm_cli_env_and_no_overwrite(tmp_path):
+    import os
+
+    out = tmp_path / "hostfile"
+    env = {**os.environ, "SLURM_JOB_NODELIST": "gpu[01-02]", "SLURM_GPUS_ON_NODE": "4"}
+    p = cli("hostfile", "from-slurm", "-o", str(out), env=env)
+    assert p.returncode == 0 and out.read_text() == "gpu01 slots=4\ngpu02 slots=4\n"
+    p = cli("hostfile", "from-slurm", "-o", str(out), env={**env, "SLURM_GPUS_ON_NODE": "8"})
+    assert p.returncode == 2 and "--force" in p.stderr and out.read_text() == "gpu01 slots=4\ngpu02 slots=4\n"
+    p = cli("hostfile", "from-slurm", "--gpus-per-node", "2", env={k: v for k, v in os.environ.items() if not k.startswith("SLURM")})
+    assert p.returncode == 2 and "SLURM_JOB_NODELIST" in p.stderr

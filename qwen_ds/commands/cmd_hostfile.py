@@ -1,0 +1,63 @@
+"""`qwen-ds hostfile check FILE` and `qwen-ds hostfile from-slurm`."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+from ..errors import InputError
+from ..fileio import check_writable
+from ..format import table
+from ..hostfile import expand_slurm_nodelist, hostfile_text, parse_hostfile_text, read_hostfile
+
+
+@click.group("hostfile", help="Check a DeepSpeed hostfile, or write one from a Slurm allocation.")
+def command() -> None:
+    pass
+
+
+@command.command("check", help="Parse FILE with DeepSpeed's rules plus ours; print nodes, GPUs and world size.")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+def check(file: str, as_json: bool) -> None:
+    hf = read_hostfile(file)
+    info = {"hostfile": file, "nodes": hf.nodes, "world_size": hf.world_size, "equal_slots": hf.equal_slots,
+            "gpus_per_node": hf.hosts[0].slots if hf.equal_slots else None,
+            "hosts": [{"node_rank": i, "host": h.name, "slots": h.slots, "line": h.line} for i, h in enumerate(hf.hosts)]}
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(table(["node rank", "host", "slots", "line"], [[str(i), h.name, str(h.slots), str(h.line)] for i, h in enumerate(hf.hosts)], "rlrr"))
+    shape = f"{hf.nodes} x {hf.hosts[0].slots}" if hf.equal_slots else f"{hf.nodes} nodes (unequal slots)"
+    click.echo(f"\n{shape} = world size {hf.world_size}; master (node rank 0): {hf.hosts[0].name}")
+
+
+@command.command("from-slurm", help="Write a hostfile from SLURM_JOB_NODELIST (bracket ranges expanded).")
+@click.option("--nodelist", default=None, help="Node list in Slurm syntax [$SLURM_JOB_NODELIST].")
+@click.option("--gpus-per-node", type=int, default=None, help="Slots per host [$SLURM_GPUS_ON_NODE or $SLURM_GPUS_PER_NODE].")
+@click.option("--output", "-o", default="-", help="File to write, '-' for stdout.")
+@click.option("--force", is_flag=True, help="Overwrite an existing --output.")
+def from_slurm(nodelist: str | None, gpus_per_node: int | None, output: str, force: bool) -> None:
+    nodelist = nodelist or os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST")
+    if not nodelist:
+        raise InputError("no node list: run inside a Slurm allocation (SLURM_JOB_NODELIST) or pass --nodelist 'gpu[01-04]'")
+    if gpus_per_node is None:
+        raw = os.environ.get("SLURM_GPUS_ON_NODE") or os.environ.get("SLURM_GPUS_PER_NODE", "")
+        raw = raw.split(":")[-1].split("(")[0]
+        if not raw.isdigit():
+            raise InputError("no GPU count: pass --gpus-per-node (SLURM_GPUS_ON_NODE / SLURM_GPUS_PER_NODE not set)")
+        gpus_per_node = int(raw)
+    text = hostfile_text(expand_slurm_nodelist(nodelist), gpus_per_node)
+    parse_hostfile_text(text, "generated")  # our own rules hold for what we write
+    if output == "-":
+        click.echo(text, nl=False)
+        return
+    out = Path(output)
+    check_writable([out], force)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(out)
+    click.echo(f"wrote {out}: {text.count(chr(10))} hosts x {gpus_per_node} slots", err=True)
