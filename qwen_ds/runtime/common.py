@@ -1,0 +1,108 @@
+"""Shared by train and infer: reading plan.json / ds_config.json, distributed init, building the
+HF model the way ZeRO-3 needs it, and rank-0 printing."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+# DeepSpeed's zero.Init patches torch.Tensor.__new__; dynamo imported later inside it fails with
+# "Signature mismatch ... tensor_pynew" (reference/deepspeed.md §6): import it first.
+import torch  # noqa: E402
+import torch._dynamo  # noqa: E402,F401
+
+MOE_LEAF_CLASSES = ("Qwen3MoeSparseMoeBlock", "Qwen3NextSparseMoeBlock", "Qwen2MoeSparseMoeBlock", "MixtralSparseMoeBlock")
+
+
+class RuntimeFailure(Exception):
+    """A failure of the job the user can act on: printed once, exit 1."""
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def log0(*args: Any) -> None:
+    if rank() == 0:
+        print(*args, flush=True)
+
+
+def read_json(path: str, what: str) -> dict:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RuntimeFailure(f"{what} {path}: {exc}") from None
+
+
+def init_distributed() -> str:
+    """nccl on GPUs, gloo on CPU (DeepSpeed's CPU accelerator)."""
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    deepspeed.init_distributed(dist_backend=backend)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return get_accelerator().device_name()
+
+
+def model_config(plan: dict | None, model_arg: str | None):
+    """HF config from --model (preset / config.json / HF dir) or the plan's model.config."""
+    from transformers import AutoConfig
+
+    if model_arg:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+        from qwen_ds.models import load_model
+
+        raw = dict(load_model(model_arg).config)
+    elif plan and isinstance(plan.get("model", {}).get("config"), dict):
+        raw = dict(plan["model"]["config"])
+    else:
+        raise RuntimeFailure("no model: pass --plan plan.json (from qwen-ds gen-config) or --model")
+    model_type = raw.pop("model_type")
+    for key in ("architectures", "transformers_version", "_name_or_path", "torch_dtype", "dtype"):
+        raw.pop(key, None)
+    cfg = AutoConfig.for_model(model_type, **raw)
+    cfg.use_cache = False
+    return cfg
+
+
+def torch_dtype(ds_config: dict) -> torch.dtype:
+    if ds_config.get("bf16", {}).get("enabled") is True or ds_config.get("dtype") in ("bf16", "bfloat16"):
+        return torch.bfloat16
+    if ds_config.get("fp16", {}).get("enabled") is True or ds_config.get("dtype") in ("fp16", "half"):
+        return torch.float16
+    return torch.float32
+
+
+def build_model(hf_config, ds_config: dict, weights: str | None, seed: int, for_training: bool):
+    """Random init (seeded) or from_pretrained(weights). Under ZeRO-3 a live HfDeepSpeedConfig makes
+    transformers build the model inside zero.Init, partitioned from the start; MoE blocks become
+    ZeRO-3 leaf modules (gathered as one: no per-expert fetches, no hangs on unused experts)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations import HfDeepSpeedConfig
+
+    zero3 = ds_config.get("zero_optimization", {}).get("stage") == 3
+    keep = HfDeepSpeedConfig(ds_config) if zero3 else None  # noqa: F841  must stay alive while building
+    torch.manual_seed(seed)
+    dtype = torch_dtype(ds_config)
+    if weights:
+        model = AutoModelForCausalLM.from_pretrained(weights, config=hf_config, torch_dtype=dtype)
+    else:
+        model = AutoModelForCausalLM.from_config(hf_config, torch_dtype=dtype)
+    if zero3:
+        from deepspeed.utils import set_z3_leaf_modules
+
+        classes = {type(m) for m in model.modules() if type(m).__name__ in MOE_LEAF_CLASSES}
+        if classes:
+            set_z3_leaf_modules(model, list(classes))
+    if for_training:
+        model.config.use_cache = False
+    return model, keep

@@ -1,0 +1,34 @@
+"""The memory-saving loss path: causal-LM cross-entropy over chunks of tokens, each chunk's logits
+recomputed in backward, so the full [tokens, vocab] fp32 logits never exist (with V = 151,936 they
+are often the largest activation). Matches the HF loss (mean over non-ignored shifted tokens)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+IGNORE = -100
+
+
+def _chunk_loss(hidden: torch.Tensor, labels: torch.Tensor, lm_head: torch.nn.Module) -> torch.Tensor:
+    logits = lm_head(hidden).float()
+    return F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum")
+
+
+def chunked_causal_lm_loss(hidden: torch.Tensor, lm_head: torch.nn.Module, labels: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    h = hidden[:, :-1, :].reshape(-1, hidden.shape[-1])
+    y = labels[:, 1:].reshape(-1)
+    count = (y != IGNORE).sum().clamp(min=1)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for i in range(0, y.numel(), chunk):
+        total = total + checkpoint(_chunk_loss, h[i:i + chunk], y[i:i + chunk], lm_head, use_reentrant=False)
+    return total / count
+
+
+def causal_lm_loss(model, input_ids: torch.Tensor, path: str, chunk: int = 1024) -> torch.Tensor:
+    """path 'hf': model(input_ids, labels) (full fp32 logits); 'chunked': the path above."""
+    if path == "hf":
+        return model(input_ids=input_ids, labels=input_ids, use_cache=False).loss
+    out = model.model(input_ids=input_ids, use_cache=False)
+    return chunked_causal_lm_loss(out.last_hidden_state, model.lm_head, input_ids, chunk)

@@ -1,0 +1,112 @@
+"""Per-step metrics (JSON lines) and the seed article's health thresholds, checked with the knob
+that usually fixes each: compute efficiency, communication share < 15 %, fragmentation < 5 %."""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+COMM_SHARE_MAX = 0.15
+FRAGMENTATION_MAX = 0.05
+MFU_MIN = 0.25  # below this a GPU mostly waits (the seed's "GPU utilisation > 75 %", in model FLOPs)
+
+
+def gpu_peak_tflops(precision: str) -> float | None:
+    """Dense peak of this GPU from the catalog, None on CPU or an unknown GPU."""
+    if not torch.cuda.is_available():
+        return None
+    from ..errors import InputError
+    from ..hardware import get_gpu
+
+    name = torch.cuda.get_device_name().lower()
+    for cand in (name, "h200" if "h200" in name else "", "h100-sxm" if "h100" in name and "pcie" not in name else "",
+                 "h100-pcie" if "h100" in name else "", "a100-80gb" if "a100" in name and "80" in name else "",
+                 "a100-40gb" if "a100" in name else "", "v100-32gb" if "v100" in name else ""):
+        if cand:
+            try:
+                return get_gpu(cand).peak_tflops(precision)
+            except InputError:
+                continue
+    return None
+
+
+def comm_ms_and_reset() -> float | None:
+    """Milliseconds spent in DeepSpeed collectives since the last call (deepspeed.comm's comms
+    logger, enabled by the trainer), or None when it is not available."""
+    try:
+        import deepspeed.comm as dist
+    except ImportError:
+        return None
+    logger = getattr(dist, "comms_logger", None)
+    if logger is None or not getattr(logger, "enabled", False):
+        return None
+    total = 0.0
+    for sizes in logger.comms_dict.values():
+        for rec in sizes.values():
+            total += sum(rec[1]) if len(rec) > 1 and isinstance(rec[1], list) else 0.0
+    logger.comms_dict.clear()
+    return total
+
+
+@dataclass
+class StepMeter:
+    flops_per_token: float
+    tokens_per_step: int
+    world: int
+    peak_tflops: float | None
+    warned: set = field(default_factory=set)
+    t0: float = 0.0
+
+    def start(self) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        comm_ms_and_reset()
+        self.t0 = time.perf_counter()
+
+    def stop(self, step: int, loss: float) -> dict:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - self.t0
+        comm = comm_ms_and_reset()
+        tflops = self.flops_per_token * self.tokens_per_step / dt / self.world / 1e12
+        rec = {"step": step, "loss": loss, "step_s": round(dt, 6), "tokens_per_s": self.tokens_per_step / dt,
+               "tflops_per_gpu": tflops, "mfu": tflops / self.peak_tflops if self.peak_tflops else None,
+               "comm_share": min(1.0, comm / 1000 / dt) if comm is not None else None}
+        if torch.cuda.is_available():
+            alloc, reserved = torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
+            rec.update(peak_allocated_bytes=alloc, peak_reserved_bytes=reserved,
+                       fragmentation=(reserved - alloc) / reserved if reserved else 0.0)
+        else:
+            rec.update(peak_allocated_bytes=None, peak_reserved_bytes=None, fragmentation=None,
+                       max_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        return rec
+
+    def health(self, rec: dict) -> list[str]:
+        """Warnings, each once per run: which threshold is off and the knob that usually fixes it."""
+        out = []
+        checks = [
+            ("comm", rec.get("comm_share") is not None and rec["comm_share"] > COMM_SHARE_MAX,
+             f"communication takes {100 * (rec.get('comm_share') or 0):.0f}% of the step (> {100 * COMM_SHARE_MAX:.0f}%): "
+             "raise micro-batch or grad-accum, keep TP inside a node, or try ZeRO++ hpZ (--hpz GPUs per node)"),
+            ("frag", rec.get("fragmentation") is not None and rec["fragmentation"] > FRAGMENTATION_MAX,
+             f"allocator fragmentation {100 * (rec.get('fragmentation') or 0):.1f}% (> {100 * FRAGMENTATION_MAX:.0f}%): "
+             "set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (qwen-ds launch does) or lower stage3_max_live_parameters"),
+            ("mfu", rec.get("mfu") is not None and rec["mfu"] < MFU_MIN,
+             f"compute efficiency (MFU) {100 * (rec.get('mfu') or 0):.0f}% (< {100 * MFU_MIN:.0f}%): raise the micro-batch, "
+             "turn checkpointing off if memory allows, use --loss chunked, or check the interconnect (qwen-ds doctor)"),
+        ]
+        for key, bad, msg in checks:
+            if bad and key not in self.warned:
+                self.warned.add(key)
+                out.append(msg)
+        return out
+
+
+def append_jsonl(path: str, rec: dict) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(rec) + "\n")

@@ -1,0 +1,144 @@
+"""Built-in training entry point, run on every rank by `qwen-ds launch ... train`.
+
+python -m qwen_ds.runtime.train --config ds_config.json --plan plan.json [--synthetic | --data F --tokenizer DIR]
+    [--weights DIR] [--steps N] [--save-dir D --save-every K] [--resume] [--metrics-file F] [--seed S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+
+from .common import RuntimeFailure, build_model, init_distributed, log0, model_config, rank, read_json, world_size
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="qwen_ds.runtime.train")
+    ap.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--config", required=True, help="ds_config.json")
+    ap.add_argument("--plan", default=None, help="plan.json from qwen-ds gen-config (model, seq len, loss path)")
+    ap.add_argument("--model", default=None, help="override the plan's model: preset, config.json or HF dir")
+    ap.add_argument("--weights", default=None, help="HF model directory with weights (random init when absent)")
+    ap.add_argument("--data", default=None, help=".jsonl (field text) or .txt corpus; synthetic tokens when absent")
+    ap.add_argument("--tokenizer", default=None, help="local tokenizer directory [--weights]")
+    ap.add_argument("--synthetic", action="store_true", help="learnable synthetic sequences (the default without --data)")
+    ap.add_argument("--seq-len", type=int, default=None, help="[the plan's seq len, else 2048]")
+    ap.add_argument("--loss", choices=("hf", "chunked"), default=None, help="[the plan's loss path, else chunked]")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--save-dir", default=None)
+    ap.add_argument("--save-every", type=int, default=0)
+    ap.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --save-dir")
+    ap.add_argument("--metrics-file", default=None, help="JSON lines, one per step (rank 0)")
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--no-comm-profile", action="store_true", help="do not time collectives (comm_share becomes null)")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return train(args)
+    except RuntimeFailure as exc:
+        print(f"error: rank {rank()}: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except Exception as exc:  # any other failure: one line, the traceback only when asked
+        print(f"error: rank {rank()}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        if os.environ.get("QWEN_DS_DEBUG"):
+            traceback.print_exc()
+        return 1
+
+
+def train(args: argparse.Namespace) -> int:
+    import deepspeed
+    import torch
+
+    from ..models.spec import spec_from_config
+    from ..planner.throughput import model_flops_per_token
+    from .data import TokenFile, synthetic_batch
+    from .loss import causal_lm_loss
+    from .metrics import StepMeter, append_jsonl, gpu_peak_tflops
+
+    ds_config = read_json(args.config, "--config")
+    plan = read_json(args.plan, "--plan") if args.plan else None
+    device = init_distributed()
+    if not args.no_comm_profile:
+        ds_config.setdefault("comms_logger", {"enabled": True, "verbose": False, "prof_all": True, "debug": False})
+    hf_config = model_config(plan, args.model)
+    seq = args.seq_len or (plan or {}).get("workload", {}).get("seq_len") or 2048
+    loss_path = args.loss or (plan or {}).get("plan", {}).get("loss") or "chunked"
+    if loss_path == "hf" and (plan or {}).get("plan", {}).get("loss") == "hf":
+        log0("note: plan uses the plain HF loss (full fp32 logits); --loss chunked saves that memory")
+    checkpointing = (plan or {}).get("plan", {}).get("checkpointing", False)
+    model, keep = build_model(hf_config, ds_config, args.weights, args.seed, for_training=True)
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
+    micro, ga = engine.train_micro_batch_size_per_gpu(), engine.gradient_accumulation_steps()
+    dp = engine.dp_world_size if hasattr(engine, "dp_world_size") else world_size()
+    start = 0
+    if args.resume:
+        if not args.save_dir:
+            raise RuntimeFailure("--resume needs --save-dir")
+        path, client = engine.load_checkpoint(args.save_dir)
+        if path is None:
+            raise RuntimeFailure(f"--resume: no checkpoint in {args.save_dir}")
+        start = int(client["step"])
+        log0(f"resumed from {path} at step {start}")
+    data = TokenFile(args.data, args.tokenizer or args.weights or "", seq) if args.data else None
+    spec = spec_from_config(dict(plan["model"]["config"]) if plan else hf_config.to_dict(), name="model")
+    precision = "bf16" if ds_config.get("bf16", {}).get("enabled") else "fp16" if ds_config.get("fp16", {}).get("enabled") else "fp32"
+    meter = StepMeter(model_flops_per_token(spec, seq), micro * ga * dp * seq, world_size(), gpu_peak_tflops(precision))
+    bar = None
+    if rank() == 0 and sys.stdout.isatty():
+        try:
+            from tqdm import tqdm
+
+            bar = tqdm(total=args.steps, initial=start, unit="step")
+        except ImportError:
+            bar = None
+    r = rank()
+    for step in range(start, args.steps):
+        meter.start()
+        total = 0.0
+        for m in range(ga):
+            if data is not None:
+                ids = data.batch(micro, step, r, dp, m, ga)
+            else:
+                ids = synthetic_batch(hf_config.vocab_size, micro, seq, args.seed, step, r, m)
+            ids = ids.to(device)
+            loss = causal_lm_loss(engine.module, ids, loss_path)
+            engine.backward(loss)
+            engine.step()
+            total += loss.detach().float().item() / ga
+        t = torch.tensor([total], device=device)
+        torch.distributed.all_reduce(t)
+        rec = meter.stop(step + 1, t.item() / world_size())
+        if r == 0:
+            if args.metrics_file:
+                append_jsonl(args.metrics_file, rec)
+            for warning in meter.health(rec) if step + 1 >= min(3, args.steps) else []:
+                print(f"warning: {warning}", flush=True)
+            if bar:
+                bar.update(1)
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{rec['tokens_per_s']:.0f}")
+            else:
+                print(f"step {step + 1} loss {rec['loss']:.6f} tokens/s {rec['tokens_per_s']:.0f}", flush=True)
+        if args.save_dir and args.save_every and (step + 1) % args.save_every == 0:
+            engine.save_checkpoint(args.save_dir, tag=f"step{step + 1}", client_state={"step": step + 1})
+    if bar:
+        bar.close()
+    if args.save_dir:
+        engine.save_checkpoint(args.save_dir, tag=f"step{args.steps}", client_state={"step": args.steps})
+        out = os.path.join(args.save_dir, "hf")
+        engine.save_16bit_model(out)
+        if r == 0:
+            hf_config.save_pretrained(out)
+            log0(f"saved DeepSpeed checkpoint and 16-bit HF weights in {out}")
+    del keep
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
