@@ -65,6 +65,10 @@ def command(ctx: click.Context, output_dir: str, force: bool, overrides: tuple[s
 
         cons, net = constraints_from(kw, pinned)
         res = search(model, cluster, workload, plan, cons, net)
+        if not res.considered:
+            click.echo(f"error: no plan matches the pinned knobs ({', '.join(f'{k}={v}' for k, v in sorted(pinned.items()))}); "
+                       "pin fewer or see qwen-ds plan", err=True)
+            sys.exit(EXIT_BAD_INPUT)
         if not res.accepted:
             reasons = "; ".join(f"{f}: {r}" for f, r in res.rejected_families()[:4])
             click.echo(f"error: no plan fits ({reasons}); see qwen-ds plan", err=True)

@@ -19,7 +19,8 @@ from .throughput import Network, StepTime, step_time
 
 GIB = 1024**3
 FREE_GRAD_ACCUM = (1, 4, 16)
-OFFLOADS = (("none", "none"), ("cpu", "none"), ("cpu", "cpu"), ("nvme", "none"), ("nvme", "nvme"))
+# (optimizer, params); params-only offload is ZeRO-Inference's layout
+OFFLOADS = (("none", "none"), ("cpu", "none"), ("cpu", "cpu"), ("none", "cpu"), ("nvme", "none"), ("nvme", "nvme"), ("none", "nvme"))
 
 
 @dataclass(frozen=True)
