@@ -14,7 +14,13 @@ from typing import Any
 import torch  # noqa: E402
 import torch._dynamo  # noqa: E402,F401
 
-MOE_LEAF_CLASSES = ("Qwen3MoeSparseMoeBlock", "Qwen3NextSparseMoeBlock", "Qwen2MoeSparseMoeBlock", "MixtralSparseMoeBlock")
+# ZeRO-3 leaf modules: gathered whole at their forward (no per-expert fetches, no hangs on experts
+# a rank's tokens skip).
+LEAF_CLASSES = ("Qwen3MoeSparseMoeBlock", "Qwen3NextSparseMoeBlock", "Qwen2MoeSparseMoeBlock", "MixtralSparseMoeBlock")
+# modules that read a child's weight without calling the child: (class, child attribute). Qwen3-Next's
+# Gated DeltaNet passes conv1d.weight to the causal-conv function; under ZeRO-3 that weight must be
+# registered as an external parameter of the Gated DeltaNet module or it is an empty partition.
+EXTERNAL_PARAMS = (("Qwen3NextGatedDeltaNet", "conv1d"),)
 
 
 class RuntimeFailure(Exception):
@@ -85,7 +91,7 @@ def torch_dtype(ds_config: dict) -> torch.dtype:
 def build_model(hf_config, ds_config: dict, weights: str | None, seed: int, for_training: bool):
     """Random init (seeded) or from_pretrained(weights). Under ZeRO-3 a live HfDeepSpeedConfig makes
     transformers build the model inside zero.Init, partitioned from the start; MoE blocks become
-    ZeRO-3 leaf modules (gathered as one: no per-expert fetches, no hangs on unused experts)."""
+    ZeRO-3 leaf modules (LEAF_CLASSES)."""
     from transformers import AutoModelForCausalLM
     from transformers.integrations import HfDeepSpeedConfig
 
@@ -100,9 +106,16 @@ def build_model(hf_config, ds_config: dict, weights: str | None, seed: int, for_
     if zero3:
         from deepspeed.utils import set_z3_leaf_modules
 
-        classes = {type(m) for m in model.modules() if type(m).__name__ in MOE_LEAF_CLASSES}
+        classes = {type(m) for m in model.modules() if type(m).__name__ in LEAF_CLASSES}
         if classes:
             set_z3_leaf_modules(model, list(classes))
+        from deepspeed.runtime.zero.partition_parameters import register_external_parameter
+
+        for module in model.modules():
+            for cls_name, child in EXTERNAL_PARAMS:
+                if type(module).__name__ == cls_name:
+                    for p in getattr(module, child).parameters(recurse=False):
+                        register_external_parameter(module, p)
     if for_training:
         model.config.use_cache = False
     return model, keep
