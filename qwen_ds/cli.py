@@ -20,6 +20,7 @@ COMMANDS = {
     "hostfile": ("qwen_ds.commands.cmd_hostfile", "Check a DeepSpeed hostfile, or write one from a Slurm allocation."),
     "launch": ("qwen_ds.commands.cmd_launch", "Launch train / infer / your script with DeepSpeed's launcher across a hostfile."),
     "validate": ("qwen_ds.commands.cmd_validate", "Check a DeepSpeed config: schema, rules, DeepSpeed's parser, memory."),
+    "doctor": ("qwen_ds.commands.cmd_doctor", "What this machine can run: versions, GPUs, interconnect, limits, backends."),
 }
 
 
