@@ -1,0 +1,184 @@
+"""Estimator accuracy under real DeepSpeed training on GPUs (issue #7): peak allocated / reserved of
+the built-in runtime, launched with `qwen-ds launch`, against `qwen-ds estimate` for the same plan.
+
+For each case: gen-config with every knob pinned (the plan.json carries the prediction), launch
+`train --steps N` on 1 or 2 local GPUs, read rank 0's per-step peaks (steps >= 2: the optimizer
+states exist), compare. Cases run in priority order and stop before --deadline seconds, so one
+device call always ends with a result file.
+
+python benchmarks/memory_accuracy.py --out DIR [--deadline 520] [--gpus 2] [--steps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# name, preset, layers (None = full), gpus, zero, offload_optimizer, micro, seq, checkpointing, loss
+CASES = [
+    ("q0.6b-z3-ckpt-chunked", "Qwen3-0.6B", None, 2, 3, "none", 2, 2048, True, "chunked"),
+    ("q4b-z3-ckpt-chunked-s4096", "Qwen3-4B", None, 2, 3, "none", 2, 4096, True, "chunked"),
+    ("q0.6b-z2-nockpt-chunked", "Qwen3-0.6B", None, 2, 2, "none", 2, 2048, False, "chunked"),
+    ("q1.7b-z3-ckpt-hf-s4096", "Qwen3-1.7B", None, 2, 3, "none", 1, 4096, True, "hf"),
+    ("q0.6b-z1-nockpt-hf", "Qwen3-0.6B", None, 2, 1, "none", 4, 1024, False, "hf"),
+    ("q4b-z3-nockpt-hf", "Qwen3-4B", None, 2, 3, "none", 1, 4096, False, "hf"),
+    ("q1.7b-z2-ckpt-chunked", "Qwen3-1.7B", None, 2, 2, "none", 2, 2048, True, "chunked"),
+    ("q30ba3b-L8-z3-ckpt-chunked", "Qwen3-30B-A3B", 8, 2, 3, "none", 1, 2048, True, "chunked"),
+    ("q1.7b-z1-nockpt-chunked-1gpu", "Qwen3-1.7B", None, 1, 1, "none", 1, 2048, False, "chunked"),
+    ("q0.6b-z0-nockpt-hf-1gpu", "Qwen3-0.6B", None, 1, 0, "none", 2, 2048, False, "hf"),
+    ("q8b-z3-ckpt-chunked", "Qwen3-8B", None, 2, 3, "none", 1, 4096, True, "chunked"),
+    ("q4b-z3-offload-ckpt-chunked", "Qwen3-4B", None, 2, 3, "cpu", 2, 4096, True, "chunked"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def catalog_gpu() -> str:
+    name = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True).stdout.lower()
+    return "H200" if "h200" in name else "H100-SXM" if "h100" in name else "A100-80GB"
+
+
+def qwen_ds(*args, timeout=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "qwen_ds.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+
+
+def run_case(case, work: Path, gpu: str, steps: int, timeout: float) -> dict:
+    name, preset, layers, gpus, zero, oo, micro, seq, ckpt, loss = case
+    from qwen_ds.models import load_model
+
+    spec = load_model(preset)
+    model_arg = preset
+    if layers:
+        cfgfile = work / f"{name}-config.json"
+        cfgfile.write_text(json.dumps({**spec.config, "num_hidden_layers": layers}))
+        model_arg = str(cfgfile)
+    hf = work / f"hostfile-{gpus}"
+    hf.write_text(f"localhost slots={gpus}\n")
+    out = work / name
+    p = qwen_ds("gen-config", "-m", model_arg, "-g", gpu, "--hostfile", str(hf), "--zero", str(zero), "--offload-optimizer", oo,
+                "--offload-param", "none", "--micro-batch", str(micro), "--grad-accum", "1",
+                "--checkpointing" if ckpt else "--no-checkpointing", "--tp", "1", "--pp", "1", "--seq-len", str(seq), "--loss", loss,
+                "--precision", "bf16", "-o", str(out), "--force")
+    if p.returncode != 0:
+        return {"case": name, "error": "gen-config: " + p.stderr.strip()[-400:]}
+    plan = json.loads((out / "plan.json").read_text())
+    metrics = out / "metrics.jsonl"
+    metrics.unlink(missing_ok=True)
+    t0 = time.time()
+    try:
+        p = qwen_ds("launch", "--hostfile", str(hf), "--config", str(out / "ds_config.json"), "--plan", str(out / "plan.json"),
+                    "--master-port", str(free_port()), "--run-dir", str(out / "run"), "train", "--steps", str(steps),
+                    "--metrics-file", str(metrics), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"case": name, "error": f"timeout after {timeout:.0f} s"}
+    wall = time.time() - t0
+    mem = plan["memory"]
+    rec = {"case": name, "model": spec.name if not layers else f"{spec.name}-L{layers}", "gpus": gpus, "zero": zero,
+           "offload_optimizer": oo, "micro_batch": micro, "seq_len": seq, "checkpointing": ckpt, "loss": loss,
+           "pred_allocated": mem["gpu_allocated_bytes"], "pred_reserved": mem["gpu_reserved_bytes"], "pred_total": mem["gpu_total_bytes"],
+           "pred_terms": mem["terms"], "wall_s": round(wall, 1)}
+    if p.returncode != 0 or not metrics.exists():
+        tail = (p.stdout + p.stderr).strip().splitlines()[-12:]
+        oom = any("OutOfMemory" in line or "out of memory" in line for line in tail)
+        return {**rec, "error": ("OOM: " if oom else f"exit {p.returncode}: ") + " | ".join(tail)[-700:]}
+    steps_rec = [json.loads(line) for line in metrics.read_text().splitlines()]
+    steady = [s for s in steps_rec if s["step"] >= 2] or steps_rec
+    rec.update(
+        meas_allocated=max(s["peak_allocated_bytes"] for s in steady), meas_reserved=max(s["peak_reserved_bytes"] for s in steady),
+        step1_allocated=steps_rec[0]["peak_allocated_bytes"], tokens_per_s=statistics.median(s["tokens_per_s"] for s in steady),
+        mfu=statistics.median(s["mfu"] for s in steady) if steady[0]["mfu"] is not None else None,
+        comm_share=statistics.median(s["comm_share"] for s in steady) if steady[0]["comm_share"] is not None else None,
+        loss_first=steps_rec[0]["loss"], loss_last=steps_rec[-1]["loss"])
+    rec["err_allocated_pct"] = round(100 * (rec["pred_allocated"] - rec["meas_allocated"]) / rec["meas_allocated"], 2)
+    rec["err_reserved_pct"] = round(100 * (rec["pred_reserved"] - rec["meas_reserved"]) / rec["meas_reserved"], 2)
+    return rec
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
+    ap.add_argument("--deadline", type=float, default=520)
+    ap.add_argument("--gpus", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--only", default="", help="comma-separated case names")
+    args = ap.parse_args()
+    start = time.time()
+    gpu = catalog_gpu()
+    work = Path("/tmp/qwen-ds-memacc")
+    work.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    date = datetime.date.today().isoformat()
+    tag = f"{gpu.lower().replace('-', '')}_{date}"
+    jsonl = out_dir / f"memory_accuracy_{tag}.jsonl"
+    rows = []
+    for case in CASES:
+        if args.only and case[0] not in args.only.split(","):
+            continue
+        left = args.deadline - (time.time() - start)
+        if case[3] > args.gpus or left < 60:
+            rows.append({"case": case[0], "error": "not run (GPUs or time)"})
+            continue
+        rec = run_case(case, work, gpu, args.steps, timeout=left - 10)
+        rows.append(rec)
+        print(json.dumps({k: v for k, v in rec.items() if k != "pred_terms"}), flush=True)
+        with jsonl.open("a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+    write_report(rows, out_dir / f"memory_accuracy_{tag}.md", gpu)
+
+
+def write_report(rows: list[dict], path: Path, gpu: str) -> None:
+    import torch
+    import transformers
+
+    try:
+        import deepspeed
+
+        dsv = deepspeed.__version__
+    except ImportError:
+        dsv = "?"
+    ok = [r for r in rows if "meas_allocated" in r]
+    lines = [f"# Estimator accuracy under DeepSpeed training, {datetime.date.today()}", "",
+             f"GPU: {torch.cuda.get_device_name()} ({gpu}) | torch {torch.__version__} | CUDA {torch.version.cuda} | "
+             f"deepspeed {dsv} | transformers {transformers.__version__}", "",
+             "Built-in runtime (`qwen-ds launch ... train`), bf16, AdamW, synthetic data; measured = rank 0's "
+             "torch.cuda.max_memory_allocated / max_memory_reserved over steps >= 2; predicted = plan.json memory "
+             "(gpu_allocated_bytes / gpu_reserved_bytes) from gen-config for the same plan. Configs: benchmarks/memory_accuracy.py CASES.", "",
+             "| case | GPUs | ZeRO | offload | mb | seq | ckpt | loss | pred alloc GiB | meas alloc GiB | err % | pred resv GiB | meas resv GiB | err % | tokens/s | MFU | comm share |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    g = 2**30
+    for r in rows:
+        if "meas_allocated" not in r:
+            lines.append(f"| {r['case']} | | | | | | | | | | | | | | | | {r.get('error', '')[:160]} |")
+            continue
+        mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "-"
+        cs = f"{100 * r['comm_share']:.0f}%" if r.get("comm_share") is not None else "-"
+        lines.append(f"| {r['case']} | {r['gpus']} | {r['zero']} | {r['offload_optimizer']} | {r['micro_batch']} | {r['seq_len']} | "
+                     f"{r['checkpointing']} | {r['loss']} | {r['pred_allocated'] / g:.2f} | {r['meas_allocated'] / g:.2f} | "
+                     f"{r['err_allocated_pct']:+.1f} | {r['pred_reserved'] / g:.2f} | {r['meas_reserved'] / g:.2f} | "
+                     f"{r['err_reserved_pct']:+.1f} | {r['tokens_per_s']:.0f} | {mfu} | {cs} |")
+    errs = sorted(abs(r["err_allocated_pct"]) for r in ok)
+    if errs:
+        lines += ["", f"runs measured: {len(ok)} of {len(rows)}",
+                  f"median_abs_error_pct: {statistics.median(errs):.2f}", f"max_abs_error_pct: {errs[-1]:.2f}"]
+    path.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
