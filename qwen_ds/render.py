@@ -76,7 +76,9 @@ def _offload(device: str, opts: ConfigOptions, kind: str) -> dict[str, Any] | No
 
 def render_context(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan, opts: ConfigOptions) -> dict[str, Any]:
     world = cluster.world_size
-    dp = world // (plan.tp * plan.pp)
+    # DeepSpeed 0.19.8's batch equation counts AutoTP ranks as data-parallel (no mpu: world size),
+    # and the pipeline engine its data-parallel group (world / pp)
+    dp = world // plan.pp
     buckets = plan.buckets(model.hidden_size)
     dtype = ds_dtype(plan)
     return {
@@ -129,12 +131,22 @@ def template_name(workload: Workload, plan: Plan) -> str:
 def _environment(template_dir: Path):
     import jinja2
 
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(template_dir)),
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         keep_trailing_newline=True,
     )
+    plain_tojson = env.filters["tojson"]
+
+    def tojson(eval_ctx, value, indent=None):
+        if isinstance(value, jinja2.Undefined):
+            value._fail_with_undefined_error()  # names the misspelt variable, as a TemplateError
+        return plain_tojson(eval_ctx, value, indent)
+
+    tojson.jinja_pass_arg = plain_tojson.jinja_pass_arg
+    env.filters["tojson"] = tojson
+    return env
 
 
 def render_text(context: dict[str, Any], name: str, template_dir: Path | None = None) -> str:
@@ -148,6 +160,8 @@ def render_text(context: dict[str, Any], name: str, template_dir: Path | None = 
     except jinja2.TemplateError as exc:
         where = f" line {exc.lineno}" if getattr(exc, "lineno", None) else ""
         raise InputError(f"template {name}{where} in {one_line(tdir)}: {one_line(exc)}") from None
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:  # e.g. a misspelt variable reaching a filter
+        raise InputError(f"template {name} in {one_line(tdir)}: {type(exc).__name__}: {one_line(exc)[:200]}; check its variable names") from None
 
 
 def render(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan, opts: ConfigOptions | None = None,

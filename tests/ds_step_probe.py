@@ -13,6 +13,7 @@ global step count and the dtype of the trained parameters; exit 0 on success.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import math
 import sys
@@ -49,10 +50,21 @@ def main() -> int:
 
     stage = ds_config.get("zero_optimization", {}).get("stage", 0)
     keep_alive = None
+    zero3_init = "none"
     if stage == 3:
-        # must exist (and stay referenced) before the model is built so from_config runs under zero.Init
-        keep_alive = HfDeepSpeedConfig(ds_config)  # noqa: F841
-    model = AutoModelForCausalLM.from_config(hf_config)
+        # Must exist (and stay referenced) before the model is built, so that from_config runs under
+        # deepspeed.zero.Init. HfDeepSpeedConfig needs the accelerate package; without it, enter
+        # deepspeed.zero.Init ourselves, which is what HfDeepSpeedConfig makes transformers do.
+        try:
+            keep_alive = HfDeepSpeedConfig(ds_config)
+            zero3_init = "HfDeepSpeedConfig"
+        except (ImportError, importlib.metadata.PackageNotFoundError):
+            zero3_init = "deepspeed.zero.Init"
+    if zero3_init == "deepspeed.zero.Init":
+        with deepspeed.zero.Init(config_dict_or_path=ds_config):
+            model = AutoModelForCausalLM.from_config(hf_config)
+    else:
+        model = AutoModelForCausalLM.from_config(hf_config)
     model.train()
 
     engine, optimizer, _, scheduler = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
@@ -75,6 +87,7 @@ def main() -> int:
         "fp16": bool(engine.fp16_enabled()),
         "param_dtype": param_dtype,
         "optimizer": type(optimizer).__name__,
+        "zero3_init": zero3_init,
         "offload_optimizer": str(engine.zero_offload_optimizer().device) if engine.zero_offload_optimizer() else "none",
         "offload_param": str(engine.zero_offload_param().device) if engine.zero_offload_param() else "none",
     }

@@ -35,7 +35,8 @@ def planner_options(f):
 
 def constraints_from(kw: dict, pinned: dict) -> tuple[Constraints, Network]:
     cpu = kw["cpu_mem_per_node"]
-    c = Constraints(headroom=kw["headroom"], cpu_mem_per_node=int(cpu * GIB) if cpu else None, allow_nvme=kw["allow_nvme"],
+    nvme = kw["allow_nvme"] or "nvme" in (pinned.get("offload_optimizer"), pinned.get("offload_param"))
+    c = Constraints(headroom=kw["headroom"], cpu_mem_per_node=int(cpu * GIB) if cpu else None, allow_nvme=nvme,
                     global_batch=kw["global_batch"], train_tp=kw["allow_tp"], train_pp=kw["allow_pp"], fixed=pinned)
     return c, Network(inter_node_gbps=kw["inter_node_gbps"], compute_efficiency=kw["compute_efficiency"])
 

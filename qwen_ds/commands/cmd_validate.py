@@ -52,19 +52,26 @@ def command(config: str, model: str | None, gpu: str | None, hostfile: str | Non
     problems = validate_config(cfg, ctx, use_deepspeed=use_deepspeed)
     memory = None
     if not errors(problems) and spec and gpu_spec:
-        memory = _memory(cfg, spec, gpu_spec, world, gpn, pp, seq_len, new_tokens, checkpointing)
+        try:
+            memory = _memory(cfg, spec, gpu_spec, world, gpn, pp, seq_len, new_tokens, checkpointing)
+        except (InputError, OverflowError, ValueError) as exc:
+            from ..validate import Problem
+
+            problems.append(Problem("$", f"memory verdict skipped: {exc}; give --hostfile or --nodes/--gpus-per-node "
+                                    "matching the config", "memory", "warning"))
+    ds_ran = bool(use_deepspeed) and not any(p.rule != "deepspeed" and p.severity == "error" for p in problems)
     ok = not errors(problems) and (memory is None or memory["fits"])
     if as_json:
         click.echo(json.dumps({"config": config, "ok": ok, "problems": [p.as_dict() for p in problems],
-                               "deepspeed_checked": bool(use_deepspeed), "memory": memory}, indent=2))
+                               "deepspeed_checked": ds_ran, "memory": memory}, indent=2))
     else:
         echo_problems(problems, config)
         if memory:
             verdict = "fits" if memory["fits"] else "DOES NOT FIT"
             click.echo(f"{config}: memory: {memory['gpu_total_bytes'] / 1024**3:.2f} GiB of "
                        f"{memory['gpu_memory_bytes'] / 1024**3:.2f} GiB per GPU: {verdict}")
-        if not problems:
-            click.echo(f"{config}: ok ({'schema, rules and DeepSpeed 0.19.8 parser' if use_deepspeed else 'schema and rules'})")
+        if not errors(problems) and (memory is None or memory["fits"]):
+            click.echo(f"{config}: ok ({'schema, rules and DeepSpeed 0.19.8 parser' if ds_ran else 'schema and rules'})")
     if errors(problems):
         sys.exit(EXIT_BAD_INPUT)
     if memory and not memory["fits"]:

@@ -91,6 +91,9 @@ def build_inputs(kw: dict[str, Any]) -> tuple[ModelSpec, Cluster, Workload, Plan
     check_precision(gpu, precision, mode)
     zero = kw["zero_stage"] if kw["zero_stage"] is not None else (3 if mode == "train" else 0)
     workload = Workload(mode=mode, seq_len=kw["seq_len"], new_tokens=kw["new_tokens"])
+    if mode == "infer" and zero == 3 and kw["tp"] > 1:
+        raise InputError(f"--tp {kw['tp']} with --mode infer --zero 3: ZeRO-Inference has no tensor parallelism; "
+                         "use --zero 0 --tp N (DeepSpeed-Inference) or --tp 1")
     plan = Plan(
         zero_stage=zero, offload_optimizer=kw["offload_optimizer"], offload_param=kw["offload_param"],
         tp=kw["tp"], pp=kw["pp"], micro_batch=kw["micro_batch"], grad_accum=kw["grad_accum"],

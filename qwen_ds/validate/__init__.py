@@ -12,7 +12,9 @@ __all__ = ["Context", "Problem", "validate_config", "is_inference_config"]
 
 
 def validate_config(cfg: dict[str, Any], ctx: Context, use_deepspeed: bool = False) -> list[Problem]:
-    """Every problem found, not only the first. DeepSpeed's parser runs only when asked (it imports torch)."""
+    """Every problem found, not only the first. DeepSpeed's parser runs only when asked (in a child
+    process: it imports torch) and only on configs our own checks pass (it stops at its first error);
+    deepspeed_ran(problems) tells whether it ran."""
     import dataclasses
 
     ctx = dataclasses.replace(ctx, known_top_level=known_top_level_keys())
@@ -24,6 +26,7 @@ def validate_config(cfg: dict[str, Any], ctx: Context, use_deepspeed: bool = Fal
         # DeepSpeed stops at its first error; run it last, on configs our checks passed
         from .dscheck import deepspeed_problems_subprocess
 
-        world = ctx.world_size or 1
+        # DeepSpeed's pipeline engine counts data-parallel ranks only: world / pp
+        world = max(1, (ctx.world_size or 1) // max(ctx.pp, 1))
         problems += deepspeed_problems_subprocess(cfg, world, inference)
     return problems

@@ -26,23 +26,37 @@ def parse_config_text(text: str, where: str) -> dict[str, Any]:
     """JSON first; hjson (what DeepSpeed's file loader accepts) when JSON fails."""
     try:
         cfg = json.loads(text, object_pairs_hook=_no_duplicates)
+    except json.JSONDecodeError as exc:
+        cfg = _parse_hjson(text, where, exc)
     except DuplicateKeys as exc:
         raise InputError(f"{where}: duplicate keys {exc} (DeepSpeed refuses them); keep one of each") from None
-    except json.JSONDecodeError as json_err:
-        try:
-            import hjson
-        except ImportError:
-            raise InputError(f"{where} line {json_err.lineno}: malformed JSON ({json_err.msg}); fix that line") from None
-        try:
-            cfg = hjson.loads(text, object_pairs_hook=_no_duplicates)
-        except DuplicateKeys as exc:
-            raise InputError(f"{where}: duplicate keys {exc} (DeepSpeed refuses them); keep one of each") from None
-        except Exception as exc:  # hjson raises HjsonDecodeError and, on odd input, other ValueErrors
-            line = getattr(exc, "lineno", json_err.lineno)
-            raise InputError(f"{where} line {line}: neither JSON nor hjson ({one_line(getattr(exc, 'msg', exc))[:120]}); fix that line") from None
+    except RecursionError:
+        raise InputError(f"{where}: nested too deeply to be a DeepSpeed config") from None
+    except ValueError as exc:  # e.g. an integer literal longer than Python's digit limit
+        raise InputError(f"{where}: {one_line(exc)[:120]}; a DeepSpeed config holds ordinary numbers") from None
     if not isinstance(cfg, dict):
         raise InputError(f"{where}: a DeepSpeed config is a JSON object, got {type(cfg).__name__}")
     return _plain(cfg)
+
+
+def _parse_hjson(text: str, where: str, json_err: json.JSONDecodeError) -> Any:
+    try:
+        import hjson
+    except ImportError:
+        raise InputError(f"{where} line {json_err.lineno}: malformed JSON ({json_err.msg}); fix that line") from None
+    try:
+        return hjson.loads(text, object_pairs_hook=_no_duplicates)
+    except DuplicateKeys as exc:
+        raise InputError(f"{where}: duplicate keys {exc} (DeepSpeed refuses them); keep one of each") from None
+    except RecursionError:
+        raise InputError(f"{where}: nested too deeply to be a DeepSpeed config") from None
+    except Exception as exc:  # hjson raises HjsonDecodeError and, on odd input, other ValueErrors
+        # JSON stops at the first non-JSON token (maybe a comment or trailing comma hjson allows),
+        # hjson where its grammar breaks: name both when they differ
+        hline = getattr(exc, "lineno", None)
+        lines = f"line {json_err.lineno}" if hline in (None, json_err.lineno) else \
+            f"line {json_err.lineno} as JSON ({json_err.msg}), line {hline} as hjson"
+        raise InputError(f"{where} {lines}: neither JSON nor hjson ({one_line(getattr(exc, 'msg', exc))[:120]}); fix that line") from None
 
 
 def _plain(value: Any) -> Any:

@@ -130,14 +130,19 @@ def rule_batch(cfg: dict[str, Any], ctx: Context) -> list[Problem]:
         if None not in (tbs, mbs, ga) and tbs % (mbs * ga):
             return [Problem("$.train_batch_size", f"train_batch_size {tbs} is not a multiple of micro {mbs} x grad_accum {ga}", "batch")]
         return []
-    tp = 1
+    # DeepSpeed 0.19.8 (no mpu) divides the world only by sequence_parallel_size; the pipeline engine
+    # uses its data-parallel group (world / pp). AutoTP ranks count as data-parallel in this equation.
     tpb = cfg.get("tensor_parallel")
-    if isinstance(tpb, dict) and isinstance(tpb.get("autotp_size"), int):
-        tp = max(1, tpb["autotp_size"])
+    tp = tpb.get("autotp_size", 1) if isinstance(tpb, dict) else 1
+    tp = tp if isinstance(tp, int) and not isinstance(tp, bool) and tp >= 1 else 1
     if ctx.world_size % (tp * ctx.pp):
         return [Problem("$.tensor_parallel.autotp_size", f"tp {tp} x pp {ctx.pp} does not divide the {ctx.world_size} GPUs", "batch")]
-    dp = ctx.world_size // (tp * ctx.pp)
-    detail = f"world {ctx.world_size} / (tp {tp} x pp {ctx.pp}) = dp {dp}"
+    sp = cfg.get("sequence_parallel_size", 1)
+    sp = sp if isinstance(sp, int) and not isinstance(sp, bool) and sp >= 1 else 1
+    if ctx.world_size % (sp * ctx.pp):
+        return [Problem("$.sequence_parallel_size", f"sequence_parallel_size {sp} x pp {ctx.pp} does not divide the {ctx.world_size} GPUs", "batch")]
+    dp = ctx.world_size // (sp * ctx.pp)
+    detail = f"world {ctx.world_size} / (sequence parallel {sp} x pp {ctx.pp}) = {dp} ranks in DeepSpeed's batch equation"
     if tbs is not None and mbs is not None and ga is not None:
         if tbs != mbs * ga * dp:
             return [Problem("$.train_batch_size", f"train_batch_size {tbs} != micro {mbs} x grad_accum {ga} x dp {dp} = {mbs * ga * dp} ({detail}); "
@@ -210,7 +215,8 @@ def rule_precision_hw(cfg: dict[str, Any], ctx: Context) -> list[Problem]:
         return []
     bf16 = _enabled(cfg, "bf16") or _enabled(cfg, "bfloat16") or cfg.get("dtype") in ("bf16", "bfloat16")
     if bf16 and not gpu.bf16:
-        return [Problem("$.bf16.enabled", f"bf16 on {gpu.name} (compute capability {gpu.compute_capability} < 8.0): no bf16 tensor cores; "
+        path = "$.dtype" if cfg.get("dtype") in ("bf16", "bfloat16") else "$.bfloat16.enabled" if _enabled(cfg, "bfloat16") else "$.bf16.enabled"
+        return [Problem(path, f"bf16 on {gpu.name} (compute capability {gpu.compute_capability} < 8.0): no bf16 tensor cores; "
                         "use fp16 with dynamic loss scaling", "precision_hw")]
     return []
 

@@ -4,6 +4,7 @@ pydantic models by scripts/gen_ds_schema.py)."""
 from __future__ import annotations
 
 import json
+import math
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,8 @@ def _validator(inference: bool):
 
 def _message(err) -> str:
     inst = err.instance
+    if err.validator == "type" and isinstance(inst, float) and not math.isfinite(inst):
+        return f"{inst} is not a number DeepSpeed accepts here; write a finite value"
     if err.validator == "type" and isinstance(inst, float) and not inst.is_integer() and "integer" in str(err.validator_value):
         return (f"{inst} is not an integer; DeepSpeed >= 0.15 refuses fractional floats for int fields "
                 f"(pydantic int_from_float): write {int(inst)}")

@@ -1,0 +1,284 @@
+"""`qwen-ds validate`: --json shape, exit codes 0/2/3, every problem reported, DeepSpeed's own parser
+as the extra check, and no torch/deepspeed import in the validate / gen-config processes."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from qwen_ds.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+VALID = {"train_batch_size": 16, "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "bf16": {"enabled": True},
+         "zero_optimization": {"stage": 3, "overlap_comm": True, "reduce_bucket_size": 16777216}}
+CLUSTER = ["--nodes", "2", "--gpus-per-node", "8"]
+NEXT_ON_A100 = ["-m", "Qwen3-Next-80B-A3B", "-g", "A100-80GB", *CLUSTER]
+
+
+def run_cli(*args: str) -> tuple[int, str, str]:
+    """qwen_ds.cli.main in this process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    rc = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+        except SystemExit as exc:
+            rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return rc, out.getvalue(), err.getvalue()
+
+
+def write(tmp_path: Path, cfg, name: str = "ds_config.json") -> str:
+    p = tmp_path / name
+    p.write_text(cfg if isinstance(cfg, str) else json.dumps(cfg))
+    return str(p)
+
+
+def needs_deepspeed():
+    pytest.importorskip("deepspeed")
+
+
+# --------------------------------------------------------------------------- --json shape and exit codes
+
+
+def test_json_shape_on_a_valid_config(tmp_path):
+    rc, out, err = run_cli("validate", write(tmp_path, VALID), *CLUSTER, "--no-deepspeed", "--json")
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert set(doc) == {"config", "ok", "problems", "deepspeed_checked", "memory"}
+    assert doc["ok"] is True and doc["problems"] == [] and doc["memory"] is None and doc["deepspeed_checked"] is False
+
+
+def test_json_problem_shape_and_exit_2(tmp_path):
+    bad = dict(VALID, train_batch_size=24)
+    rc, out, _ = run_cli("validate", write(tmp_path, bad), *CLUSTER, "--no-deepspeed", "--json")
+    assert rc == 2
+    doc = json.loads(out)
+    assert doc["ok"] is False
+    (p,) = doc["problems"]
+    assert set(p) == {"path", "message", "rule", "severity"}
+    assert (p["path"], p["rule"], p["severity"]) == ("$.train_batch_size", "batch", "error")
+    assert "set it to 16" in p["message"]
+
+
+def test_text_output_and_exit_0(tmp_path):
+    path = write(tmp_path, VALID)
+    rc, out, err = run_cli("validate", path, *CLUSTER, "--no-deepspeed")
+    assert rc == 0 and f"{path}: ok (schema and rules)" in out and err == ""
+
+
+def test_warning_only_exits_0(tmp_path):
+    cfg = json.loads(json.dumps(VALID))
+    cfg["zero_optimization"]["zero_hpz_partition_size"] = 16  # spans the two nodes: a warning
+    rc, out, err = run_cli("validate", write(tmp_path, cfg), *CLUSTER, "--no-deepspeed", "--json")
+    assert rc == 0
+    doc = json.loads(out)
+    assert doc["ok"] is True and [p["severity"] for p in doc["problems"]] == ["warning"]
+
+
+def test_every_problem_reported_not_only_the_first(tmp_path):
+    cfg = {"train_batch_size": 16, "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+           "fp16": {"enabled": True}, "bf16": {"enabled": True},
+           "zero_optimization": {"stage": 2, "offload_param": {"device": "cpu"}},
+           "gradient_acumulation_step": 4}
+    path = write(tmp_path, cfg)
+    rc, out, _ = run_cli("validate", path, *CLUSTER, "--no-deepspeed", "--json")
+    assert rc == 2
+    problems = json.loads(out)["problems"]
+    assert {p["rule"] for p in problems} >= {"fp16_and_bf16", "offload_param_stage", "unknown_key"}
+    assert {p["path"] for p in problems} >= {"$.fp16.enabled", "$.zero_optimization.offload_param", "$.gradient_acumulation_step"}
+    # and the text form lists them all, one line each
+    rc, _, err = run_cli("validate", path, *CLUSTER, "--no-deepspeed")
+    assert rc == 2
+    lines = [ln for ln in err.splitlines() if ln.startswith(f"{path}: error: ")]
+    assert len(lines) >= 3
+    assert any("[fp16_and_bf16]" in ln for ln in lines) and any("[offload_param_stage]" in ln for ln in lines)
+    assert any("[unknown_key]" in ln for ln in lines)
+
+
+def test_exit_3_when_a_valid_config_does_not_fit(tmp_path):
+    """ZeRO-3 without offload for Qwen3-Next-80B-A3B on 2 x 8 A100-80GB: a valid config, but ~98 GiB per GPU."""
+    needs_deepspeed()
+    cfg = {"train_batch_size": 16, "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+           "bf16": {"enabled": True}, "zero_optimization": {"stage": 3}}
+    rc, out, err = run_cli("validate", write(tmp_path, cfg), *NEXT_ON_A100, "--json")
+    assert rc == 3, err
+    doc = json.loads(out)
+    assert doc["problems"] == [] and doc["deepspeed_checked"] is True
+    assert doc["ok"] is False
+    mem = doc["memory"]
+    assert mem["fits"] is False and mem["gpu_total_bytes"] > mem["gpu_memory_bytes"]
+    assert mem["model"] == "Qwen3-Next-80B-A3B" and mem["gpu"] == "A100-80GB" and mem["nodes"] == 2 and mem["gpus_per_node"] == 8
+    assert mem["plan"]["zero_stage"] == 3 and mem["plan"]["offload_param"] == "none"
+    # the text form says DOES NOT FIT
+    rc, out, _ = run_cli("validate", write(tmp_path, cfg), *NEXT_ON_A100, "--no-deepspeed")
+    assert rc == 3 and "DOES NOT FIT" in out
+
+
+def test_same_model_fits_with_cpu_offload(tmp_path):
+    cfg = {"train_batch_size": 16, "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "bf16": {"enabled": True},
+           "zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}, "offload_param": {"device": "cpu"}}}
+    rc, out, _ = run_cli("validate", write(tmp_path, cfg), *NEXT_ON_A100, "--no-deepspeed", "--json")
+    assert rc == 0
+    doc = json.loads(out)
+    assert doc["ok"] is True and doc["memory"]["fits"] is True
+    assert doc["memory"]["plan"]["offload_param"] == "cpu" and doc["memory"]["plan"]["offload_optimizer"] == "cpu"
+
+
+def test_no_memory_verdict_when_config_has_errors(tmp_path):
+    cfg = dict(VALID, train_batch_size=24)
+    rc, out, _ = run_cli("validate", write(tmp_path, cfg), *NEXT_ON_A100, "--no-deepspeed", "--json")
+    assert rc == 2 and json.loads(out)["memory"] is None
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--nodes", "0"], "--nodes 0"),
+    (["--pp", "0"], "--pp 0"),
+    (["--gpu", "Z80"], "unknown GPU"),
+    (["--model", "no-such-model"], "unknown model"),
+])
+def test_bad_flags_exit_2(tmp_path, args, match):
+    rc, _, err = run_cli("validate", write(tmp_path, VALID), "--no-deepspeed", *args)
+    assert rc == 2 and match in err and "Traceback" not in err
+
+
+def test_unreadable_and_malformed_files_exit_2(tmp_path):
+    rc, _, err = run_cli("validate", str(tmp_path / "missing.json"), "--no-deepspeed")
+    assert rc == 2 and "cannot read it" in err
+    rc, _, err = run_cli("validate", write(tmp_path, '{\n  "train_batch_size": 8,\n  "bf16": {"enabled": 1,\n}\n'), "--no-deepspeed")
+    assert rc == 2 and "line 5" in err and err.startswith("error: ") and "Traceback" not in err
+    rc, _, err = run_cli("validate", write(tmp_path, '{"a": 1, "a": 2}'), "--no-deepspeed")
+    assert rc == 2 and "duplicate keys a" in err
+
+
+def test_malformed_value_reports_its_own_line(tmp_path):
+    rc, _, err = run_cli("validate", write(tmp_path, '{\n  "train_batch_size": 8,\n  "bf16": {"enabled": tru\n}\n'), "--no-deepspeed")
+    assert rc == 2 and "line 3" in err
+
+
+@pytest.mark.parametrize("name", ["llamafactory_ds_z3_config.json", "axolotl_zero3_bf16.json"])
+def test_peer_configs_through_the_cli(name):
+    rc, out, _ = run_cli("validate", str(FIXTURES / name), "--model", "Qwen3-8B", "--no-deepspeed", "--json")
+    assert rc == 2
+    msgs = " | ".join(p["message"] for p in json.loads(out)["problems"] if p["rule"] == "auto")
+    for hint in ("h*h = 16777216", "int(0.9*h*h) = 15099494", "10*h = 40960"):
+        assert hint in msgs
+
+
+def test_hjson_file_through_the_cli(tmp_path):
+    text = textwrap.dedent("""\
+        {
+          // copied from a wiki, with comments
+          "train_batch_size": 16,
+          "train_micro_batch_size_per_gpu": 1,  # per GPU
+          "gradient_accumulation_steps": 1,
+          "bf16": {"enabled": true,},
+        }
+        """)
+    rc, out, err = run_cli("validate", write(tmp_path, text, "ds.hjson"), *CLUSTER, "--no-deepspeed", "--json")
+    assert rc == 0, err
+    assert json.loads(out)["problems"] == []
+
+
+# --------------------------------------------------------------------------- DeepSpeed's own parser as the extra check
+
+
+def test_default_runs_deepspeed_parser_on_a_valid_config(tmp_path):
+    needs_deepspeed()
+    rc, out, err = run_cli("validate", write(tmp_path, VALID), *CLUSTER, "--json")
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert doc["deepspeed_checked"] is True and doc["ok"] is True and doc["problems"] == []
+    rc, out, _ = run_cli("validate", write(tmp_path, VALID), *CLUSTER)
+    assert "ok (schema, rules and DeepSpeed 0.19.8 parser)" in out
+
+
+def test_deepspeed_parser_catches_what_only_it_checks(tmp_path):
+    """gradient_allreduce_op 'sum' with ZeRO-3: no rule of ours, DeepSpeed's _do_error_check refuses it."""
+    needs_deepspeed()
+    cfg = dict(VALID, gradient_allreduce_op="sum")
+    path = write(tmp_path, cfg)
+    rc, out, _ = run_cli("validate", path, *CLUSTER, "--no-deepspeed", "--json")
+    assert rc == 0 and json.loads(out)["problems"] == []
+    rc, out, _ = run_cli("validate", path, *CLUSTER, "--json")
+    assert rc == 2
+    doc = json.loads(out)
+    (p,) = doc["problems"]
+    assert p["rule"] == "deepspeed" and p["path"] == "$" and "'sum' is not supported with ZeRO stage 3" in p["message"]
+    assert doc["deepspeed_checked"] is True
+
+
+def test_fp16_and_bf16_caught_by_our_rule_with_deepspeed_on(tmp_path):
+    needs_deepspeed()
+    cfg = dict(VALID, fp16={"enabled": True})
+    rc, out, _ = run_cli("validate", write(tmp_path, cfg), *CLUSTER, "--json")
+    assert rc == 2
+    problems = json.loads(out)["problems"]
+    assert [(p["rule"], p["path"]) for p in problems] == [("fp16_and_bf16", "$.fp16.enabled")]
+
+
+def test_deepspeed_parser_sees_the_cluster_world_size(tmp_path):
+    """Batch keys consistent with 16 GPUs pass DeepSpeed's parser only if it is told the world is 16."""
+    needs_deepspeed()
+    from qwen_ds.validate.dscheck import deepspeed_problems
+
+    assert deepspeed_problems(VALID, 16, False) == []
+    assert deepspeed_problems(VALID, 8, False)  # 16 != 1 * 1 * 8
+
+
+def test_deepspeed_subprocess_check_direct():
+    needs_deepspeed()
+    from qwen_ds.validate.dscheck import deepspeed_problems_subprocess
+
+    assert deepspeed_problems_subprocess(VALID, 16, False) == []
+    (p,) = deepspeed_problems_subprocess({"dtype": "fp8", "tensor_parallel": {"tp_size": 2}}, 16, True)
+    assert p.rule == "deepspeed" and p.severity == "error"
+
+
+# --------------------------------------------------------------------------- no heavy imports
+
+NO_HEAVY_IMPORTS = textwrap.dedent("""\
+    import json, os, sys
+    from qwen_ds.cli import main
+
+    def run(args):
+        try:
+            main(args)
+        except SystemExit as exc:
+            return exc.code
+        return 0
+
+    out = sys.argv[1]
+    rcs = [
+        run(["gen-config", "-m", "Qwen3-8B", "-g", "H100-SXM", "--nodes", "2", "--gpus-per-node", "8", "-o", out]),
+        run(["validate", os.path.join(out, "ds_config.json"), "--nodes", "2", "--gpus-per-node", "8",
+             "-m", "Qwen3-8B", "-g", "H100-SXM", "--no-deepspeed", "--json"]),
+        run(["validate", os.path.join(out, "ds_config.json"), "--nodes", "2", "--gpus-per-node", "8", "--json"]),
+    ]
+    heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "deepspeed", "transformers"))
+    print("RESULT=" + json.dumps({"rcs": rcs, "heavy": heavy}))
+    """)
+
+
+def test_gen_config_and_validate_never_import_torch_or_deepspeed(tmp_path):
+    """In one process: gen-config, validate --no-deepspeed, and validate with DeepSpeed's parser (which runs in a
+    child process) leave torch, deepspeed and transformers out of sys.modules."""
+    env = dict(os.environ)
+    env.pop("HF_HUB_CACHE", None)
+    proc = subprocess.run([sys.executable, "-c", NO_HEAVY_IMPORTS, str(tmp_path / "out")], capture_output=True, text=True,
+                          timeout=300, cwd=REPO, env=env)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT=")]
+    assert lines, proc.stdout + proc.stderr
+    result = json.loads(lines[-1].split("=", 1)[1])
+    assert result["heavy"] == []
+    assert result["rcs"] == [0, 0, 0], proc.stderr
+    assert (tmp_path / "out" / "ds_config.json").is_file()
