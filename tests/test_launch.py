@@ -257,3 +257,15 @@ def test_dry_run_prints_command_and_env_file(tiny_config):
     argv = shlex.split(lines[1])
     assert argv[argv.index("--launcher") + 1] == "pdsh" and "qwen_ds.runtime.train" in argv
     assert "NCCL_SOCKET_IFNAME=ib0" in lines[lines.index("# .deepspeed_env (merged into ./.deepspeed_env, old file backed up)") + 1:]
+
+
+def test_stale_shared_memory_buffers_are_cleared(tmp_path, monkeypatch):
+    from qwen_ds.launch import run as run_mod
+
+    monkeypatch.setattr(run_mod, "SHM_DIR", tmp_path)
+    mine = [tmp_path / f"deepspeed_allreduce_buffer_0_127.0.0.1_29611_{r}" for r in (0, 1)]
+    other = tmp_path / "deepspeed_allreduce_buffer_0_127.0.0.1_29612_0"
+    for f in mine + [other]:
+        f.write_bytes(b"x")
+    assert sorted(run_mod.clear_shm_buffers("127.0.0.1", "29611")) == sorted(mine)
+    assert other.exists() and not any(f.exists() for f in mine)

@@ -78,5 +78,6 @@ def command(hostfile, config, plan, launcher, node_rank, include, exclude, maste
     from ..launch.run import run
 
     ranks = expected_ranks(hf, launcher, node_rank, bool(include or exclude))
-    rc = run(spec, Path(req.run_dir), ranks, log=lambda *a, **k: click.echo(" ".join(map(str, a)), err=True))
+    owns_shm = spec.local and (hf.single_host or node_rank == 0)
+    rc = run(spec, Path(req.run_dir), ranks, log=lambda *a, **k: click.echo(" ".join(map(str, a)), err=True), owns_shm=owns_shm)
     sys.exit(rc)

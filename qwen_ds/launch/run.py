@@ -16,6 +16,21 @@ from pathlib import Path
 from .build import LaunchSpec
 
 GRACE_S = 20
+SHM_DIR = Path("/dev/shm")
+
+
+def clear_shm_buffers(master_addr: str, master_port: str) -> list[Path]:
+    """DeepSpeed's CPU shared-memory all-reduce leaves /dev/shm/deepspeed_allreduce_buffer_*_<addr>_<port>_*
+    behind (69 MB a rank, never removed); a later job on the same address and port maps the stale
+    buffer and aborts (exit 134). Remove this job's buffers before it starts and after it ends."""
+    removed = []
+    for f in SHM_DIR.glob(f"deepspeed_allreduce_buffer_*_{master_addr}_{master_port}_*"):
+        try:
+            f.unlink()
+            removed.append(f)
+        except OSError:
+            pass
+    return removed
 
 
 def _kill_group(pgid: int, grace: float) -> None:
@@ -44,8 +59,17 @@ def rank_statuses(run_dir: Path) -> dict[int, dict]:
     return out
 
 
-def run(spec: LaunchSpec, run_dir: Path, expected_ranks: list[int], log=print) -> int:
+def _port(spec: LaunchSpec) -> str:
+    argv = list(spec.argv)
+    return argv[argv.index("--master_port") + 1] if "--master_port" in argv else "29500"
+
+
+def run(spec: LaunchSpec, run_dir: Path, expected_ranks: list[int], log=print, owns_shm: bool = True) -> int:
+    """``owns_shm``: this process hosts the job's master (single host, or no-ssh node 0) and may clear
+    the job's shared-memory buffers."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    if owns_shm:
+        clear_shm_buffers(spec.master_addr, _port(spec))
     env = {**os.environ, **spec.env}
     proc = subprocess.Popen(list(spec.argv), env=env, start_new_session=True)
     pgid = proc.pid
@@ -71,6 +95,8 @@ def run(spec: LaunchSpec, run_dir: Path, expected_ranks: list[int], log=print) -
         _kill_group(pgid, GRACE_S if stopping["signal"] is None else 5)
         for s, h in old.items():
             signal.signal(s, h)
+        if owns_shm:
+            clear_shm_buffers(spec.master_addr, _port(spec))
     if stopping["signal"] is not None:
         return 128 + stopping["signal"]
     statuses = rank_statuses(run_dir)

@@ -72,6 +72,10 @@ def train(args: argparse.Namespace) -> int:
         log0("note: plan uses the plain HF loss (full fp32 logits); --loss chunked saves that memory")
     checkpointing = (plan or {}).get("plan", {}).get("checkpointing", False)
     model, keep = build_model(hf_config, ds_config, args.weights, args.seed, for_training=True)
+    from .fp8 import apply_fp8, wants_fp8
+
+    if wants_fp8(plan):
+        log0(f"FP8: {apply_fp8(model, plan.get('fp8_recipe'))} Linear layers converted to torchao float8 training")
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)

@@ -1,0 +1,99 @@
+"""Runtime pieces on CPU without a launcher: chunked loss == HF loss, data determinism, the
+tokenised-file path with a local tokenizer, FP8 refusals, metrics health warnings."""
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from qwen_ds.runtime.common import RuntimeFailure  # noqa: E402
+from qwen_ds.runtime.data import TokenFile, synthetic_batch  # noqa: E402
+from qwen_ds.runtime.fp8 import apply_fp8, fp8_filter, wants_fp8  # noqa: E402
+from qwen_ds.runtime.loss import causal_lm_loss  # noqa: E402
+from qwen_ds.runtime.metrics import StepMeter  # noqa: E402
+
+
+def tiny_model(name="tiny-qwen3"):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from qwen_ds.models import load_model
+
+    raw = dict(load_model(name).config)
+    mt = raw.pop("model_type")
+    raw.pop("architectures", None)
+    raw.pop("torch_dtype", None)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(AutoConfig.for_model(mt, **raw)).float()
+
+
+@pytest.mark.parametrize("name", ["tiny-qwen3", "tiny-qwen3-moe"])
+def test_chunked_loss_equals_hf_loss_and_its_gradients(name):
+    m = tiny_model(name)
+    ids = synthetic_batch(m.config.vocab_size, 2, 40, 0, 0, 0, 0)
+    hf = causal_lm_loss(m, ids, "hf")
+    hf.backward()
+    g_hf = m.model.embed_tokens.weight.grad.clone()
+    m.zero_grad()
+    ch = causal_lm_loss(m, ids, "chunked", chunk=16)  # several chunks, the last one partial
+    ch.backward()
+    assert ch.item() == pytest.approx(hf.item(), rel=1e-5)
+    assert torch.allclose(m.model.embed_tokens.weight.grad, g_hf, rtol=1e-4, atol=1e-6)
+
+
+def test_synthetic_batches_are_deterministic_and_learnable():
+    a = synthetic_batch(1024, 3, 16, 7, step=5, rank=1, micro_step=2)
+    assert torch.equal(a, synthetic_batch(1024, 3, 16, 7, step=5, rank=1, micro_step=2))
+    assert not torch.equal(a, synthetic_batch(1024, 3, 16, 7, step=5, rank=0, micro_step=2))
+    diffs = (a[:, 1:] - a[:, :-1]) % 1024
+    assert all(len(set(row.tolist())) == 1 for row in diffs)  # a constant stride per row: learnable
+
+
+def test_token_file_with_a_local_tokenizer(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = [f"sample {i} of a tiny corpus for the qwen-ds runtime test" for i in range(200)]
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=["[UNK]", "<eos>"]))
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", unk_token="[UNK]").save_pretrained(tmp_path / "tok")
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in corpus))
+    tf = TokenFile(str(data), str(tmp_path / "tok"), seq=32)
+    b = tf.batch(micro=2, step=3, rank=1, world=2, micro_step=0, grad_accum=1)
+    assert b.shape == (2, 32) and b.max() < 300
+    assert torch.equal(b, tf.batch(micro=2, step=3, rank=1, world=2, micro_step=0, grad_accum=1))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"txt": "x"}\n')
+    with pytest.raises(RuntimeFailure, match="line 1"):
+        TokenFile(str(bad), str(tmp_path / "tok"), seq=32)
+    with pytest.raises(RuntimeFailure, match="cannot load a local tokenizer"):
+        TokenFile(str(data), str(tmp_path / "nope"), seq=32)
+
+
+def test_fp8_is_refused_without_a_suitable_gpu():
+    assert wants_fp8({"fp8_recipe": {"recipe": "tensorwise"}}) and not wants_fp8({"plan": {"precision": "bf16"}})
+    if torch.cuda.is_available():
+        pytest.skip("CPU-only check")
+    with pytest.raises(RuntimeFailure, match="compute capability >= 8.9"):
+        apply_fp8(tiny_model(), {"recipe": "tensorwise"})
+
+
+def test_fp8_filter_skips_head_router_and_odd_shapes():
+    assert fp8_filter(torch.nn.Linear(64, 128), "model.layers.0.mlp.up_proj")
+    assert not fp8_filter(torch.nn.Linear(64, 128), "lm_head")
+    assert not fp8_filter(torch.nn.Linear(64, 8), "model.layers.0.mlp.gate")
+    assert not fp8_filter(torch.nn.Linear(60, 128), "model.layers.0.mlp.up_proj")
+
+
+def test_health_warnings_name_the_knob_once():
+    meter = StepMeter(flops_per_token=1e9, tokens_per_step=1000, world=2, peak_tflops=100.0)
+    rec = {"comm_share": 0.4, "fragmentation": 0.09, "mfu": 0.05}
+    warnings = meter.health(rec)
+    assert len(warnings) == 3
+    assert any("hpZ" in w for w in warnings) and any("expandable_segments" in w for w in warnings)
+    assert any("micro-batch" in w for w in warnings)
+    assert meter.health(rec) == []  # once per run
+    assert StepMeter(1e9, 1000, 2, 100.0).health({"comm_share": 0.1, "fragmentation": 0.01, "mfu": 0.5}) == []
