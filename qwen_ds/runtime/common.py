@@ -59,6 +59,19 @@ def init_distributed() -> str:
     return get_accelerator().device_name()
 
 
+def shutdown_distributed() -> None:
+    """Barrier and destroy the process group before the interpreter exits: otherwise gloo / NCCL
+    threads can still be alive at shutdown and the process aborts ("terminate called without an
+    active exception", exit 134) after a successful run."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
+
+
 def model_config(plan: dict | None, model_arg: str | None):
     """HF config from --model (preset / config.json / HF dir) or the plan's model.config."""
     from transformers import AutoConfig

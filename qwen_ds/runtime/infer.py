@@ -18,7 +18,7 @@ import sys
 import time
 import traceback
 
-from .common import RuntimeFailure, build_model, init_distributed, log0, model_config, rank, read_json, torch_dtype, world_size
+from .common import RuntimeFailure, shutdown_distributed, build_model, init_distributed, log0, model_config, rank, read_json, torch_dtype, world_size
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -79,7 +79,9 @@ class FirstTokenTimer:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        return infer(args)
+        rc = infer(args)
+        shutdown_distributed()
+        return rc
     except RuntimeFailure as exc:
         print(f"error: rank {rank()}: {exc}", file=sys.stderr, flush=True)
         return 1
