@@ -11,6 +11,16 @@ from typing import Any
 from .errors import InputError, one_line
 
 
+def read_text(path: str | Path, what: str, fix: str) -> str:
+    """A UTF-8 file's text; an unreadable or non-UTF-8 file is an InputError naming ``what`` and ``fix``."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"{what} {one_line(path)}: cannot read it ({one_line(exc.strerror or exc)}); {fix}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{what} {one_line(path)}: not UTF-8 text; {fix}") from None
+
+
 def check_writable(paths: list[Path], force: bool) -> None:
     existing = [p for p in paths if p.exists()]
     if existing and not force:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .spec import DENSE, LINEAR_ATTENTION, MOE, ModelSpec
+from .spec import LINEAR_ATTENTION, MOE, ModelSpec
 
 # (module, numel) of one parameter tensor; module is the path below the layer, e.g. "mlp.experts"
 Tensor = tuple[str, int]

@@ -40,12 +40,9 @@ def preset_entry(name: str) -> dict[str, Any] | None:
 
 
 def _read_config(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"cannot read model config {one_line(path)}: {one_line(exc.strerror or exc)}; pass a readable config.json to --model") from None
-    except UnicodeDecodeError:
-        raise InputError(f"{one_line(path)}: not UTF-8 text; pass a config.json (UTF-8 JSON) to --model") from None
+    from ..fileio import read_text
+
+    text = read_text(path, "model config", "pass a readable UTF-8 config.json to --model")
     try:
         cfg = json.loads(text)
     except json.JSONDecodeError as exc:

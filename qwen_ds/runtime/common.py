@@ -72,6 +72,25 @@ def shutdown_distributed() -> None:
             dist.destroy_process_group()
 
 
+def run_entry(fn, args) -> int:
+    """Run a runtime entry point: 0 on success (process group shut down cleanly), 1 on failure with
+    one line naming the rank; the traceback only with QWEN_DS_DEBUG=1."""
+    import traceback
+
+    try:
+        rc = fn(args)
+        shutdown_distributed()
+        return rc
+    except RuntimeFailure as exc:
+        print(f"error: rank {rank()}: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except Exception as exc:  # any other failure of the job
+        print(f"error: rank {rank()}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        if os.environ.get("QWEN_DS_DEBUG"):
+            traceback.print_exc()
+        return 1
+
+
 def model_config(plan: dict | None, model_arg: str | None):
     """HF config from --model (preset / config.json / HF dir) or the plan's model.config."""
     from transformers import AutoConfig

@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
-import traceback
 
-from .common import RuntimeFailure, shutdown_distributed, build_model, init_distributed, log0, model_config, rank, read_json, torch_dtype, world_size
+from .common import RuntimeFailure, run_entry, build_model, init_distributed, log0, model_config, rank, read_json, torch_dtype, world_size
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -78,18 +76,7 @@ class FirstTokenTimer:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        rc = infer(args)
-        shutdown_distributed()
-        return rc
-    except RuntimeFailure as exc:
-        print(f"error: rank {rank()}: {exc}", file=sys.stderr, flush=True)
-        return 1
-    except Exception as exc:
-        print(f"error: rank {rank()}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-        if os.environ.get("QWEN_DS_DEBUG"):
-            traceback.print_exc()
-        return 1
+    return run_entry(infer, args)
 
 
 def infer(args: argparse.Namespace) -> int:

@@ -9,9 +9,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import traceback
 
-from .common import RuntimeFailure, shutdown_distributed, build_model, init_distributed, log0, model_config, rank, read_json, world_size
+from .common import RuntimeFailure, run_entry, build_model, init_distributed, log0, model_config, rank, read_json, world_size
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,18 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        rc = train(args)
-        shutdown_distributed()
-        return rc
-    except RuntimeFailure as exc:
-        print(f"error: rank {rank()}: {exc}", file=sys.stderr, flush=True)
-        return 1
-    except Exception as exc:  # any other failure: one line, the traceback only when asked
-        print(f"error: rank {rank()}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-        if os.environ.get("QWEN_DS_DEBUG"):
-            traceback.print_exc()
-        return 1
+    return run_entry(train, args)
 
 
 def train(args: argparse.Namespace) -> int:

@@ -72,11 +72,7 @@ def _plain(value: Any) -> Any:
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"{one_line(path)}: cannot read it ({one_line(exc.strerror or exc)}); pass a readable ds_config.json") from None
-    except UnicodeDecodeError:
-        raise InputError(f"{one_line(path)}: not UTF-8 text; a DeepSpeed config is JSON") from None
+    from ..fileio import read_text
+
+    text = read_text(path, "DeepSpeed config", "pass a readable ds_config.json (UTF-8 JSON or hjson)")
     return parse_config_text(text, one_line(path))

@@ -49,3 +49,5 @@ for step in range(int(os.environ.get("TINY_STEPS", "1"))):
     engine.step()
     print(f"step {step} loss {loss.item():.4f} world {world}", flush=True)
 print("TINY_DONE", flush=True)
+torch.distributed.barrier()
+torch.distributed.destroy_process_group()  # gloo threads alive at exit abort the process (134)
