@@ -3,19 +3,9 @@
 from __future__ import annotations
 
 import csv
-import importlib.metadata
-import importlib.util
-import os
-import platform
 import re
-import shutil
-import subprocess
-import sys
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Iterable, Mapping
 
-from ..errors import QwenDsError, one_line
+from ..errors import QwenDsError
 from .probes import *  # noqa: F401,F403
 from .probes import GIB, MIB, TIMEOUT_S  # noqa: F401
 

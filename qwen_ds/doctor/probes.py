@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import importlib.metadata
 import importlib.util
 import os
@@ -12,10 +11,9 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Callable
 
-from ..errors import QwenDsError, one_line
+from ..errors import one_line
 
 
 TIMEOUT_S = 15

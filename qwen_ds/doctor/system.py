@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import csv
-import importlib.metadata
-import importlib.util
 import os
-import platform
 import re
 import shutil
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Mapping
 
 from ..errors import QwenDsError, one_line
 from .probes import GIB, MIB, TIMEOUT_S, dist_version  # noqa: F401

@@ -2,20 +2,9 @@
 
 from __future__ import annotations
 
-import csv
-import importlib.metadata
-import importlib.util
-import os
-import platform
 import re
-import shutil
-import subprocess
-import sys
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable
 
-from ..errors import QwenDsError, one_line
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
