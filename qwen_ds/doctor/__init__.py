@@ -13,29 +13,19 @@ only in ``torch_probe()`` and only when torch is installed. The parsers and advi
 
 from __future__ import annotations
 
-import csv
-import importlib.metadata
-import importlib.util
 import os
-import platform
-import re
 import shutil
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Mapping
 
-from ..errors import QwenDsError, one_line
-
-from .gpus import *  # noqa: F401,F403
+from ..errors import one_line
+from .gpus import *  # noqa: F401,F403  (the package's public names, as before the split)
 from .probes import *  # noqa: F401,F403
 from .system import *  # noqa: F401,F403
 from .topology import *  # noqa: F401,F403
-from .gpus import _family  # noqa: F401
-from .probes import GIB, MIB, SECTIONS, TIMEOUT_S  # noqa: F401
-from .system import _bytes, _cgroup_memory_limit, _meminfo, _read_kv_file, _rlimit  # noqa: F401
-from .topology import _best_between, _components  # noqa: F401
+from .probes import SECTIONS  # noqa: F401
+from .system import _bytes  # noqa: F401  (used by the doctor command)
+
 
 def _guard(fn: Callable[[], dict], what: str) -> dict:
     try:
