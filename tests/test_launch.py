@@ -269,3 +269,13 @@ def test_stale_shared_memory_buffers_are_cleared(tmp_path, monkeypatch):
         f.write_bytes(b"x")
     assert sorted(run_mod.clear_shm_buffers("127.0.0.1", "29611")) == sorted(mine)
     assert other.exists() and not any(f.exists() for f in mine)
+
+
+def test_arch_list_suffixes_deepspeed_cannot_parse_are_stripped():
+    from qwen_ds.launch.envfile import deepspeed_arch_list, rank_env
+
+    assert deepspeed_arch_list("9.0a") == "9.0"
+    assert deepspeed_arch_list("8.0;9.0a;10.0f") == "8.0 9.0 10.0"
+    assert deepspeed_arch_list("8.0 9.0") is None and deepspeed_arch_list(None) is None
+    assert rank_env({}, {"TORCH_CUDA_ARCH_LIST": "9.0a"})["TORCH_CUDA_ARCH_LIST"] == "9.0"
+    assert rank_env({"TORCH_CUDA_ARCH_LIST": "9.0a"}, {})["TORCH_CUDA_ARCH_LIST"] == "9.0a"  # an explicit --env wins

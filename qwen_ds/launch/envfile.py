@@ -7,6 +7,7 @@ the file is written with only KEY=VAL lines, merged with an existing one after a
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import time
@@ -40,8 +41,23 @@ def parse_env_items(items: list[str] | tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-def rank_env(user: dict[str, str]) -> dict[str, str]:
-    return {**PRESETS, **user}
+def deepspeed_arch_list(value: str | None) -> str | None:
+    """DeepSpeed 0.19.8's JIT op builder parses TORCH_CUDA_ARCH_LIST entries as int major.minor and
+    crashes on arch-specific ones such as '9.0a' (seen in NVIDIA images): the list without suffixes,
+    or None when nothing needs changing."""
+    if not value:
+        return None
+    parts = value.replace(";", " ").split()
+    clean = [p.rstrip("aAfF") if p[:1].isdigit() else p for p in parts]
+    return " ".join(dict.fromkeys(clean)) if clean != parts else None
+
+
+def rank_env(user: dict[str, str], environ: dict[str, str] | None = None) -> dict[str, str]:
+    env = {**PRESETS}
+    fixed = deepspeed_arch_list((environ if environ is not None else os.environ).get("TORCH_CUDA_ARCH_LIST"))
+    if fixed:
+        env["TORCH_CUDA_ARCH_LIST"] = fixed
+    return {**env, **user}
 
 
 def read_env_file(path: Path) -> dict[str, str]:
