@@ -28,6 +28,9 @@ class Network:
     nvlink_efficiency: float = 0.7
     pcie_efficiency: float = 0.7
     compute_efficiency: float = 0.55  # achieved / peak tensor TFLOP/s for large GEMMs
+    # GEMMs of few tokens run below that: efficiency x t / (t + this), t = tokens per GPU per micro-step
+    # (uncalibrated; #7 fits it from measured steps)
+    half_efficiency_tokens: int = 512
     overlap: float = 0.8  # share of overlappable communication hidden behind compute
     cpu_adam_gbps: float = 25.0  # GB/s of optimizer-state traffic per node
     nvme_gbps: float = 3.0  # GB/s per node
@@ -102,7 +105,8 @@ def step_time(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan
     model_flops = flops_tok * tokens_per_step
     # each GPU does 1/(tp*pp) of its data-parallel replica's work
     per_gpu_flops = flops_tok * tokens_per_gpu_micro * plan.grad_accum / (plan.tp * plan.pp)
-    compute = per_gpu_flops / (peak * net.compute_efficiency)
+    eff = net.compute_efficiency * tokens_per_gpu_micro / (tokens_per_gpu_micro + net.half_efficiency_tokens)
+    compute = per_gpu_flops / (peak * eff)
     recompute = compute / 3 if plan.checkpointing else 0.0  # one extra forward = 1/3 of fwd+bwd
     c = count_params(model)
     b = 4 if plan.precision == "fp32" else 2
