@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from .errors import InputError
 
 MODES = ("train", "infer")
-PRECISIONS = ("bf16", "fp16", "fp32", "fp8")
+TRAIN_PRECISIONS = ("bf16", "fp16", "fp32", "fp8")  # int8 is for inference weights only
 INFER_PRECISIONS = ("bf16", "fp16", "fp32", "fp8", "int8")
 OFFLOAD = ("none", "cpu", "nvme")
 LOSS_PATHS = ("hf", "chunked")

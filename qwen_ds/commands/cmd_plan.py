@@ -13,9 +13,6 @@ from ..planner import Candidate, Constraints, Network, search, smallest_cluster_
 from .options import build_inputs, cluster_options, plan_options
 
 GIB = 1024**3
-# plan_options whose value the user pinned (anything not left at its "open" default)
-OPEN_DEFAULTS = {"zero_stage": None, "offload_optimizer": None, "offload_param": None, "micro_batch": None,
-                 "checkpointing": None, "tp": None, "pp": None, "grad_accum": None}
 
 
 def planner_options(f):

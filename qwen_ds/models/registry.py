@@ -3,6 +3,7 @@ found in the local HF cache (never the network)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from functools import lru_cache
@@ -87,13 +88,7 @@ def _with_counts(spec: ModelSpec) -> ModelSpec:
         return spec
     from .meta import meta_param_count  # imports transformers only for unknown families
 
-    return spec_replace_total(spec, meta_param_count(spec.config, where=spec.source or spec.name))
-
-
-def spec_replace_total(spec: ModelSpec, total: int) -> ModelSpec:
-    import dataclasses
-
-    return dataclasses.replace(spec, measured_total_params=total)
+    return dataclasses.replace(spec, measured_total_params=meta_param_count(spec.config, where=spec.source or spec.name))
 
 
 @lru_cache(maxsize=64)

@@ -7,7 +7,6 @@ meta-device build through transformers (see ``meta.py``).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -221,6 +220,3 @@ def spec_from_config(cfg: Mapping[str, Any], *, name: str, source: str = "") -> 
         raise InputError(f"{where}: 'intermediate_size' is missing or 0 but the model has dense MLP layers; fix the config.json")
     return ModelSpec(**common)
 
-
-def replace(spec: ModelSpec, **changes: Any) -> ModelSpec:
-    return dataclasses.replace(spec, **changes)
