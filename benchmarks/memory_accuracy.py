@@ -39,6 +39,21 @@ CASES = [
     ("q0.6b-z0-nockpt-hf-1gpu", "Qwen3-0.6B", None, 1, 0, "none", 2, 2048, False, "hf"),
     ("q8b-z3-ckpt-chunked", "Qwen3-8B", None, 2, 3, "none", 1, 4096, True, "chunked"),
     ("q4b-z3-offload-ckpt-chunked", "Qwen3-4B", None, 2, 3, "cpu", 2, 4096, True, "chunked"),
+    # second half of the matrix: more (micro-batch, seq) points, offload, 1 GPU, MoE and Qwen3-Next
+    ("q1.7b-z3-nockpt-chunked-s1024", "Qwen3-1.7B", None, 2, 3, "none", 4, 1024, False, "chunked"),
+    ("q1.7b-z3-ckpt-chunked-s8192", "Qwen3-1.7B", None, 2, 3, "none", 1, 8192, True, "chunked"),
+    ("q4b-z2-ckpt-hf", "Qwen3-4B", None, 2, 2, "none", 1, 4096, True, "hf"),
+    ("q4b-z1-ckpt-chunked", "Qwen3-4B", None, 2, 1, "none", 2, 2048, True, "chunked"),
+    ("q0.6b-z3-offload-nockpt-hf", "Qwen3-0.6B", None, 2, 3, "cpu", 2, 2048, False, "hf"),
+    ("q1.7b-z2-offload-ckpt-chunked", "Qwen3-1.7B", None, 2, 2, "cpu", 2, 4096, True, "chunked"),
+    ("q0.6b-z3-ckpt-chunked-1gpu", "Qwen3-0.6B", None, 1, 3, "none", 4, 2048, True, "chunked"),
+    ("q1.7b-z2-ckpt-hf-1gpu", "Qwen3-1.7B", None, 1, 2, "none", 2, 4096, True, "hf"),
+    ("q4b-z3-ckpt-chunked-1gpu", "Qwen3-4B", None, 1, 3, "none", 1, 4096, True, "chunked"),
+    ("q30ba3b-L8-z2-nockpt-chunked", "Qwen3-30B-A3B", 8, 2, 2, "none", 1, 2048, False, "chunked"),
+    ("qnext-L4-z3-ckpt-chunked", "Qwen3-Next-80B-A3B", 4, 2, 3, "none", 1, 2048, True, "chunked"),
+    ("qnext-L4-z3-nockpt-chunked-s1024", "Qwen3-Next-80B-A3B", 4, 2, 3, "none", 1, 1024, False, "chunked"),
+    ("q8b-z3-offload-ckpt-hf", "Qwen3-8B", None, 2, 3, "cpu", 1, 4096, True, "hf"),
+    ("llama8b-L8-z2-nockpt-hf", "Llama-3.1-8B", 8, 2, 2, "none", 1, 2048, False, "hf"),
 ]
 
 
@@ -57,7 +72,7 @@ def qwen_ds(*args, timeout=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "qwen_ds.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout)
 
 
-def run_case(case, work: Path, gpu: str, steps: int, timeout: float) -> dict:
+def run_case(case, work: Path, gpu: str, steps: int, timeout: float, include: str | None = None) -> dict:
     name, preset, layers, gpus, zero, oo, micro, seq, ckpt, loss = case
     from qwen_ds.models import load_model
 
@@ -69,6 +84,10 @@ def run_case(case, work: Path, gpu: str, steps: int, timeout: float) -> dict:
         model_arg = str(cfgfile)
     hf = work / f"hostfile-{gpus}"
     hf.write_text(f"localhost slots={gpus}\n")
+    launch_hf = hf
+    if include:  # a 1-GPU case pinned to one GPU of a 2-GPU host, so two can run side by side
+        launch_hf = work / "hostfile-2"
+        launch_hf.write_text("localhost slots=2\n")
     out = work / name
     p = qwen_ds("gen-config", "-m", model_arg, "-g", gpu, "--hostfile", str(hf), "--zero", str(zero), "--offload-optimizer", oo,
                 "--offload-param", "none", "--micro-batch", str(micro), "--grad-accum", "1",
@@ -81,9 +100,10 @@ def run_case(case, work: Path, gpu: str, steps: int, timeout: float) -> dict:
     metrics.unlink(missing_ok=True)
     t0 = time.time()
     try:
-        p = qwen_ds("launch", "--hostfile", str(hf), "--config", str(out / "ds_config.json"), "--plan", str(out / "plan.json"),
-                    "--master-port", str(free_port()), "--run-dir", str(out / "run"), "train", "--steps", str(steps),
-                    "--metrics-file", str(metrics), timeout=timeout)
+        extra = ["--include", include] if include else []
+        p = qwen_ds("launch", "--hostfile", str(launch_hf), "--config", str(out / "ds_config.json"), *extra,
+                    "--master-port", str(free_port()), "--run-dir", str(out / "run"), "train", "--plan", str(out / "plan.json"),
+                    "--steps", str(steps), "--metrics-file", str(metrics), "--comm-profile-every", "0", timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"case": name, "error": f"timeout after {timeout:.0f} s"}
     wall = time.time() - t0
@@ -116,6 +136,7 @@ def main() -> None:
     ap.add_argument("--gpus", type=int, default=2)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--only", default="", help="comma-separated case names")
+    ap.add_argument("--skip", type=int, default=0, help="skip the first N cases (continue a matrix in a second call)")
     args = ap.parse_args()
     start = time.time()
     gpu = catalog_gpu()
@@ -127,18 +148,33 @@ def main() -> None:
     tag = f"{gpu.lower().replace('-', '')}_{date}"
     jsonl = out_dir / f"memory_accuracy_{tag}.jsonl"
     rows = []
-    for case in CASES:
-        if args.only and case[0] not in args.only.split(","):
-            continue
-        left = args.deadline - (time.time() - start)
-        if case[3] > args.gpus or left < 60:
-            rows.append({"case": case[0], "error": "not run (GPUs or time)"})
-            continue
-        rec = run_case(case, work, gpu, args.steps, timeout=left - 10)
+    cases = [c for c in CASES if not args.only or c[0] in args.only.split(",")]
+    cases = cases[args.skip:]
+    pending_1gpu = [c for c in cases if c[3] == 1] if args.gpus >= 2 else []
+    from concurrent.futures import ThreadPoolExecutor
+
+    def record(rec: dict) -> None:
         rows.append(rec)
         print(json.dumps({k: v for k, v in rec.items() if k != "pred_terms"}), flush=True)
         with jsonl.open("a") as fh:
             fh.write(json.dumps(rec) + "\n")
+
+    for case in cases:
+        left = args.deadline - (time.time() - start)
+        if case[3] > args.gpus or left < 60:
+            rows.append({"case": case[0], "error": "not run (GPUs or time)"})
+            continue
+        if case in pending_1gpu:
+            pair = pending_1gpu[:2]
+            if case is not pair[0]:
+                continue  # run with its pair
+            del pending_1gpu[:2]
+            with ThreadPoolExecutor(2) as pool:  # two 1-GPU cases side by side, one GPU each
+                futs = [pool.submit(run_case, c, work, gpu, args.steps, left - 10, f"localhost:{i}") for i, c in enumerate(pair)]
+                for f in futs:
+                    record(f.result())
+            continue
+        record(run_case(case, work, gpu, args.steps, timeout=left - 10))
     write_report(rows, out_dir / f"memory_accuracy_{tag}.md", gpu)
 
 

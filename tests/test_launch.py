@@ -279,3 +279,24 @@ def test_arch_list_suffixes_deepspeed_cannot_parse_are_stripped():
     assert deepspeed_arch_list("8.0 9.0") is None and deepspeed_arch_list(None) is None
     assert rank_env({}, {"TORCH_CUDA_ARCH_LIST": "9.0a"})["TORCH_CUDA_ARCH_LIST"] == "9.0"
     assert rank_env({"TORCH_CUDA_ARCH_LIST": "9.0a"}, {})["TORCH_CUDA_ARCH_LIST"] == "9.0a"  # an explicit --env wins
+
+
+@pytest.mark.parametrize("include,exclude,expected", [
+    (None, None, {"w0": 8, "w1": 8}),
+    ("w1", None, {"w1": 8}),
+    ("w0:0,1@w1:3", None, {"w0": 2, "w1": 1}),
+    (None, "w1", {"w0": 8}),
+    (None, "w0:0,1", {"w0": 6, "w1": 8}),
+])
+def test_selected_slots_follow_deepspeed_filters(include, exclude, expected):
+    from qwen_ds.launch.build import selected_slots
+
+    assert selected_slots(parse_hostfile_text("w0 slots=8\nw1 slots=8\n", "hf"), include, exclude) == expected
+
+
+@pytest.mark.parametrize("include,match", [("w9", "not in"), ("w0:8", "slots 0..7"), ("w0:a", "integers")])
+def test_bad_filters(include, match):
+    from qwen_ds.launch.build import selected_slots
+
+    with pytest.raises(InputError, match=match):
+        selected_slots(parse_hostfile_text("w0 slots=8\nw1 slots=8\n", "hf"), include, None)

@@ -47,6 +47,36 @@ class LaunchSpec:
     entry_target: str
 
 
+def selected_slots(hf: Hostfile, include: str | None, exclude: str | None) -> dict[str, int]:
+    """Slots per host after DeepSpeed's --include / --exclude filter
+    (NODE_SPEC[@NODE_SPEC...], NODE_SPEC = HOST[:SLOT[,SLOT...]])."""
+    slots = {h.name: h.slots for h in hf.hosts}
+
+    def parse(spec: str, flag: str) -> dict[str, list[int] | None]:
+        out: dict[str, list[int] | None] = {}
+        for node in filter(None, spec.split("@")):
+            host, _, ids = node.partition(":")
+            if host not in slots:
+                raise InputError(f"{flag} {spec!r}: host {host!r} is not in {hf.path}")
+            try:
+                picked = [int(i) for i in ids.split(",")] if ids else None
+            except ValueError:
+                raise InputError(f"{flag} {spec!r}: slots are integers, e.g. {host}:0,1") from None
+            if picked and any(not 0 <= i < slots[host] for i in picked):
+                raise InputError(f"{flag} {spec!r}: {host} has slots 0..{slots[host] - 1}")
+            out[host] = picked
+        return out
+
+    if include:
+        return {h: (len(ids) if ids else slots[h]) for h, ids in parse(include, "--include").items()}
+    if exclude:
+        out = dict(slots)
+        for h, ids in parse(exclude, "--exclude").items():
+            out[h] = 0 if ids is None else out[h] - len(set(ids))
+        return {h: n for h, n in out.items() if n > 0}
+    return slots
+
+
 def resolve_entry(entry: tuple[str, ...], config: str, plan: str | None) -> tuple[str, str, list[str]]:
     """(kind, target, args): the built-in runtime gets --config/--plan added."""
     if not entry:

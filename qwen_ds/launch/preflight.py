@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError, one_line
-from .build import BACKEND_BINARY, LaunchRequest, LaunchSpec
+from .build import BACKEND_BINARY, LaunchRequest, LaunchSpec, selected_slots
 
 
 def _port_free(port: int) -> bool:
@@ -45,17 +45,21 @@ def preflight(req: LaunchRequest, spec: LaunchSpec) -> list[str]:
     plan = read_plan(req.plan)
     pp = int(plan["plan"].get("pp", 1)) if plan and isinstance(plan.get("plan"), dict) else 1
     cfg = read_config(req.config)
-    ctx = Context(world_size=hf.world_size, gpus_per_node=hf.gpus_per_node if hf.equal_slots else None, pp=pp)
+    chosen = selected_slots(hf, req.include, req.exclude)
+    world = sum(chosen.values())
+    per_node = set(chosen.values())
+    gpn = per_node.pop() if len(per_node) == 1 else None
+    ctx = Context(world_size=world, gpus_per_node=gpn, pp=pp)
     for p in validate_config(cfg, ctx):
         if p.severity == "error":
             problems.append(f"{req.config}: {p.path}: {p.message}")
     if plan:
         cl = plan.get("cluster", {})
-        if hf.equal_slots and cl.get("gpus_per_node") not in (None, hf.gpus_per_node):
-            problems.append(f"{req.plan}: planned for {cl['gpus_per_node']} GPUs per node but {hf.path} gives {hf.gpus_per_node}; "
+        if gpn is not None and cl.get("gpus_per_node") not in (None, gpn):
+            problems.append(f"{req.plan}: planned for {cl['gpus_per_node']} GPUs per node but {hf.path} (after filters) gives {gpn}; "
                             "regenerate the plan with --hostfile")
-        if cl.get("world_size") not in (None, hf.world_size) and not (req.include or req.exclude):
-            problems.append(f"{req.plan}: planned for {cl['world_size']} GPUs but {hf.path} has {hf.world_size}; "
+        if cl.get("world_size") not in (None, world):
+            problems.append(f"{req.plan}: planned for {cl['world_size']} GPUs but {hf.path} (after filters) has {world}; "
                             "regenerate the plan with --hostfile")
     if spec.entry_kind == "script":
         if not Path(spec.entry_target).is_file():

@@ -132,9 +132,9 @@ def build_model(hf_config, ds_config: dict, weights: str | None, seed: int, for_
     torch.manual_seed(seed)
     dtype = torch_dtype(ds_config)
     if weights:
-        model = AutoModelForCausalLM.from_pretrained(weights, config=hf_config, torch_dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(weights, config=hf_config, dtype=dtype)
     else:
-        model = AutoModelForCausalLM.from_config(hf_config, torch_dtype=dtype)
+        model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
     if zero3:
         from deepspeed.utils import set_z3_leaf_modules
 
