@@ -55,11 +55,17 @@ def _run_step(tmp_path: Path, plan: Plan) -> dict:
     assert errors == []
     path = tmp_path / "ds_config.json"
     path.write_text(json.dumps(cfg, indent=2))
-    env = dict(os.environ, DS_ACCELERATOR="cpu", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", LOCAL_RANK="0",
+    port = str(_free_port())
+    env = dict(os.environ, DS_ACCELERATOR="cpu", MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK="0", LOCAL_RANK="0",
                WORLD_SIZE="1", LOCAL_SIZE="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
     env.pop("CUDA_VISIBLE_DEVICES", None)
-    proc = subprocess.run([sys.executable, str(PROBE), str(path), "--model", "tiny-qwen3", "--seq-len", str(SEQ)],
-                          capture_output=True, text=True, timeout=420, cwd=REPO, env=env)
+    from qwen_ds.launch.run import clear_shm_buffers
+
+    try:
+        proc = subprocess.run([sys.executable, str(PROBE), str(path), "--model", "tiny-qwen3", "--seq-len", str(SEQ)],
+                              capture_output=True, text=True, timeout=420, cwd=REPO, env=env)
+    finally:
+        clear_shm_buffers("127.0.0.1", port)  # DeepSpeed's CPU all-reduce buffer (69 MB) is never removed
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("DS_STEP_RESULT=")]
     assert proc.returncode == 0 and lines, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     result = json.loads(lines[-1].split("=", 1)[1])
