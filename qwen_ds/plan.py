@@ -105,6 +105,13 @@ class Plan:
         }
 
 
+def deepspeed_batch_ranks(world: int, pp: int = 1, sequence_parallel: int = 1) -> int:
+    """Ranks in DeepSpeed 0.19.8's train_batch_size = micro x grad_accum x ranks check: without an
+    mpu it takes the whole world divided by sequence_parallel_size (AutoTP ranks count), and the
+    pipeline engine its data-parallel group (world / pp)."""
+    return max(1, world // (max(pp, 1) * max(sequence_parallel, 1)))
+
+
 def _choice(flag: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise InputError(f"{flag} {value!r}: choose one of {', '.join(allowed)}")

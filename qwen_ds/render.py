@@ -16,7 +16,7 @@ from typing import Any
 from .errors import InputError, one_line
 from .hardware import Cluster
 from .models.spec import ModelSpec
-from .plan import Plan, Workload
+from .plan import Plan, Workload, deepspeed_batch_ranks
 
 PACKAGE_TEMPLATES = Path(__file__).resolve().parent / "templates"  # inside an installed wheel
 SOURCE_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"  # source checkout / editable
@@ -76,9 +76,7 @@ def _offload(device: str, opts: ConfigOptions, kind: str) -> dict[str, Any] | No
 
 def render_context(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan, opts: ConfigOptions) -> dict[str, Any]:
     world = cluster.world_size
-    # DeepSpeed 0.19.8's batch equation counts AutoTP ranks as data-parallel (no mpu: world size),
-    # and the pipeline engine its data-parallel group (world / pp)
-    dp = world // plan.pp
+    dp = deepspeed_batch_ranks(world, plan.pp)
     buckets = plan.buckets(model.hidden_size)
     dtype = ds_dtype(plan)
     return {

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from ..errors import InputError
-from ..fileio import check_writable
+from ..fileio import check_writable, write_text_atomic
 from ..format import table
 from ..hostfile import expand_slurm_nodelist, hostfile_text, parse_hostfile_text, read_hostfile
 
@@ -57,7 +57,5 @@ def from_slurm(nodelist: str | None, gpus_per_node: int | None, output: str, for
         return
     out = Path(output)
     check_writable([out], force)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out)
+    write_text_atomic(out, text)
     click.echo(f"wrote {out}: {text.count(chr(10))} hosts x {gpus_per_node} slots", err=True)

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from ..errors import InputError, one_line
+from ..fileio import write_text_atomic
 
 KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 PRESETS = {
@@ -89,7 +90,5 @@ def write_env_file(path: Path, env: dict[str, str]) -> tuple[Path | None, list[s
             backup = path.with_name(f"{path.name}.bak.{time.strftime('%Y%m%d-%H%M%S')}")
             shutil.copy2(path, backup)
     merged.update(env)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(env_file_text(merged), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, env_file_text(merged))
     return backup, changed

@@ -19,19 +19,12 @@ def gpu_peak_tflops(precision: str) -> float | None:
     """Dense peak of this GPU from the catalog, None on CPU or an unknown GPU."""
     if not torch.cuda.is_available():
         return None
-    from ..errors import InputError
+    from ..doctor.gpus import match_catalog
     from ..hardware import get_gpu
 
-    name = torch.cuda.get_device_name().lower()
-    for cand in (name, "h200" if "h200" in name else "", "h100-sxm" if "h100" in name and "pcie" not in name else "",
-                 "h100-pcie" if "h100" in name else "", "a100-80gb" if "a100" in name and "80" in name else "",
-                 "a100-40gb" if "a100" in name else "", "v100-32gb" if "v100" in name else ""):
-        if cand:
-            try:
-                return get_gpu(cand).peak_tflops(precision)
-            except InputError:
-                continue
-    return None
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    name, _how = match_catalog(props.name, props.total_memory // 2**20)
+    return get_gpu(name).peak_tflops(precision) if name else None
 
 
 def comm_ms_and_reset() -> float | None:

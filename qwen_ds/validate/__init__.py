@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..plan import deepspeed_batch_ranks
 from .problems import Problem
 from .rules import Context, is_inference_config, run_rules
 from .schema import known_top_level_keys, schema_problems
@@ -26,7 +27,6 @@ def validate_config(cfg: dict[str, Any], ctx: Context, use_deepspeed: bool = Fal
         # DeepSpeed stops at its first error; run it last, on configs our checks passed
         from .dscheck import deepspeed_problems_subprocess
 
-        # DeepSpeed's pipeline engine counts data-parallel ranks only: world / pp
-        world = max(1, (ctx.world_size or 1) // max(ctx.pp, 1))
+        world = deepspeed_batch_ranks(ctx.world_size or 1, ctx.pp)
         problems += deepspeed_problems_subprocess(cfg, world, inference)
     return problems

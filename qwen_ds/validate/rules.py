@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterator
 
 from ..hardware import GPU
 from ..models.spec import ModelSpec
+from ..plan import deepspeed_batch_ranks
 from .problems import Problem, json_path
 
 # 0.19.7 / 0.19.8 reject these keys (runtime/config.py _REMOVED_*_CONFIG_KEYS, reference §1.10)
@@ -130,8 +131,6 @@ def rule_batch(cfg: dict[str, Any], ctx: Context) -> list[Problem]:
         if None not in (tbs, mbs, ga) and tbs % (mbs * ga):
             return [Problem("$.train_batch_size", f"train_batch_size {tbs} is not a multiple of micro {mbs} x grad_accum {ga}", "batch")]
         return []
-    # DeepSpeed 0.19.8 (no mpu) divides the world only by sequence_parallel_size; the pipeline engine
-    # uses its data-parallel group (world / pp). AutoTP ranks count as data-parallel in this equation.
     tpb = cfg.get("tensor_parallel")
     tp = tpb.get("autotp_size", 1) if isinstance(tpb, dict) else 1
     tp = tp if isinstance(tp, int) and not isinstance(tp, bool) and tp >= 1 else 1
@@ -141,7 +140,7 @@ def rule_batch(cfg: dict[str, Any], ctx: Context) -> list[Problem]:
     sp = sp if isinstance(sp, int) and not isinstance(sp, bool) and sp >= 1 else 1
     if ctx.world_size % (sp * ctx.pp):
         return [Problem("$.sequence_parallel_size", f"sequence_parallel_size {sp} x pp {ctx.pp} does not divide the {ctx.world_size} GPUs", "batch")]
-    dp = ctx.world_size // (sp * ctx.pp)
+    dp = deepspeed_batch_ranks(ctx.world_size, ctx.pp, sp)
     detail = f"world {ctx.world_size} / (sequence parallel {sp} x pp {ctx.pp}) = {dp} ranks in DeepSpeed's batch equation"
     if tbs is not None and mbs is not None and ga is not None:
         if tbs != mbs * ga * dp:
