@@ -72,6 +72,22 @@ def shutdown_distributed() -> None:
             dist.destroy_process_group()
 
 
+def exit_process(rc: int) -> None:
+    """Leave the rank process with rc once its work is done and flushed, skipping C++ static
+    destructors: even after destroy_process_group, a gloo/NCCL or DeepSpeed helper thread can be
+    torn down joinable at interpreter exit and abort the process ("terminate called without an
+    active exception", exit 134) after a run that succeeded (seen in CI on the tiny MoE run)."""
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(rc)
+
+
 def run_entry(fn, args) -> int:
     """Run a runtime entry point: 0 on success (process group shut down cleanly), 1 on failure with
     one line naming the rank; the traceback only with QWEN_DS_DEBUG=1."""

@@ -16,7 +16,7 @@ import json
 import sys
 import time
 
-from .common import RuntimeFailure, run_entry, build_model, init_distributed, log0, model_config, rank, read_json, torch_dtype, world_size
+from .common import RuntimeFailure, exit_process, run_entry, build_model, init_distributed, log0, model_config, rank, read_json, torch_dtype, world_size
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -158,4 +158,4 @@ def infer(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

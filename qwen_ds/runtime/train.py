@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from .common import RuntimeFailure, run_entry, build_model, init_distributed, log0, model_config, rank, read_json, world_size
+from .common import RuntimeFailure, exit_process, run_entry, build_model, init_distributed, log0, model_config, rank, read_json, world_size
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -152,4 +152,4 @@ def train(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())
