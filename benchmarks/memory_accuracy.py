@@ -15,7 +15,6 @@ import argparse
 import datetime
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -57,12 +56,6 @@ CASES = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def catalog_gpu() -> str:
     name = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True).stdout.lower()
     return "H200" if "h200" in name else "H100-SXM" if "h100" in name else "A100-80GB"
@@ -102,7 +95,7 @@ def run_case(case, work: Path, gpu: str, steps: int, timeout: float, include: st
     try:
         extra = ["--include", include] if include else []
         p = qwen_ds("launch", "--hostfile", str(launch_hf), "--config", str(out / "ds_config.json"), *extra,
-                    "--master-port", str(free_port()), "--run-dir", str(out / "run"), "train", "--plan", str(out / "plan.json"),
+                    "--master-port", "auto", "--run-dir", str(out / "run"), "train", "--plan", str(out / "plan.json"),
                     "--steps", str(steps), "--metrics-file", str(metrics), "--comm-profile-every", "0", timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"case": name, "error": f"timeout after {timeout:.0f} s"}

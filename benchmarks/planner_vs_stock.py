@@ -17,7 +17,6 @@ import argparse
 import datetime
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,12 +25,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def qwen_ds(*args, timeout=None):
@@ -73,7 +66,7 @@ def measure(name: str, cfg_dir: Path, hostfile: Path, steps: int, timeout: float
     metrics = cfg_dir / "metrics.jsonl"
     metrics.unlink(missing_ok=True)
     args = ["launch", "--hostfile", str(hostfile), "--config", str(cfg_dir / "ds_config.json"), "--plan", str(cfg_dir / "plan.json"),
-            "--master-port", str(free_port()), "--run-dir", str(cfg_dir / "run"), "train", "--steps", str(steps),
+            "--master-port", "auto", "--run-dir", str(cfg_dir / "run"), "train", "--steps", str(steps),
             "--metrics-file", str(metrics), "--comm-profile-every", "0"]
     if loss:
         args += ["--loss", loss]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,18 +21,13 @@ from qwen_ds.models import load_model
 from qwen_ds.plan import Plan, Workload
 from qwen_ds.render import render
 from qwen_ds.validate import Context, validate_config
+from qwen_ds.launch.preflight import free_port
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
 PROBE = Path(__file__).resolve().parent / "ds_step_probe.py"
 SEQ = 16
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @functools.lru_cache(maxsize=1)
@@ -55,7 +49,7 @@ def _run_step(tmp_path: Path, plan: Plan) -> dict:
     assert errors == []
     path = tmp_path / "ds_config.json"
     path.write_text(json.dumps(cfg, indent=2))
-    port = str(_free_port())
+    port = str(free_port())
     env = dict(os.environ, DS_ACCELERATOR="cpu", MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK="0", LOCAL_RANK="0",
                WORLD_SIZE="1", LOCAL_SIZE="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
     env.pop("CUDA_VISIBLE_DEVICES", None)

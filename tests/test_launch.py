@@ -17,6 +17,7 @@ from qwen_ds.errors import InputError
 from qwen_ds.hostfile import parse_hostfile_text
 from qwen_ds.launch import LaunchRequest, build
 from qwen_ds.launch.envfile import parse_env_items, read_env_file, write_env_file
+from qwen_ds.launch.preflight import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = str(ROOT / "tests" / "launch_scripts" / "tiny_zero3.py")
@@ -73,6 +74,32 @@ def test_bad_requests(kw, match):
         build(req(**kw))
 
 
+def test_master_port_auto_picks_a_free_port_on_one_host_only():
+    from qwen_ds.errors import InputError
+    from qwen_ds.launch.build import parse_master_port
+    from qwen_ds.launch.preflight import port_free
+
+    one = parse_hostfile_text("localhost slots=2\n", "hf")
+    port = parse_master_port("auto", one)
+    assert 1024 <= port <= 65535 and port_free(port)
+    assert parse_master_port(" 29600 ", one) == 29600
+    with pytest.raises(InputError, match="every node must use the same port"):
+        parse_master_port("auto", parse_hostfile_text("w0 slots=8\nw1 slots=8\n", "hf"))
+    with pytest.raises(InputError, match="'x1'.*1-65535 or 'auto'"):
+        parse_master_port("x1", one)
+
+
+def test_preflight_names_a_busy_master_port(tiny_config):
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        p = subprocess.run([PY, "-m", "qwen_ds.cli", "launch", "--hostfile", str(tiny_config / "hostfile"), "--config",
+                            str(tiny_config / "ds_config.json"), "--master-port", str(port), "train"],
+                           capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert p.returncode == 2 and f"--master-port {port} is in use on this host" in p.stderr
+
+
 def test_unequal_slots_refused_for_mvapich_and_slurm():
     with pytest.raises(InputError, match="same slots="):
         build(req("a slots=8\nb slots=4\n", launcher="slurm"))
@@ -99,12 +126,6 @@ def test_deepspeed_env_merge_backs_up_and_never_writes_blank_lines(tmp_path):
 
 
 # ------------------------------------------------------------------ real launches (DeepSpeed on CPU, gloo)
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def tiny_config(tmp_path_factory):

@@ -101,6 +101,31 @@ def test_time_model_parts_are_visible_and_consistent():
     assert slow.comm_s > t.comm_s
 
 
+def test_fp8_speeds_up_only_the_converted_linear_flops():
+    """FP8 runs the projections torchao converts at the FP8 peak; the head, attention scores and the fused
+    MoE experts stay at the bf16 peak: a dense model gains far more than a MoE one, neither reaches 2x."""
+    c, w = Cluster(get_gpu("H100-SXM"), 1, 8), Workload(seq_len=4096)
+    plan = dataclasses.replace(BASE, zero_stage=3, micro_batch=2, grad_accum=4)
+    gain = {}
+    for name in ("Qwen3-8B", "Qwen3-30B-A3B"):
+        m = load_model(name)
+        bf16, fp8 = step_time(m, c, w, plan), step_time(m, c, w, dataclasses.replace(plan, precision="fp8"))
+        gain[name] = bf16.compute_s / fp8.compute_s
+    assert 1.5 < gain["Qwen3-8B"] < 2.0
+    assert 1.0 < gain["Qwen3-30B-A3B"] < 1.2
+
+
+def test_flops_per_token_count_the_tied_head():
+    from qwen_ds.models.counts import count_params
+    from qwen_ds.planner.throughput import model_flops_per_token
+
+    tied, untied = load_model("Qwen3-4B"), load_model("Qwen3-8B")
+    for m in (tied, untied):
+        attention = 6 * 2 * (4096 / 2) * m.q_dim * m.num_layers
+        head = m.vocab_size * m.hidden_size
+        assert model_flops_per_token(m, 4096) == pytest.approx(6 * (count_params(m).active_non_embedding + head) + attention)
+
+
 def test_pipeline_bubble():
     m, c, w = load_model("Qwen3-8B"), Cluster(get_gpu("A100-80GB"), 1, 8), Workload(seq_len=2048)
     t = step_time(m, c, w, dataclasses.replace(BASE, zero_stage=1, pp=4, grad_accum=8), Network())

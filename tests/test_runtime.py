@@ -3,7 +3,6 @@ families, resume reproducing the uninterrupted losses, and inference equal to si
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,12 +18,6 @@ ENV = {**os.environ, "DS_ACCELERATOR": "cpu"}
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def qwen_ds(*args, timeout=600):
     return subprocess.run([PY, "-m", "qwen_ds.cli", *args], capture_output=True, text=True, env=ENV, timeout=timeout, cwd=ROOT)
 
@@ -36,10 +29,10 @@ def hostfile(tmp_path_factory):
     return f
 
 
-def gen_train_config(model, hostfile, out, seq=64):
+def gen_train_config(model, hostfile, out, seq=64, precision="fp32"):
     p = qwen_ds("gen-config", "-m", model, "-g", "H100-SXM", "--hostfile", str(hostfile), "--zero", "3", "--micro-batch", "2",
                 "--grad-accum", "1", "--no-checkpointing", "--offload-optimizer", "none", "--offload-param", "none", "--tp", "1",
-                "--pp", "1", "--seq-len", str(seq), "--loss", "chunked", "--precision", "fp32", "--lr", "3e-3", "--warmup-steps", "2",
+                "--pp", "1", "--seq-len", str(seq), "--loss", "chunked", "--precision", precision, "--lr", "3e-3", "--warmup-steps", "2",
                 "--total-steps", "100", "-o", str(out))
     assert p.returncode == 0, p.stderr
     return out
@@ -47,7 +40,7 @@ def gen_train_config(model, hostfile, out, seq=64):
 
 def launch_train(cfg, hostfile, run, *train_args):
     return qwen_ds("launch", "--hostfile", str(hostfile), "--config", str(cfg / "ds_config.json"), "--plan", str(cfg / "plan.json"),
-                   "--master-port", str(free_port()), "--run-dir", str(run), "train", *train_args)
+                   "--master-port", "auto", "--run-dir", str(run), "train", *train_args)
 
 
 def losses(metrics: Path) -> list[float]:
@@ -65,6 +58,21 @@ def test_train_20_steps_loss_decreases(model, hostfile, tmp_path):
     ls = [r["loss"] for r in recs]
     assert sum(ls[-3:]) / 3 < sum(ls[:3]) / 3 - 0.05, ls
     assert all(r["tokens_per_s"] > 0 and r["tflops_per_gpu"] > 0 for r in recs)
+
+
+def test_fp8_plan_trains_under_zero3(hostfile, tmp_path):
+    """An FP8 plan (bf16 DeepSpeed config + torchao float8 recipe) through launch: ZeRO-3 partitions the
+    Float8Linear weights like any other and the loss falls (torch's CPU float8 kernels stand in for Hopper's)."""
+    pytest.importorskip("torchao")
+    cfg = gen_train_config("tiny-qwen3", hostfile, tmp_path / "cfg", precision="fp8")
+    plan = json.loads((cfg / "plan.json").read_text())
+    assert plan["plan"]["precision"] == "fp8" and json.loads((cfg / "ds_config.json").read_text())["bf16"]["enabled"]
+    metrics = tmp_path / "metrics.jsonl"
+    p = launch_train(cfg, hostfile, tmp_path / "run", "--steps", "12", "--metrics-file", str(metrics))
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "FP8: 14 Linear layers converted to torchao float8 training on cpu" in p.stdout
+    ls = losses(metrics)
+    assert len(ls) == 12 and sum(ls[-3:]) / 3 < sum(ls[:3]) / 3, ls
 
 
 def test_resume_reproduces_the_uninterrupted_losses(hostfile, tmp_path):
@@ -131,7 +139,7 @@ def test_infer_two_ranks_equals_single_process_generate(engine, reference, hostf
     assert p.returncode == 0, p.stderr
     out = tmp_path / "out.jsonl"
     p = qwen_ds("launch", "--hostfile", str(hostfile), "--config", str(tmp_path / "cfg" / "ds_config.json"), "--plan",
-                str(tmp_path / "cfg" / "plan.json"), "--master-port", str(free_port()), "--run-dir", str(tmp_path / "run"), "infer",
+                str(tmp_path / "cfg" / "plan.json"), "--master-port", "auto", "--run-dir", str(tmp_path / "run"), "infer",
                 "--weights", str(weights), "--prompts", str(weights / "prompts.jsonl"), "--max-new-tokens", "8", "--output", str(out))
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     recs = [json.loads(line) for line in out.read_text().splitlines()]

@@ -1,5 +1,6 @@
 """Runtime pieces on CPU without a launcher: chunked loss == HF loss, data determinism, the
-tokenised-file path with a local tokenizer, FP8 refusals, metrics health warnings."""
+tokenised-file path with a local tokenizer, FP8 (torchao float8: which layers convert, the closed
+form of the planner equal to the conversion, refusals), metrics health warnings."""
 
 import json
 
@@ -73,16 +74,82 @@ def test_token_file_with_a_local_tokenizer(tmp_path):
         TokenFile(str(data), str(tmp_path / "nope"), seq=32)
 
 
-def test_fp8_is_refused_without_a_suitable_gpu():
+def test_fp8_is_refused_on_gpus_before_ada(monkeypatch):
+    """An A100 (8.0) cannot run FP8 GEMMs: the run stops naming the GPU and the fix. No such GPU here,
+    so torch.cuda's answers are replaced; without CUDA the recipe runs emulated on CPU (test_fp8.py)."""
+    from qwen_ds.runtime.fp8 import check_fp8_device
+
     assert wants_fp8({"fp8_recipe": {"recipe": "tensorwise"}}) and not wants_fp8({"plan": {"precision": "bf16"}})
-    if torch.cuda.is_available():
-        pytest.skip("CPU-only check")
-    with pytest.raises(RuntimeFailure, match="compute capability >= 8.9"):
-        apply_fp8(tiny_model(), {"recipe": "tensorwise"})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA A100-SXM4-80GB")
+    with pytest.raises(RuntimeFailure, match="A100-SXM4-80GB has compute capability 8.0 < 8.9.*--precision bf16"):
+        check_fp8_device()
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H100 80GB HBM3")
+    assert check_fp8_device() == "NVIDIA H100 80GB HBM3"
+
+
+def test_fp8_converts_every_projection_but_head_router_and_experts():
+    pytest.importorskip("torchao")
+    dense = tiny_model("tiny-qwen3")
+    n = apply_fp8(dense, None)
+    names = {k for k, m in dense.named_modules() if type(m).__name__ == "Float8Linear"}
+    assert n == len(names) == 2 * 7  # q k v o gate up down in each of 2 layers
+    assert [k for k, m in dense.named_modules() if type(m).__name__ == "Linear"] == ["lm_head"]
+    moe = tiny_model("tiny-qwen3-moe")
+    apply_fp8(moe, None)
+    names = {k for k, m in moe.named_modules() if type(m).__name__ == "Float8Linear"}
+    assert names and all(k.split(".")[-2] == "self_attn" for k in names)  # experts are fused 3-D tensors, not Linear
+
+
+@pytest.mark.parametrize("name", ["Qwen3-0.6B", "Qwen2.5-7B", "Llama-3.1-8B", "Qwen3-30B-A3B", "Qwen3-Next-80B-A3B"])
+def test_fp8_closed_form_equals_torchao_conversion(name):
+    """The planner's FP8 share (models.counts.fp8_matmul_params) is what the runtime really converts."""
+    pytest.importorskip("torchao")
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from qwen_ds.models import load_model
+    from qwen_ds.models.counts import fp8_matmul_params
+
+    loaded = load_model(name)
+    raw = dict(loaded.config)
+    mt = raw.pop("model_type")
+    raw.pop("architectures", None)
+    raw.pop("torch_dtype", None)
+    with torch.device("meta"):
+        m = AutoModelForCausalLM.from_config(AutoConfig.for_model(mt, **raw))
+    apply_fp8(m, None)
+    converted = sum(p.numel() for mod in m.modules() if type(mod).__name__ == "Float8Linear" for p in mod.parameters())
+    assert converted == fp8_matmul_params(loaded) > 0
+
+
+def test_fp8_forward_backward_tracks_bf16():
+    """Same weights, same batch: the FP8 model's loss stays within 2 % of bf16 and gradients reach the weights."""
+    pytest.importorskip("torchao")
+    ref = tiny_model().to(torch.bfloat16)
+    fp8 = tiny_model().to(torch.bfloat16)
+    apply_fp8(fp8, None)
+    ids = synthetic_batch(ref.config.vocab_size, 4, 32, 0, 0, 0, 0)
+    l_ref = ref(input_ids=ids, labels=ids).loss
+    l_fp8 = fp8(input_ids=ids, labels=ids).loss
+    l_fp8.backward()
+    assert l_fp8.item() != l_ref.item() and abs(l_fp8.item() - l_ref.item()) / l_ref.item() < 0.02
+    q = fp8.model.layers[0].self_attn.q_proj
+    assert type(q).__name__ == "Float8Linear" and q.weight.grad is not None and q.weight.grad.abs().sum() > 0
+
+
+def test_fp8_unknown_recipe_is_one_line_failure():
+    pytest.importorskip("torchao")
+    with pytest.raises(RuntimeFailure, match="'no-such'.*tensorwise, rowwise"):
+        apply_fp8(tiny_model(), {"recipe": "no-such"})
 
 
 def test_fp8_filter_skips_head_router_and_odd_shapes():
     assert fp8_filter(torch.nn.Linear(64, 128), "model.layers.0.mlp.up_proj")
+    assert fp8_filter(torch.nn.Linear(64, 128), "model.layers.0.mlp.gate_proj")  # not the router "mlp.gate"
+    assert fp8_filter(torch.nn.Linear(64, 128), "model.layers.0.mlp.shared_expert.gate_proj")
+    assert not fp8_filter(torch.nn.Linear(64, 16), "model.layers.0.mlp.shared_expert_gate")
     assert not fp8_filter(torch.nn.Linear(64, 128), "lm_head")
     assert not fp8_filter(torch.nn.Linear(64, 8), "model.layers.0.mlp.gate")
     assert not fp8_filter(torch.nn.Linear(60, 128), "model.layers.0.mlp.up_proj")

@@ -13,6 +13,7 @@ import click
 from ..errors import EXIT_BAD_INPUT
 from ..hostfile import read_hostfile
 from ..launch import LAUNCHERS, LaunchRequest, build
+from ..launch.build import parse_master_port
 from ..launch.envfile import env_file_text, parse_env_items, rank_env, write_env_file
 
 
@@ -38,7 +39,8 @@ def expected_ranks(hf, launcher: str, node_rank: int | None, filtered: bool) -> 
 @click.option("--include", default=None, help="DeepSpeed resource filter, e.g. 'w0@w1:0,2'.")
 @click.option("--exclude", default=None, help="DeepSpeed resource filter, e.g. 'w1:0'.")
 @click.option("--master-addr", default=None, help="Rendezvous address [127.0.0.1 for one host, else the first host].")
-@click.option("--master-port", type=int, default=29500, show_default=True)
+@click.option("--master-port", default="29500", show_default=True,
+              help="Rendezvous port; 'auto' picks a free one (one host, or no-ssh node 0 starting first).")
 @click.option("--env", "env_items", multiple=True, metavar="KEY=VALUE", help="Environment for every rank (repeatable).")
 @click.option("--run-dir", default=None, help="Where rank status files go [./qwen-ds-runs/<time>-<pid>].")
 @click.option("--dry-run", is_flag=True, help="Print the command lines and the env file, start nothing.")
@@ -47,6 +49,7 @@ def command(hostfile, config, plan, launcher, node_rank, include, exclude, maste
             dry_run, entry) -> None:
     hf = read_hostfile(hostfile)
     user_env = parse_env_items(env_items)
+    master_port = parse_master_port(master_port, hf)
     run_dir = run_dir or str(Path("qwen-ds-runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
     req = LaunchRequest(hostfile=hf, config=config, plan=plan, entry=tuple(entry), run_dir=str(Path(run_dir).resolve()),
                         launcher=launcher, node_rank=node_rank, include=include, exclude=exclude, master_addr=master_addr,

@@ -92,6 +92,23 @@ def resolve_entry(entry: tuple[str, ...], config: str, plan: str | None) -> tupl
     return "script", head, rest
 
 
+def parse_master_port(value: str, hostfile) -> int:
+    """--master-port: a number, or 'auto' (a port free on this host now) when this host is the only one;
+    with several hosts every node must be given the same number, which no single host can pick."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        if not hostfile.single_host:
+            raise InputError(f"--master-port auto: {hostfile.path} has {hostfile.nodes} hosts and every node must use the same "
+                             "port; pass a number, e.g. --master-port 29500")
+        from .preflight import free_port
+
+        return free_port()
+    try:
+        return int(text)
+    except ValueError:
+        raise InputError(f"--master-port {value!r}: pass a TCP port 1-65535 or 'auto'") from None
+
+
 def build(req: LaunchRequest) -> LaunchSpec:
     if req.launcher not in LAUNCHERS:
         raise InputError(f"--launcher {req.launcher!r}: choose one of {', '.join(LAUNCHERS)}")

@@ -14,7 +14,8 @@ from ..errors import InputError, one_line
 from .build import BACKEND_BINARY, LaunchRequest, LaunchSpec, selected_slots
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
+    """True when a TCP listener could bind port on every interface of this host now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -22,6 +23,13 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def free_port() -> int:
+    """A TCP port free on this host now (the kernel's pick), for --master-port auto."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def read_plan(path: str | None) -> dict | None:
@@ -43,7 +51,8 @@ def preflight(req: LaunchRequest, spec: LaunchSpec) -> list[str]:
     problems: list[str] = []
     hf = req.hostfile
     plan = read_plan(req.plan)
-    pp = int(plan["plan"].get("pp", 1)) if plan and isinstance(plan.get("plan"), dict) else 1
+    planned = plan["plan"] if plan and isinstance(plan.get("plan"), dict) else {}
+    pp = int(planned.get("pp", 1))
     cfg = read_config(req.config)
     chosen = selected_slots(hf, req.include, req.exclude)
     world = sum(chosen.values())
@@ -75,10 +84,12 @@ def preflight(req: LaunchRequest, spec: LaunchSpec) -> list[str]:
         if not found:
             hint = " (the built-in runtime needs the [runtime] extra)" if spec.entry_kind == "builtin" else ""
             problems.append(f"entry module {spec.entry_target} cannot be imported{hint}")
+    if planned.get("precision") == "fp8" and spec.entry_kind == "builtin" and importlib.util.find_spec("torchao") is None:
+        problems.append(f"{req.plan} is an FP8 plan and the built-in runtime needs torchao for it: pip install 'qwen-ds[fp8]'")
     if importlib.util.find_spec("deepspeed") is None:
         problems.append("deepspeed is not installed: pip install 'qwen-ds[runtime]'")
     is_master_here = hf.single_host or (req.launcher == "no-ssh" and req.node_rank == 0)
-    if is_master_here and not _port_free(req.master_port):
+    if is_master_here and not port_free(req.master_port):
         problems.append(f"--master-port {req.master_port} is in use on this host; choose another")
     if not spec.local:
         binary = BACKEND_BINARY.get(req.launcher)

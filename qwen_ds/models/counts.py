@@ -185,6 +185,24 @@ def _largest_gathered(s: ModelSpec) -> tuple[int, str]:
     return modules[name], name
 
 
+#: Linear layers the FP8 runtime (torchao float8) keeps in bf16, as module-path suffixes: the output head
+#: (loss precision), MoE routers and the shared-expert gate (tiny, precision-sensitive).
+FP8_KEEP_BF16 = ("lm_head", "mlp.gate", "router", "shared_expert_gate")
+
+
+def fp8_converts(module_path: str) -> bool:
+    """Whether the FP8 runtime runs this Linear in float8: every projection (q/k/v/o, gate/up/down,
+    in_proj_qkvz/ba, out_proj, shared expert) but the ones of FP8_KEEP_BF16. Routed experts are fused
+    3-D tensors in transformers 5, not nn.Linear: torchao leaves them (and so their FLOPs) in bf16."""
+    return "proj" in module_path.rsplit(".", 1)[-1] and not module_path.endswith(FP8_KEEP_BF16)
+
+
+def fp8_matmul_params(s: ModelSpec) -> int:
+    """Parameters per token whose matmuls the FP8 runtime runs in float8 (see fp8_converts)."""
+    return sum(n for i in range(s.num_layers) for module, n in layer_tensors(s, i)
+               if "experts" not in module.split(".") and fp8_converts(module))
+
+
 def persistent_params(s: ModelSpec, threshold: int) -> int:
     """Elements of parameter tensors smaller than ``stage3_param_persistence_threshold``: ZeRO-3
     keeps these unpartitioned on every rank (`partition_parameters.py`, ds_persist)."""

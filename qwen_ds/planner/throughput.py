@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..hardware import Cluster
-from ..models.counts import count_params
+from ..models.counts import count_params, fp8_matmul_params
 from ..models.spec import FULL_ATTENTION, ModelSpec
 from ..plan import Plan, Workload
 
@@ -60,12 +60,13 @@ class StepTime:
 
 
 def model_flops_per_token(model: ModelSpec, seq_len: int) -> float:
-    """Training FLOPs per token: 6 x active matmul params (embedding lookup excluded, lm_head
-    included) + causal attention scores 6 x 2 x s/2 x q per full-attention layer (fwd 2 matmuls
+    """Training FLOPs per token: 6 x active matmul params (embedding lookup excluded, the head
+    included, tied or not) + causal attention scores 6 x 2 x s/2 x q per full-attention layer (fwd 2 matmuls
     of 2·s·q FLOPs each, halved by the causal mask; backward twice the forward). Gated DeltaNet
     layers are linear in s and counted through their parameters only."""
     c = count_params(model)
-    matmul = c.active - c.embedding
+    # the head matmul (V x h) runs whether or not its weight is tied to the embedding
+    matmul = c.active - c.embedding - c.lm_head + model.vocab_size * model.hidden_size
     n_full = sum(t == FULL_ATTENTION for t in model.layer_types)
     attention = 6 * 2 * (seq_len / 2) * model.q_dim * n_full
     return 6 * matmul + attention
@@ -106,7 +107,11 @@ def step_time(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan
     # each GPU does 1/(tp*pp) of its data-parallel replica's work
     per_gpu_flops = flops_tok * tokens_per_gpu_micro * plan.grad_accum / (plan.tp * plan.pp)
     eff = net.compute_efficiency * tokens_per_gpu_micro / (tokens_per_gpu_micro + net.half_efficiency_tokens)
-    compute = per_gpu_flops / (peak * eff)
+    if plan.precision == "fp8":  # only the Linear layers torchao converts run at the FP8 peak
+        f = min(1.0, 6 * fp8_matmul_params(model) / flops_tok)
+        compute = per_gpu_flops * (f / peak + (1 - f) / (gpu.peak_tflops("bf16") * 1e12)) / eff
+    else:
+        compute = per_gpu_flops / (peak * eff)
     recompute = compute / 3 if plan.checkpointing else 0.0  # one extra forward = 1/3 of fwd+bwd
     c = count_params(model)
     b = 4 if plan.precision == "fp32" else 2

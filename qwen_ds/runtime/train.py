@@ -64,10 +64,12 @@ def train(args: argparse.Namespace) -> int:
         log0("note: plan uses the plain HF loss (full fp32 logits); --loss chunked saves that memory")
     checkpointing = (plan or {}).get("plan", {}).get("checkpointing", False)
     model, keep = build_model(hf_config, ds_config, args.weights, args.seed, for_training=True)
-    from .fp8 import apply_fp8, wants_fp8
+    from .fp8 import apply_fp8, check_fp8_device, fp8_share, wants_fp8
 
     if wants_fp8(plan):
-        log0(f"FP8: {apply_fp8(model, plan.get('fp8_recipe'))} Linear layers converted to torchao float8 training")
+        converted = apply_fp8(model, plan.get("fp8_recipe"))
+        log0(f"FP8: {converted} Linear layers converted to torchao float8 training on {check_fp8_device()} "
+             f"({fp8_share(model):.0%} of the matmul weights; the head, routers and fused MoE experts stay bf16)")
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
