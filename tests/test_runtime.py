@@ -84,11 +84,19 @@ def test_resume_reproduces_the_uninterrupted_losses(hostfile, tmp_path):
     part = tmp_path / "part.jsonl"
     p = launch_train(cfg, hostfile, tmp_path / "r2", "--steps", "10", "--metrics-file", str(part), "--save-dir", str(tmp_path / "ck2"))
     assert p.returncode == 0, p.stderr[-3000:]
+    # the same command again without --resume must not write over that checkpoint
+    before = {f: f.stat().st_mtime_ns for f in (tmp_path / "ck2").rglob("*") if f.is_file()}
+    p = launch_train(cfg, hostfile, tmp_path / "r2b", "--steps", "10", "--save-dir", str(tmp_path / "ck2"))
+    assert p.returncode != 0 and "already holds a checkpoint (step10)" in p.stdout + p.stderr
+    assert {f: f.stat().st_mtime_ns for f in (tmp_path / "ck2").rglob("*") if f.is_file()} == before
+    # a crashed run's steps past the checkpoint (and a line cut short) are dropped on resume
+    with part.open("a") as fh:
+        fh.write('{"step": 11, "loss": 9.9}\n{"step": 12, "lo')
     p = launch_train(cfg, hostfile, tmp_path / "r3", "--steps", "20", "--metrics-file", str(part), "--save-dir", str(tmp_path / "ck2"),
                      "--resume")
     assert p.returncode == 0, p.stderr[-3000:]
     a, b = losses(full), losses(part)
-    assert len(a) == len(b) == 20
+    assert len(a) == len(b) == 20 and [json.loads(ln)["step"] for ln in part.read_text().splitlines()] == list(range(1, 21))
     for x, y in zip(a[10:], b[10:]):
         assert abs(x - y) <= 1e-5 * abs(x), (a[10:], b[10:])
     hf = tmp_path / "ck2" / "hf"

@@ -164,3 +164,35 @@ def test_health_warnings_name_the_knob_once():
     assert any("micro-batch" in w for w in warnings)
     assert meter.health(rec) == []  # once per run
     assert StepMeter(1e9, 1000, 2, 100.0).health({"comm_share": 0.1, "fragmentation": 0.01, "mfu": 0.5}) == []
+
+
+def test_a_new_run_never_writes_over_a_previous_runs_outputs(tmp_path):
+    from qwen_ds.runtime.train import check_outputs, parse_args
+
+    ck, metrics = tmp_path / "ck", tmp_path / "m.jsonl"
+    base = ["--config", "c.json", "--save-dir", str(ck), "--metrics-file", str(metrics)]
+    check_outputs(parse_args(base))  # nothing there yet
+    ck.mkdir()
+    (ck / "latest").write_text("step10")
+    with pytest.raises(RuntimeFailure, match=r"already holds a checkpoint \(step10\).*--resume.*--force"):
+        check_outputs(parse_args(base))
+    check_outputs(parse_args(base + ["--resume"]))
+    check_outputs(parse_args(base + ["--force"]))
+    (ck / "latest").unlink()
+    metrics.write_text('{"step": 1}\n')
+    with pytest.raises(RuntimeFailure, match="already has lines of another run"):
+        check_outputs(parse_args(base))
+    metrics.write_text("")
+    check_outputs(parse_args(base))  # an empty file holds nothing to lose
+
+
+def test_resumed_metrics_keep_the_steps_up_to_the_checkpoint(tmp_path):
+    from qwen_ds.runtime.train import metrics_for_resume
+
+    metrics = tmp_path / "m.jsonl"
+    lines = [json.dumps({"step": i, "loss": 1.0 / i}) for i in range(1, 13)] + ['{"step": 13, "lo']  # crashed mid-line
+    metrics.write_text("\n".join(lines) + "\n")
+    metrics_for_resume(str(metrics), 10)
+    assert [json.loads(ln)["step"] for ln in metrics.read_text().splitlines()] == list(range(1, 11))
+    metrics_for_resume(str(metrics), 0)  # --force: start over
+    assert metrics.read_text() == ""

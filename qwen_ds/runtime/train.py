@@ -7,8 +7,10 @@ python -m qwen_ds.runtime.train --config ds_config.json --plan plan.json [--synt
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+from pathlib import Path
 
 from .common import RuntimeFailure, exit_process, run_entry, build_model, init_distributed, log0, model_config, rank, read_json, world_size
 
@@ -30,11 +32,49 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--save-every", type=int, default=0)
     ap.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --save-dir")
     ap.add_argument("--metrics-file", default=None, help="JSON lines, one per step (rank 0)")
+    ap.add_argument("--force", action="store_true",
+                    help="start over in a --save-dir that holds a checkpoint and replace an existing --metrics-file")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--comm-profile-every", type=int, default=10,
                     help="time collectives on step 2 and then every N steps (timing synchronises each collective, so "
                          "it is sampled); 0 = never (comm_share null)")
     return ap.parse_args(argv)
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Before anything runs: a new run never writes over a checkpoint or a metrics file a previous run
+    left (--resume continues them, --force replaces them)."""
+    if args.force or args.resume:
+        return
+    if args.save_dir:
+        latest = Path(args.save_dir) / "latest"
+        if latest.is_file() or (Path(args.save_dir) / "hf").is_dir():
+            tag = latest.read_text(encoding="utf-8").strip() if latest.is_file() else "hf weights"
+            raise RuntimeFailure(f"--save-dir {args.save_dir} already holds a checkpoint ({tag}); pass --resume to continue it, "
+                                 "--force to start over in it, or another --save-dir")
+    if args.metrics_file and rank() == 0 and Path(args.metrics_file).is_file() and Path(args.metrics_file).stat().st_size:
+        raise RuntimeFailure(f"--metrics-file {args.metrics_file} already has lines of another run; pass --force to replace it, "
+                             "--resume to continue that run, or another path")
+
+
+def metrics_for_resume(path: str | None, start: int) -> None:
+    """Rank 0 of a run resumed at step ``start`` (or started over with --force: start 0): keep the metrics
+    lines up to that step, so steps a crashed run made past its last checkpoint are not listed twice."""
+    if not path or rank() != 0 or not Path(path).is_file():
+        return
+    from ..fileio import write_text_atomic
+
+    def step_of(line: str) -> int | None:
+        try:
+            return int(json.loads(line)["step"])
+        except (ValueError, KeyError, TypeError):
+            return None  # a line cut short by a crash
+
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    kept = [ln for ln in lines if (step_of(ln) or start + 1) <= start]
+    if len(kept) != len(lines):
+        write_text_atomic(Path(path), "".join(ln + "\n" for ln in kept))
+        log0(f"{path}: kept {len(kept)} metrics lines up to step {start}, dropped {len(lines) - len(kept)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,6 +94,7 @@ def train(args: argparse.Namespace) -> int:
 
     ds_config = read_json(args.config, "--config")
     plan = read_json(args.plan, "--plan") if args.plan else None
+    check_outputs(args)
     device = init_distributed()
     if args.comm_profile_every > 0:
         ds_config.setdefault("comms_logger", {"enabled": True, "verbose": False, "prof_all": True, "debug": False})
@@ -84,6 +125,7 @@ def train(args: argparse.Namespace) -> int:
             raise RuntimeFailure(f"--resume: no checkpoint in {args.save_dir}")
         start = int(client["step"])
         log0(f"resumed from {path} at step {start}")
+    metrics_for_resume(args.metrics_file, start)
     data = TokenFile(args.data, args.tokenizer or args.weights or "", seq) if args.data else None
     spec = spec_from_config(dict(plan["model"]["config"]) if plan else hf_config.to_dict(), name="model")
     precision = "bf16" if ds_config.get("bf16", {}).get("enabled") else "fp16" if ds_config.get("fp16", {}).get("enabled") else "fp32"
