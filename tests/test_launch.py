@@ -210,6 +210,7 @@ def test_a_rank_that_exits_1_fails_the_launch(tiny_config, tmp_path):
     t0 = time.monotonic()
     p = subprocess.run(launch_cmd(tiny_config, run_dir, env=["TINY_FAIL_RANK=1"]), capture_output=True, text=True, env=ENV, timeout=300)
     assert p.returncode != 0 and "rank 1 failing on purpose" in p.stdout
+    assert "qwen-ds launch: rank 1 failed first (exit 1)" in p.stderr
     assert time.monotonic() - t0 < 120
     assert not leftovers(run_dir)
 
@@ -235,8 +236,9 @@ def test_a_sigkilled_rank_fails_the_launch_within_60s_and_leaves_nothing(tiny_co
     assert pid, "rank 1 process not found"
     os.kill(pid, signal.SIGKILL)
     t0 = time.monotonic()
-    proc.communicate(timeout=60)
+    out, _ = proc.communicate(timeout=60)
     assert proc.returncode != 0
+    assert "rank 1 failed first: killed by SIGKILL, usually the kernel's OOM killer" in out
     assert time.monotonic() - t0 < 60
     time.sleep(0.5)
     assert not leftovers(run_dir)
@@ -278,6 +280,18 @@ def test_dry_run_prints_command_and_env_file(tiny_config):
     argv = shlex.split(lines[1])
     assert argv[argv.index("--launcher") + 1] == "pdsh" and "qwen_ds.runtime.train" in argv
     assert "NCCL_SOCKET_IFNAME=ib0" in lines[lines.index("# .deepspeed_env (merged into ./.deepspeed_env, old file backed up)") + 1:]
+
+
+def test_first_failure_names_the_earliest_failed_rank():
+    from qwen_ds.launch.run import first_failure
+
+    assert first_failure({0: {"rank": 0, "returncode": 0}}) is None
+    st = {0: {"rank": 0, "returncode": -9, "signal": 9, "ended": 20.0},   # killed by the launcher afterwards
+          1: {"rank": 1, "returncode": 1, "signal": None, "ended": 10.0}}
+    assert first_failure(st).startswith("rank 1 failed first (exit 1)")
+    st[1]["ended"] = 30.0
+    assert "rank 0 failed first: killed by SIGKILL" in first_failure(st)
+    assert first_failure({3: {"rank": 3, "returncode": -15, "signal": 15}}) == "rank 3 failed first: killed by SIGTERM"
 
 
 def test_stale_shared_memory_buffers_are_cleared(tmp_path, monkeypatch):

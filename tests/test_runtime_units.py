@@ -196,3 +196,21 @@ def test_resumed_metrics_keep_the_steps_up_to_the_checkpoint(tmp_path):
     assert [json.loads(ln)["step"] for ln in metrics.read_text().splitlines()] == list(range(1, 11))
     metrics_for_resume(str(metrics), 0)  # --force: start over
     assert metrics.read_text() == ""
+
+
+def test_gpu_out_of_memory_is_one_line_with_the_plans_prediction(tmp_path, capsys):
+    from qwen_ds.runtime.common import run_entry
+    from qwen_ds.runtime.train import parse_args
+
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"memory": {"gpu_allocated_bytes": 40 * 2**30, "gpu_reserved_bytes": 44 * 2**30}}))
+
+    def step(_args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79 GiB\nmore")
+
+    assert run_entry(step, parse_args(["--config", "c.json", "--plan", str(plan)])) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: rank 0: GPU out of memory (CUDA out of memory. Tried to allocate")
+    assert "the plan predicted 40.0 GiB allocated, 44.0 GiB reserved per GPU" in err and "--headroom" in err
+    assert run_entry(step, parse_args(["--config", "c.json"])) == 1
+    assert "predicted unknown (no plan.json)" in capsys.readouterr().err

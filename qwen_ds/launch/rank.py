@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 RANK_VARS = ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID", "MV2_COMM_WORLD_RANK")
@@ -72,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     t.start()
     rc = child.wait()
     t.join(timeout=5)
-    status = {"rank": int(rank), "local_rank": local_rank, "returncode": rc, "signal": -rc if rc < 0 else None, "pid": child.pid}
+    status = {"rank": int(rank), "local_rank": local_rank, "returncode": rc, "signal": -rc if rc < 0 else None, "pid": child.pid,
+              "ended": time.time()}
     run_dir = Path(opts.get("run-dir") or os.environ.get("QWEN_DS_RUN_DIR", "."))
     try:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -64,6 +64,26 @@ def _port(spec: LaunchSpec) -> str:
     return argv[argv.index("--master_port") + 1] if "--master_port" in argv else "29500"
 
 
+def first_failure(statuses: dict[int, dict]) -> str | None:
+    """One line on the rank that failed first (the earliest status file with a non-zero exit): the
+    others usually died because DeepSpeed's launcher killed them after it."""
+    bad = [s for s in statuses.values() if s.get("returncode") not in (0, None)]
+    if not bad:
+        return None
+    s = min(bad, key=lambda d: (d.get("ended", float("inf")), d["rank"]))
+    r, sig = s["rank"], s.get("signal")
+    if sig == signal.SIGKILL:
+        return (f"rank {r} failed first: killed by SIGKILL, usually the kernel's OOM killer when host RAM runs out "
+                "(dmesg | grep -i oom); plan.json memory.cpu_total_bytes_per_node is what the plan needs per node")
+    if sig:
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        return f"rank {r} failed first: killed by {name}"
+    return f"rank {r} failed first (exit {s['returncode']}); its 'error: rank {r}:' line above says why"
+
+
 def run(spec: LaunchSpec, run_dir: Path, expected_ranks: list[int], log=print, owns_shm: bool = True) -> int:
     """``owns_shm``: this process hosts the job's master (single host, or no-ssh node 0) and may clear
     the job's shared-memory buffers."""
@@ -103,6 +123,9 @@ def run(spec: LaunchSpec, run_dir: Path, expected_ranks: list[int], log=print, o
     bad = {r: s for r, s in statuses.items() if s.get("returncode") != 0}
     missing = [r for r in expected_ranks if r not in statuses]
     if rc != 0:
+        why = first_failure(statuses)
+        if why:
+            log(f"qwen-ds launch: {why}", file=sys.stderr)
         return rc if rc > 0 else 128 - rc
     if bad:
         r, s = sorted(bad.items())[0]

@@ -100,11 +100,46 @@ def run_entry(fn, args) -> int:
     except RuntimeFailure as exc:
         print(f"error: rank {rank()}: {exc}", file=sys.stderr, flush=True)
         return 1
+    except MemoryError as exc:  # host RAM (CPU offload buffers, pinned memory)
+        print(f"error: rank {rank()}: out of host memory ({exc}); the plan's CPU bytes per node: "
+              f"{planned_gib(args, 'cpu_total_bytes_per_node')}; lower offload or ranks per node", file=sys.stderr, flush=True)
+        return 1
     except Exception as exc:  # any other failure of the job
+        if type(exc).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError, without importing torch here
+            print(f"error: rank {rank()}: {oom_report(args, exc)}", file=sys.stderr, flush=True)
+            return 1
         print(f"error: rank {rank()}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         if os.environ.get("QWEN_DS_DEBUG"):
             traceback.print_exc()
         return 1
+
+
+def planned_gib(args, key: str) -> str:
+    """A memory figure of the run's plan.json (``memory.<key>``) in GiB, or 'unknown' without a plan."""
+    try:
+        value = read_json(args.plan, "--plan")["memory"][key] if getattr(args, "plan", None) else None
+    except (RuntimeFailure, KeyError, TypeError):
+        value = None
+    return f"{value / 2**30:.1f} GiB" if isinstance(value, (int, float)) else "unknown (no plan.json)"
+
+
+def oom_report(args, exc: BaseException) -> str:
+    """One line for a GPU out-of-memory: what the allocator held, what the plan predicted, what to change."""
+    import torch
+
+    total = None
+    if torch.cuda.is_available():
+        try:
+            total = torch.cuda.mem_get_info()[1]
+        except RuntimeError:
+            pass
+    gib = 2**30
+    held = (f"peak allocated {torch.cuda.max_memory_allocated() / gib:.1f} GiB, reserved {torch.cuda.max_memory_reserved() / gib:.1f} GiB"
+            f"{f' of {total / gib:.1f} GiB' if total else ''}" if torch.cuda.is_available() else "no CUDA device")
+    first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else "CUDA out of memory"
+    return (f"GPU out of memory ({first}); {held}; the plan predicted {planned_gib(args, 'gpu_allocated_bytes')} allocated, "
+            f"{planned_gib(args, 'gpu_reserved_bytes')} reserved per GPU; check for other processes on the GPU and a --seq-len "
+            "or --loss differing from the plan, else regenerate it with a lower --headroom (e.g. 0.85) or a smaller --micro-batch")
 
 
 def model_config(plan: dict | None, model_arg: str | None):
