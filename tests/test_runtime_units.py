@@ -214,3 +214,46 @@ def test_gpu_out_of_memory_is_one_line_with_the_plans_prediction(tmp_path, capsy
     assert "the plan predicted 40.0 GiB allocated, 44.0 GiB reserved per GPU" in err and "--headroom" in err
     assert run_entry(step, parse_args(["--config", "c.json"])) == 1
     assert "predicted unknown (no plan.json)" in capsys.readouterr().err
+
+
+COMM_SCRIPT = r'''
+import os, sys, time, torch, deepspeed
+import deepspeed.comm as dist
+from qwen_ds.runtime.metrics import comm_ms_and_reset
+deepspeed.init_distributed(dist_backend="gloo")
+dist.configure(enabled=True, prof_all=True, verbose=False, debug=False)
+x = torch.ones(1 << 16)
+comm_ms_and_reset()
+t0 = time.perf_counter()
+for _ in range(60):
+    dist.all_reduce(x)
+wall_ms = (time.perf_counter() - t0) * 1000
+first = comm_ms_and_reset()
+for _ in range(60):
+    dist.all_reduce(x)
+second = comm_ms_and_reset()
+print("COMM", wall_ms, first, second, comm_ms_and_reset())
+'''
+
+
+def test_collective_time_is_what_the_ops_took_not_deepspeeds_running_totals():
+    """DeepSpeed's comms logger records each op's running total; summed, 60 ops would read ~30x the wall time."""
+    import os
+    import subprocess
+    import sys
+
+    from qwen_ds.launch.preflight import free_port
+    from qwen_ds.launch.run import clear_shm_buffers
+
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_SIZE": "1",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    try:
+        p = subprocess.run([sys.executable, "-c", COMM_SCRIPT], capture_output=True, text=True, env=env, timeout=300)
+    finally:
+        clear_shm_buffers("127.0.0.1", env["MASTER_PORT"])
+    line = [ln for ln in p.stdout.splitlines() if ln.startswith("COMM ")]
+    assert p.returncode == 0 and line, p.stdout[-2000:] + p.stderr[-3000:]
+    wall, first, second, empty = map(float, line[0].split()[1:])
+    assert 0 < first <= wall * 1.05
+    assert 0 < second < 3 * first + 5  # the second window does not carry the first one's time
+    assert empty == 0.0

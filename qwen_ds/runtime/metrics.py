@@ -28,19 +28,24 @@ def gpu_peak_tflops(precision: str) -> float | None:
 
 
 def comm_ms_and_reset() -> float | None:
-    """Milliseconds spent in DeepSpeed collectives since the last call (deepspeed.comm's comms
-    logger, enabled by the trainer), or None when it is not available."""
+    """Milliseconds spent in DeepSpeed collectives since the last call, or None when deepspeed.comm's
+    comms logger (enabled by the trainer) is off. Read from the op timers themselves, then reset:
+    DeepSpeed 0.19.8 records each op's latency as its timer's running total (``elapsed(reset=False)``
+    in ``comm.timed_op``), so summing the logger's latencies counts every earlier op again and the
+    share of the step reads as 100 %."""
     try:
         import deepspeed.comm as dist
+        from deepspeed.comm import comm as comm_module
     except ImportError:
         return None
     logger = getattr(dist, "comms_logger", None)
-    if logger is None or not getattr(logger, "enabled", False):
+    timers = getattr(comm_module, "timers", None)
+    if logger is None or not getattr(logger, "enabled", False) or timers is None:
         return None
     total = 0.0
-    for sizes in logger.comms_dict.values():
-        for rec in sizes.values():
-            total += sum(rec[1]) if len(rec) > 1 and isinstance(rec[1], list) else 0.0
+    for timer in list(getattr(timers, "timers", {}).values()):
+        if not getattr(timer, "started_", False):
+            total += timer.elapsed(reset=True)
     logger.comms_dict.clear()
     return total
 
