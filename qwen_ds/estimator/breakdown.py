@@ -45,6 +45,8 @@ class MemoryBreakdown:
     def peak_phase(self) -> str:
         if self._phase("step") > self.backward_peak_bytes:
             return "step"
+        if not self._phase("loss") and not self._phase("recompute"):
+            return "forward"  # inference: prefill transients on top of weights and caches
         return "loss backward" if self._phase("loss") >= self._phase("recompute") else "layer recompute"
 
     @property

@@ -46,7 +46,8 @@ def weight_term(s: ModelSpec, lay: Layout, plan: Plan, world: int) -> Term:
         n = -(-counts.total // world)
         largest = counts.largest_gathered
         return Term("weights", b * (n + largest), "persistent", f"{b} B x ({counts.total:,} / {world} + {largest:,} gathered)")
-    return Term("weights", b * lay.params_per_mp_rank, "persistent", f"{b} B x {lay.params_per_mp_rank:,} (/tp {lay.tp})")
+    how = f" ({lay.whole_params:,} kept whole by AutoTP, the rest / tp {lay.tp})" if lay.tp > 1 else ""
+    return Term("weights", b * lay.params_per_mp_rank, "persistent", f"{b} B x {lay.params_per_mp_rank:,}{how}")
 
 
 def inference_terms(s: ModelSpec, lay: Layout, plan: Plan, seq_len: int, new_tokens: int, world: int) -> list[Term]:
@@ -58,13 +59,15 @@ def inference_terms(s: ModelSpec, lay: Layout, plan: Plan, seq_len: int, new_tok
     inter = max(s.intermediate_size if "dense" in s.mlp_types else 0,
                 s.experts_per_token * s.moe_intermediate_size + s.shared_expert_intermediate_size if s.n_moe_layers else 0)
     # prefill: one layer's transients alive at a time (residual, MLP gate/up/act) + last-token logits
-    prefill = batch * seq_len * act_dtype * (3 * h + -(-3 * inter // lay.tp))
+    # AutoTP splits dense MLPs over the TP ranks; routed experts stay whole, so every rank runs them all
+    mlp_tp = 1 if s.n_moe_layers else lay.tp
+    prefill = batch * seq_len * act_dtype * (3 * h + -(-3 * inter // mlp_tp))
     logits = batch * s.vocab_size * 4
     return [
         weight_term(s, lay, plan, world),
         Term("kv_cache", kv * batch * ctx, "persistent", f"{kv:,} B/token x {batch} seq x {ctx:,} tokens"),
         Term("gdn_state", gdn * batch, "persistent", f"{gdn:,} B/seq x {batch} seq"),
-        Term("prefill_activations", prefill, "fwd_bwd", f"{act_dtype} B x {batch * seq_len:,} tokens x (3h + 3I/tp), I={inter:,}"),
+        Term("prefill_activations", prefill, "fwd_bwd", f"{act_dtype} B x {batch * seq_len:,} tokens x (3h + 3I/{mlp_tp}), I={inter:,}"),
         Term("logits", logits, "fwd_bwd", f"fp32 last-token logits {batch} x V {s.vocab_size:,}"),
     ]
 

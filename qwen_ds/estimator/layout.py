@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ..errors import InputError
 from ..hardware import Cluster
-from ..models.counts import ParamCounts, count_params
+from ..models.counts import ParamCounts, autotp_sharded_params, autotp_unsupported, count_params
 from ..models.spec import ModelSpec
 from ..plan import Plan
 
@@ -16,7 +16,8 @@ class Layout:
     dp: int
     tp: int
     pp: int
-    #: parameters of the heaviest pipeline stage, divided by TP (what one model-parallel rank owns)
+    #: parameters one model-parallel rank owns on the heaviest pipeline stage: what AutoTP splits,
+    #: divided by TP, plus what it keeps whole (embedding, head, norms, routers, routed experts)
     params_per_mp_rank: int
     #: decoder layers on the heaviest stage
     layers_per_stage: int
@@ -24,6 +25,8 @@ class Layout:
     stage_layers: tuple[int, ...]
     first_stage: bool
     last_stage: bool
+    #: of params_per_mp_rank, those AutoTP keeps whole on every TP rank
+    whole_params: int = 0
 
 
 def layout(model: ModelSpec, cluster: Cluster, plan: Plan) -> Layout:
@@ -38,6 +41,8 @@ def layout(model: ModelSpec, cluster: Cluster, plan: Plan) -> Layout:
         raise InputError(f"--tp {tp} exceeds --gpus-per-node {cluster.gpus_per_node}; keep tensor parallelism inside a node")
     if model.num_heads % tp:
         raise InputError(f"--tp {tp} does not divide the {model.num_heads} attention heads of {model.name}; choose a divisor")
+    if tp > 1 and autotp_unsupported(model):
+        raise InputError(f"--tp {tp}: {autotp_unsupported(model)}")
     if plan.hpz_partition_size > 1 and world % plan.hpz_partition_size:
         raise InputError(f"--hpz {plan.hpz_partition_size} does not divide the {world} GPUs; use a divisor (usually --gpus-per-node)")
     if model.num_layers % pp:
@@ -55,6 +60,9 @@ def layout(model: ModelSpec, cluster: Cluster, plan: Plan) -> Layout:
         if best is None or n > best[0]:
             best = (n, stage, idx)
     n, stage, idx = best
-    if not counts.layers:  # meta-counted family: whole model as one block
+    if not counts.layers:  # meta-counted family: whole model as one block, all but embedding and head split
         n = counts.total if pp == 1 else n
-    return Layout(world // (tp * pp), tp, pp, -(-n // tp), per, idx, stage == 0, stage == pp - 1)
+        split = max(0, n - counts.embedding - counts.lm_head - counts.final_norm)
+    else:
+        split = autotp_sharded_params(model, idx)
+    return Layout(world // (tp * pp), tp, pp, n - split + -(-split // tp), per, idx, stage == 0, stage == pp - 1, n - split)

@@ -203,6 +203,30 @@ def fp8_matmul_params(s: ModelSpec) -> int:
                if "experts" not in module.split(".") and fp8_converts(module))
 
 
+def autotp_shards(module_path: str) -> bool:
+    """Whether DeepSpeed's AutoTP (0.19.8, inference and training) splits this tensor over the TP ranks:
+    the Linear projections (q/k/v/o, gate/up/down, shared expert, GDN in/out projections) with their
+    biases. Embedding, lm_head, norms, MoE routers and the routed experts (fused 3-D tensors in
+    transformers 5, not nn.Linear) stay whole on every rank: measured on CPU with init_inference
+    (tests/test_runtime.py), e.g. tiny Qwen3-MoE TP 2 keeps all 98,304 expert weights per rank."""
+    return "proj" in module_path.rsplit(".", 1)[-1] and "experts" not in module_path.split(".")
+
+
+def autotp_sharded_params(s: ModelSpec, layers: tuple[int, ...] | None = None) -> int:
+    """Parameters of these decoder layers (all by default) that AutoTP splits (autotp_shards)."""
+    idx = range(s.num_layers) if layers is None else layers
+    return sum(n for i in idx for module, n in layer_tensors(s, i) if autotp_shards(module))
+
+
+def autotp_unsupported(s: ModelSpec) -> str | None:
+    """Why DeepSpeed's AutoTP cannot run this model with TP > 1, or None."""
+    if s.family == "qwen3_next":
+        return ("DeepSpeed 0.19.8 AutoTP splits the Gated DeltaNet projections but not the layer's head counts, conv1d "
+                "or A_log, so the layer fails in its reshape; use --tp 1 with --zero 3 (weights sharded over the GPUs, "
+                "--offload-param cpu if they still do not fit)")
+    return None
+
+
 def persistent_params(s: ModelSpec, threshold: int) -> int:
     """Elements of parameter tensors smaller than ``stage3_param_persistence_threshold``: ZeRO-3
     keeps these unpartitioned on every rank (`partition_parameters.py`, ds_persist)."""

@@ -13,6 +13,7 @@ from typing import Iterator
 from ..errors import InputError
 from ..estimator import MemoryBreakdown, estimate
 from ..hardware import Cluster
+from ..models.counts import autotp_unsupported
 from ..models.spec import ModelSpec
 from ..plan import Plan, Workload
 from .throughput import Network, StepTime, step_time
@@ -95,7 +96,8 @@ def candidates(model: ModelSpec, cluster: Cluster, workload: Workload, base: Pla
     world, gpn = cluster.world_size, cluster.gpus_per_node
     infer = workload.mode == "infer"
     tps = [fixed["tp"]] if "tp" in fixed else (
-        [t for t in _divisors(gpn, gpn) if model.num_heads % t == 0] if (infer or c.train_tp) else [1])
+        [t for t in _divisors(gpn, gpn) if model.num_heads % t == 0 and (t == 1 or not autotp_unsupported(model))]
+        if (infer or c.train_tp) else [1])
     pps = [fixed["pp"]] if "pp" in fixed else (
         [p for p in _divisors(world, 16) if model.num_layers % p == 0] if (c.train_pp and not infer) else [1])
     stages = [fixed["zero_stage"]] if "zero_stage" in fixed else ([0, 3] if infer else [0, 1, 2, 3])
@@ -110,8 +112,8 @@ def candidates(model: ModelSpec, cluster: Cluster, workload: Workload, base: Pla
                 continue
             if infer and oo != "none":
                 continue
-            if infer and zero == 3 and op == "none" and "offload_param" not in fixed:
-                continue  # ZeRO-Inference is for offloaded weights; plain TP covers the rest
+            if infer and zero == 3 and op == "none" and "offload_param" not in fixed and not autotp_unsupported(model):
+                continue  # where AutoTP runs, it beats gathering every weight per token; else ZeRO-3 shards them
             if op != "none" and zero != 3 or oo != "none" and zero == 0:
                 continue
             for tp in tps:

@@ -142,19 +142,29 @@ def oom_report(args, exc: BaseException) -> str:
             "or --loss differing from the plan, else regenerate it with a lower --headroom (e.g. 0.85) or a smaller --micro-batch")
 
 
+def model_source(plan: dict | None, model_arg: str | None) -> dict:
+    """The model's config.json fields: from --model (preset / config.json / HF dir), else the plan's."""
+    if model_arg:
+        from ..models import load_model
+
+        return dict(load_model(model_arg).config)
+    if plan and isinstance(plan.get("model", {}).get("config"), dict):
+        return dict(plan["model"]["config"])
+    raise RuntimeFailure("no model: pass --plan plan.json (from qwen-ds gen-config) or --model")
+
+
+def model_spec(plan: dict | None, model_arg: str | None):
+    """qwen-ds's ModelSpec of the model the run builds (FLOPs, AutoTP support)."""
+    from ..models.spec import spec_from_config
+
+    return spec_from_config(model_source(plan, model_arg), name="model")
+
+
 def model_config(plan: dict | None, model_arg: str | None):
-    """HF config from --model (preset / config.json / HF dir) or the plan's model.config."""
+    """HF config of the model the run builds (see model_source)."""
     from transformers import AutoConfig
 
-    if model_arg:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-        from qwen_ds.models import load_model
-
-        raw = dict(load_model(model_arg).config)
-    elif plan and isinstance(plan.get("model", {}).get("config"), dict):
-        raw = dict(plan["model"]["config"])
-    else:
-        raise RuntimeFailure("no model: pass --plan plan.json (from qwen-ds gen-config) or --model")
+    raw = model_source(plan, model_arg)
     model_type = raw.pop("model_type")
     for key in ("architectures", "transformers_version", "_name_or_path", "torch_dtype", "dtype"):
         raw.pop(key, None)

@@ -16,7 +16,7 @@ import json
 import sys
 import time
 
-from .common import RuntimeFailure, exit_process, run_entry, build_model, init_distributed, log0, model_config, rank, read_json, torch_dtype, world_size
+from .common import RuntimeFailure, exit_process, model_spec, run_entry, build_model, init_distributed, log0, model_config, rank, read_json, torch_dtype, world_size
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -74,6 +74,17 @@ class FirstTokenTimer:
         pass
 
 
+def planned_weights(plan: dict | None) -> str:
+    """' (plan: N)' with the weights per GPU plan.json predicted, in parameters; '' without a plan."""
+    from ..estimator.inference import WEIGHT_BYTES
+
+    try:
+        n = plan["memory"]["terms"]["weights"] // WEIGHT_BYTES[plan["plan"]["precision"]]
+    except (TypeError, KeyError):
+        return ""
+    return f" (plan: {n:,})"
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     return run_entry(infer, args)
@@ -101,6 +112,13 @@ def infer(args: argparse.Namespace) -> int:
         tok = AutoTokenizer.from_pretrained(tdir, local_files_only=True)
     zero3 = ds_config.get("zero_optimization", {}).get("stage") == 3
     world, r = world_size(), rank()
+    tp = ds_config.get("tensor_parallel", {}).get("tp_size", world)
+    if not zero3 and tp > 1:
+        from ..models.counts import autotp_unsupported
+
+        why = autotp_unsupported(model_spec(plan, args.model))
+        if why:
+            raise RuntimeFailure(f"tensor_parallel.tp_size {tp} in {args.config}: {why}")
     model, keep = build_model(hf_config, ds_config, args.weights, args.seed, for_training=False)
     if zero3:
         engine = deepspeed.initialize(model=model, config=ds_config)[0]
@@ -109,10 +127,11 @@ def infer(args: argparse.Namespace) -> int:
         mine = list(range(r, len(prompts), world))
         rounds = -(-len(prompts) // world)  # ZeRO-3: every rank runs the same number of generate calls
     else:
-        tp = ds_config.get("tensor_parallel", {}).get("tp_size", world)
         engine = deepspeed.init_inference(model, tensor_parallel={"tp_size": tp}, dtype=torch_dtype(ds_config),
                                           replace_with_kernel_inject=bool(ds_config.get("replace_with_kernel_inject", False)))
         net = engine.module
+        log0(f"weights on rank 0: {sum(p.numel() for p in net.parameters()):,} parameters after AutoTP tp {tp}"
+             f"{planned_weights(plan)}")
         mine = list(range(len(prompts)))
         rounds = len(prompts)
     if torch.cuda.is_available():

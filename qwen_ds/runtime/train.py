@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from .common import RuntimeFailure, exit_process, run_entry, build_model, init_distributed, log0, model_config, rank, read_json, world_size
+from .common import RuntimeFailure, exit_process, model_spec, run_entry, build_model, init_distributed, log0, model_config, rank, read_json, world_size
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -86,7 +86,6 @@ def train(args: argparse.Namespace) -> int:
     import deepspeed
     import torch
 
-    from ..models.spec import spec_from_config
     from ..planner.throughput import model_flops_per_token
     from .data import TokenFile, synthetic_batch
     from .loss import causal_lm_loss
@@ -127,7 +126,7 @@ def train(args: argparse.Namespace) -> int:
         log0(f"resumed from {path} at step {start}")
     metrics_for_resume(args.metrics_file, start)
     data = TokenFile(args.data, args.tokenizer or args.weights or "", seq) if args.data else None
-    spec = spec_from_config(dict(plan["model"]["config"]) if plan else hf_config.to_dict(), name="model")
+    spec = model_spec(plan, args.model)
     precision = "bf16" if ds_config.get("bf16", {}).get("enabled") else "fp16" if ds_config.get("fp16", {}).get("enabled") else "fp32"
     meter = StepMeter(model_flops_per_token(spec, seq), micro * ga * dp * seq, world_size(), gpu_peak_tflops(precision))
     bar = None
