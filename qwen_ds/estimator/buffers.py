@@ -11,7 +11,7 @@ reduce-scatter). CUDA context / NCCL / fragmentation constants: data/calibration
 from __future__ import annotations
 
 from ..calibration import constant
-from ..models.counts import count_params, persistent_params
+from ..models.counts import autotp_shards, count_params, persistent_params
 from ..models.spec import ModelSpec
 from ..plan import Plan
 from .breakdown import Term
@@ -30,23 +30,30 @@ def reduce_buckets(model: ModelSpec, lay: Layout, plan: Plan) -> Term:
     return Term("reduce_buckets", n * b * rbs, "fwd_bwd", f"{n} x {b} B x reduce_bucket_size {rbs:,}")
 
 
+def largest_gathered_per_rank(model: ModelSpec, tp: int) -> int:
+    """The largest unit ZeRO-3 gathers, on one TP rank: split by AutoTP only if it is a projection
+    (an MoE block, the embedding or the head stays whole)."""
+    c = count_params(model)
+    return -(-c.largest_gathered // tp) if autotp_shards(c.largest_gathered_name) else c.largest_gathered
+
+
 def zero3_gathered_params(model: ModelSpec, lay: Layout, plan: Plan) -> Term:
     """ZeRO-3 live 16-bit params: the largest gathered unit L (one module, or one MoE block
-    registered as a leaf) plus the prefetch window: b·(L/tp + prefetch_bucket_size)."""
+    registered as a leaf; /tp where AutoTP splits it) plus the prefetch window: b·(L + prefetch_bucket_size)."""
     if plan.zero_stage != 3:
         return Term("zero3_gathered_params", 0, "fwd_bwd", "not ZeRO-3")
     b = param_bytes(plan.precision)
-    largest = -(-count_params(model).largest_gathered // lay.tp)
+    largest = largest_gathered_per_rank(model, lay.tp)
     pf = plan.buckets(model.hidden_size)["prefetch_bucket_size"]
     return Term("zero3_gathered_params", b * (largest + pf), "fwd_bwd", f"{b} B x ({largest:,} largest + {pf:,} prefetch)")
 
 
 def zero3_gathered_grads(model: ModelSpec, lay: Layout, plan: Plan) -> Term:
-    """ZeRO-3 backward: full gradients of the gathered unit before reduce-scatter: b·L/tp."""
+    """ZeRO-3 backward: full gradients of the gathered unit before reduce-scatter: b·L (/tp where split)."""
     if plan.zero_stage != 3:
         return Term("zero3_gathered_grads", 0, "fwd_bwd", "not ZeRO-3")
     b = param_bytes(plan.precision)
-    largest = -(-count_params(model).largest_gathered // lay.tp)
+    largest = largest_gathered_per_rank(model, lay.tp)
     return Term("zero3_gathered_grads", b * largest, "fwd_bwd", f"{b} B x {largest:,}")
 
 
