@@ -146,6 +146,11 @@ TRIPS = [
          "$.zero_optimization.zero_quantized_weights", "quantized weights (qwZ) need stage 3"),
     Trip("rule_zeropp_stage", "zeropp_stage", zero(stage=1, zero_quantized_nontrainable_weights=True), W16,
          "$.zero_optimization.zero_quantized_weights", "need stage 3"),
+    # --- AutoTP on a model it cannot split
+    Trip("rule_autotp_model", "autotp_model", cfg(tensor_parallel={"autotp_size": 2}), {**W16, "model": "Qwen3-Next-80B-A3B"},
+         "$.tensor_parallel.autotp_size", "Gated DeltaNet"),
+    Trip("rule_autotp_model", "autotp_model", {"tensor_parallel": {"tp_size": 4}, "dtype": "bf16"},
+         {"world_size": 4, "gpus_per_node": 4, "model": "Qwen3-Next-80B-A3B"}, "$.tensor_parallel.tp_size", "--tp 1 with --zero 3"),
 ]
 
 NEARS = [
@@ -175,6 +180,7 @@ NEARS = [
     Near("rule_offload_optimizer_type", "offload_optimizer_type",
          zero(stage=2) | {"optimizer": {"type": "SGD", "params": {"lr": 0.1}}}, W16),
     Near("rule_zeropp_stage", "zeropp_stage", zero(stage=3, zero_quantized_weights=True), W16),
+    Near("rule_autotp_model", "autotp_model", cfg(tensor_parallel={"autotp_size": 2}), {**W16, "model": "Qwen3-8B"}),
 ]
 
 

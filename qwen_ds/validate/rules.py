@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from ..hardware import GPU
+from ..models.counts import autotp_unsupported
 from ..models.spec import ModelSpec
 from ..plan import deepspeed_batch_ranks
 from .problems import Problem, json_path
@@ -297,10 +298,24 @@ def rule_zeropp_stage(cfg: dict[str, Any], ctx: Context) -> list[Problem]:
     return []
 
 
+def rule_autotp_model(cfg: dict[str, Any], ctx: Context) -> list[Problem]:
+    """AutoTP (tensor_parallel.tp_size for inference, autotp_size for training) on a model it cannot split."""
+    why = autotp_unsupported(ctx.model) if ctx.model is not None and ctx.model.closed_form else None
+    tpb = cfg.get("tensor_parallel")
+    if not why or not isinstance(tpb, dict):
+        return []
+    out = []
+    for key in ("tp_size", "autotp_size"):
+        tp = tpb.get(key)
+        if isinstance(tp, int) and not isinstance(tp, bool) and tp > 1:
+            out.append(Problem(f"$.tensor_parallel.{key}", f"{key} {tp} with {ctx.model.name}: {why}", "autotp_model"))
+    return out
+
+
 RULES: tuple[Callable[[dict[str, Any], Context], list[Problem]], ...] = (
     rule_auto, rule_batch, rule_offload_param_stage, rule_nvme_path, rule_pipeline_stage, rule_hpz,
     rule_precision_hw, rule_fp16_and_bf16, rule_loss_scale, rule_removed_keys, rule_unknown_top_level,
-    rule_offload_ratio, rule_compute_grad_norm, rule_offload_optimizer_type, rule_zeropp_stage,
+    rule_offload_ratio, rule_compute_grad_norm, rule_offload_optimizer_type, rule_zeropp_stage, rule_autotp_model,
 )
 
 
