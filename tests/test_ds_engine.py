@@ -105,3 +105,10 @@ def test_zero2_bf16_cpu_offload_optimizer(tmp_path):
     """Stage 1/2 with optimizer offload renders round_robin_gradients: true; DeepSpeed runs it."""
     r = _run_step(tmp_path, Plan(zero_stage=2, precision="bf16", offload_optimizer="cpu"))
     assert r["bf16"] is True
+
+
+def test_zero3_params_only_cpu_offload(tmp_path):
+    """The planner offers ZeRO-3 with only the 16-bit params on CPU (optimizer states on the GPU), e.g. its
+    first choice for Qwen3-32B on 1 x 8 H100: DeepSpeed runs it."""
+    r = _run_step(tmp_path, Plan(zero_stage=3, precision="bf16", offload_optimizer="none", offload_param="cpu"))
+    assert r["bf16"] is True and r["loss"] < 10
