@@ -112,8 +112,6 @@ def candidates(model: ModelSpec, cluster: Cluster, workload: Workload, base: Pla
                 continue
             if infer and oo != "none":
                 continue
-            if infer and zero == 3 and op == "none" and "offload_param" not in fixed and not autotp_unsupported(model):
-                continue  # where AutoTP runs, it beats gathering every weight per token; else ZeRO-3 shards them
             if op != "none" and zero != 3 or oo != "none" and zero == 0:
                 continue
             for tp in tps:
