@@ -198,11 +198,12 @@ def test_best_plan_round_trips_through_gen_config_and_validate(tmp_path):
 
 def test_moe_inference_too_big_for_autotp_is_sharded_by_zero3():
     """AutoTP keeps Qwen3-235B-A22B's routed experts whole (~440 GiB per GPU at any TP); ZeRO-3 shards them
-    over the 8 H200s and beats streaming them from CPU. A dense model still prefers AutoTP."""
+    over the 8 H200s and beats streaming them from CPU. A dense model that fits still prefers plain replicas or AutoTP."""
     c, w = Cluster(get_gpu("H200"), 1, 8), Workload(mode="infer", seq_len=4096, new_tokens=512)
     base, cons = dataclasses.replace(BASE, zero_stage=0, micro_batch=8), Constraints(fixed={"micro_batch": 8})
     res = search(load_model("Qwen3-235B-A22B"), c, w, base, cons)
     assert [(x.plan.zero_stage, x.plan.offload_param) for x in res.accepted] == [(3, "none"), (3, "cpu")]
     assert all(x.plan.tp > 1 or x.plan.zero_stage == 0 for x in res.rejected) and len(res.rejected) == 4
     dense = search(load_model("Qwen3-32B"), c, w, base, cons)
-    assert dense.accepted[0].plan.zero_stage == 0 and dense.accepted[0].plan.tp > 1
+    assert dense.accepted[0].plan.zero_stage == 0
+    assert min(i for i, x in enumerate(dense.accepted) if x.plan.zero_stage == 3) > 0
