@@ -218,3 +218,27 @@ def test_chunked_loss_gathers_the_head_once_per_micro_step(hostfile, tmp_path):
     assert g["chunks"] == 8
     assert g["chunked"][1] == g["hf"][1] == 1, g
     assert g["chunked"][0] <= g["hf"][0] + 4, g  # small buckets may coalesce differently, nothing per chunk
+
+
+@pytest.mark.parametrize("model", ["tiny-qwen3", "tiny-qwen3-moe"])
+def test_zero3_units_are_what_the_estimator_counts(model, hostfile, tmp_path):
+    """Two ZeRO-3 terms against DeepSpeed itself: the parameters it keeps persistent (ds_persist) equal
+    models.counts.persistent_params at the rendered threshold, and the largest all-gather of a step is the
+    estimator's largest gathered unit; an MoE block (a ZeRO-3 leaf) is fetched in one message."""
+    from qwen_ds.models import load_model
+    from qwen_ds.models.counts import count_params, layer_tensors, persistent_params
+
+    cfg = gen_train_config(model, hostfile, tmp_path / "cfg")
+    p = qwen_ds("launch", "--hostfile", str(hostfile), "--config", str(cfg / "ds_config.json"), "--master-port", "auto",
+                "--run-dir", str(tmp_path / "run"), str(ROOT / "tests" / "launch_scripts" / "zero3_units.py"),
+                "--config", str(cfg / "ds_config.json"), "--model", model)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    got = json.loads(next(ln for ln in p.stdout.splitlines() if "UNITS " in ln).split("UNITS ", 1)[1])
+    spec = load_model(model)
+    thr = json.loads((cfg / "ds_config.json").read_text())["zero_optimization"]["stage3_param_persistence_threshold"]
+    assert got["persist"] == persistent_params(spec, thr)
+    gathered = [size // got["elem"] * 2 for size in got["gather_sizes"]]  # bytes of one rank's shard -> elements of 2 ranks
+    assert gathered[0] == count_params(spec).largest_gathered
+    if spec.n_moe_layers:
+        block = sum(n for module, n in layer_tensors(spec, 0) if module.startswith("mlp"))
+        assert block in gathered

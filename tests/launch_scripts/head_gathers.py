@@ -50,3 +50,7 @@ for _ in range(2):  # warm up: ZeRO-3 records its prefetch trace on the first st
 out = {"hf": gathers("hf"), "chunked": gathers("chunked"), "chunks": -(-ids.numel() // args.chunk)}
 if int(os.environ["RANK"]) == 0:
     print("GATHERS " + json.dumps(out), flush=True)
+torch.distributed.barrier()
+torch.distributed.destroy_process_group()
+sys.stdout.flush()
+os._exit(0)  # see tiny_zero3.py: skip the interpreter teardown that sometimes aborts (134)

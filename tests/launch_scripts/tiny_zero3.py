@@ -50,4 +50,8 @@ for step in range(int(os.environ.get("TINY_STEPS", "1"))):
     print(f"step {step} loss {loss.item():.4f} world {world}", flush=True)
 print("TINY_DONE", flush=True)
 torch.distributed.barrier()
-torch.distributed.destroy_process_group()  # gloo threads alive at exit abort the process (134)
+torch.distributed.destroy_process_group()
+# about 1 run in 15 aborts after this line at interpreter exit ("terminate called without an active
+# exception", 134; DeepSpeed 0.19.8 on CPU, seen after destroy_process_group returned): skip the teardown
+sys.stdout.flush()
+os._exit(0)
