@@ -315,3 +315,13 @@ def test_probe_detects_heavy_imports(tmp_path):
     result = json.loads(out.read_text())
     assert result["code"] in (0, None)
     assert "transformers" in result["heavy"] and "torch" in result["heavy"]
+
+
+def test_plan_says_why_tp_is_not_considered_for_qwen3_next():
+    p = qwen_ds("plan", "-m", "Qwen3-Next-80B-A3B", "-g", "A100-80GB", "--gpus-per-node", "8", "--mode", "infer",
+                "--seq-len", "8192", "--new-tokens", "1024", "--micro-batch", "8")
+    assert p.returncode == 0, p.stderr
+    assert "not considered: --tp > 1 (DeepSpeed 0.19.8 AutoTP" in p.stdout
+    assert " tp" not in p.stdout.split("rejected:")[0]  # no TP plan among the winners
+    dense = qwen_ds("plan", "-m", "Qwen3-8B", "-g", "A100-80GB", "--gpus-per-node", "8", "--mode", "infer")
+    assert dense.returncode == 0 and "not considered" not in dense.stdout

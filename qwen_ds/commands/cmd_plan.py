@@ -9,6 +9,7 @@ import click
 
 from ..errors import EXIT_DOES_NOT_FIT
 from ..format import gib, table
+from ..models.counts import autotp_unsupported
 from ..planner import Candidate, Constraints, Network, search, smallest_cluster_without_offload
 from .options import build_inputs, cluster_options, plan_options
 
@@ -83,7 +84,7 @@ def command(ctx: click.Context, top: int, explain: bool, chart: str | None, as_j
             {"nodes": smallest[0], "gpus_per_node": cluster.gpus_per_node, "plan": describe(smallest[1])},
         }, indent=2))
     else:
-        click.echo(render(model, cluster, workload, res, top, smallest))
+        click.echo(render(model, cluster, workload, res, top, smallest, workload.mode == "infer" or cons.train_tp))
         if explain and res.accepted:
             from .cmd_estimate import render as render_estimate
             from ..estimator import layout
@@ -99,7 +100,7 @@ def command(ctx: click.Context, top: int, explain: bool, chart: str | None, as_j
         sys.exit(EXIT_DOES_NOT_FIT)
 
 
-def render(model, cluster, workload, res, top, smallest) -> str:
+def render(model, cluster, workload, res, top, smallest, tp_wanted: bool = False) -> str:
     lines = [f"{model.name} on {cluster.nodes} x {cluster.gpus_per_node} {cluster.gpu.name}, {workload.mode}, seq {workload.seq_len}: "
              f"{res.considered} plans considered, {len(res.accepted)} fit"]
     if res.accepted:
@@ -113,6 +114,9 @@ def render(model, cluster, workload, res, top, smallest) -> str:
     if fams:
         lines.append("\nrejected:")
         lines += [f"  {f}: {r}" for f, r in fams]
+    why = autotp_unsupported(model)
+    if why and tp_wanted:
+        lines.append(f"\nnot considered: --tp > 1 ({why})")
     if smallest:
         n, c = smallest
         lines.append(f"\nwithout offload, the smallest cluster that fits is {n} x {cluster.gpus_per_node} {cluster.gpu.name}: "
