@@ -150,7 +150,7 @@ def train(args: argparse.Namespace) -> int:
         if logger is not None and args.comm_profile_every > 0:
             logger.enabled = profiled(step + 1)
         meter.start()
-        total = 0.0
+        total = torch.zeros(1, device=device, dtype=torch.float32)  # summed on the device: no host sync per micro-step
         for m in range(ga):
             if data is not None:
                 ids = data.batch(micro, step, r, dp, m, ga)
@@ -160,10 +160,9 @@ def train(args: argparse.Namespace) -> int:
             loss = causal_lm_loss(engine.module, ids, loss_path)
             engine.backward(loss)
             engine.step()
-            total += loss.detach().float().item() / ga
-        t = torch.tensor([total], device=device)
-        torch.distributed.all_reduce(t)
-        rec = meter.stop(step + 1, t.item() / world_size())
+            total += loss.detach().float() / ga
+        torch.distributed.all_reduce(total)
+        rec = meter.stop(step + 1, total.item() / world_size())
         if profiled(step + 1):
             last_comm_share = rec["comm_share"]
         else:  # unprofiled steps run at full speed; report the last sampled share
