@@ -29,9 +29,11 @@ def inference_time(model: ModelSpec, cluster: Cluster, workload: Workload, plan:
     batch, prompt, new = plan.micro_batch, workload.seq_len, max(workload.new_tokens, 1)
     peak = gpu.peak_tflops("fp8" if plan.precision == "fp8" else "bf16" if gpu.bf16 else "fp16") * 1e12
     active = c.active - c.embedding
-    prefill = 2 * active * batch * prompt / (peak * net.compute_efficiency * plan.tp)
-    b = WEIGHT_BYTES[plan.precision]
     experts = routed_expert_params(model)
+    # AutoTP splits the projections; every rank computes its tokens' routed experts whole
+    active_experts = experts * model.experts_per_token // model.num_experts if experts else 0
+    prefill = 2 * batch * prompt * ((active - active_experts) / plan.tp + active_experts) / (peak * net.compute_efficiency)
+    b = WEIGHT_BYTES[plan.precision]
     touched = 1 - (1 - model.experts_per_token / model.num_experts) ** batch if experts else 0.0
     per_rank = layout(model, cluster, plan).params_per_mp_rank if plan.zero_stage != 3 else c.total
     wbytes = b * (per_rank - experts + experts * touched)
