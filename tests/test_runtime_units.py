@@ -229,10 +229,12 @@ for _ in range(60):
     dist.all_reduce(x)
 wall_ms = (time.perf_counter() - t0) * 1000
 first = comm_ms_and_reset()
+t0 = time.perf_counter()
 for _ in range(60):
     dist.all_reduce(x)
+wall2_ms = (time.perf_counter() - t0) * 1000
 second = comm_ms_and_reset()
-print("COMM", wall_ms, first, second, comm_ms_and_reset())
+print("COMM", wall_ms, first, wall2_ms, second, comm_ms_and_reset())
 '''
 
 
@@ -253,7 +255,7 @@ def test_collective_time_is_what_the_ops_took_not_deepspeeds_running_totals():
         clear_shm_buffers("127.0.0.1", env["MASTER_PORT"])
     line = [ln for ln in p.stdout.splitlines() if ln.startswith("COMM ")]
     assert p.returncode == 0 and line, p.stdout[-2000:] + p.stderr[-3000:]
-    wall, first, second, empty = map(float, line[0].split()[1:])
-    assert 0 < first <= wall * 1.05
-    assert 0 < second < 3 * first + 5  # the second window does not carry the first one's time
+    wall, first, wall2, second, empty = map(float, line[0].split()[1:])
+    assert 0 < first <= wall * 1.05 + 1
+    assert 0 < second <= wall2 * 1.05 + 1  # the second window does not carry the first one's time
     assert empty == 0.0
