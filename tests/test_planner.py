@@ -197,7 +197,7 @@ def test_best_plan_round_trips_through_gen_config_and_validate(tmp_path):
 
 
 def test_moe_inference_too_big_for_autotp_is_sharded_by_zero3():
-    """AutoTP keeps Qwen3-235B-A22B's routed experts whole (~440 GiB per GPU at any TP); ZeRO-3 shards them
+    """AutoTP keeps Qwen3-235B-A22B's routed experts whole (423 GiB of bf16 on every GPU at any TP); ZeRO-3 shards them
     over the 8 H200s and beats streaming them from CPU. A dense model that fits still prefers plain replicas or AutoTP."""
     c, w = Cluster(get_gpu("H200"), 1, 8), Workload(mode="infer", seq_len=4096, new_tokens=512)
     base, cons = dataclasses.replace(BASE, zero_stage=0, micro_batch=8), Constraints(fixed={"micro_batch": 8})
