@@ -242,3 +242,23 @@ def test_zero3_units_are_what_the_estimator_counts(model, hostfile, tmp_path):
     if spec.n_moe_layers:
         block = sum(n for module, n in layer_tensors(spec, 0) if module.startswith("mlp"))
         assert block in gathered
+
+
+@pytest.mark.parametrize("zero,precision", [(3, "fp32"), (2, "fp32"), (3, "bf16")])
+def test_optimizer_states_are_what_the_estimator_counts(zero, precision, hostfile, tmp_path):
+    """The fp32 master partition and Adam's m, v that DeepSpeed's ZeRO optimizer holds on a rank equal the
+    estimator's terms; fp32 training too keeps a cloned master partition (not the params themselves)."""
+    cfg = tmp_path / "cfg"
+    p = qwen_ds("gen-config", "-m", "tiny-qwen3", "-g", "H100-SXM", "--hostfile", str(hostfile), "--zero", str(zero),
+                "--micro-batch", "2", "--grad-accum", "1", "--no-checkpointing", "--offload-optimizer", "none",
+                "--offload-param", "none", "--tp", "1", "--pp", "1", "--seq-len", "64", "--precision", precision, "-o", str(cfg))
+    assert p.returncode == 0, p.stderr
+    p = qwen_ds("launch", "--hostfile", str(hostfile), "--config", str(cfg / "ds_config.json"), "--master-port", "auto",
+                "--run-dir", str(tmp_path / "run"), str(ROOT / "tests" / "launch_scripts" / "optimizer_states.py"),
+                "--config", str(cfg / "ds_config.json"), "--model", "tiny-qwen3")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    got = json.loads(next(ln for ln in p.stdout.splitlines() if "STATES " in ln).split("STATES ", 1)[1])
+    terms = json.loads((cfg / "plan.json").read_text())["memory"]["terms"]
+    assert got["master"] * 4 == terms["master_weights_fp32"] > 0
+    assert got["states"] * 4 == terms["optimizer_states"]
+    assert got["master_aliases_params"] is False

@@ -3,7 +3,7 @@
 M = parameters one model-parallel rank owns (Layout.params_per_mp_rank), D = data-parallel degree.
 Bytes per parameter (ZeRO paper, arXiv 1910.02054 §3; DeepSpeed `estimate_zero{2,3}_model_states_mem_needs`):
 16-bit params 2, 16-bit grads 2, fp32 master 4, Adam m and v 4+4; fp32 training: params 4, grads 4,
-Adam 8, no master copy. FP8 compute keeps bf16 model states (TE / torchao keep bf16 masters).
+Adam 8, and under ZeRO >= 1 still a cloned fp32 master partition 4 (measured on CPU). FP8 compute keeps bf16 model states (TE / torchao keep bf16 masters).
 Partitioning: ZeRO-1 optimizer states + master, ZeRO-2 also grads, ZeRO-3 also params.
 Read from DeepSpeed 0.19.8: stage 0 bf16 (grad_accum_dtype = model dtype) -> FP16_Optimizer with an
 fp32 flat master copy; stage 1/2 -> stage_1_and_2.py (fp32 partition, fp32 grad partition made in
@@ -62,9 +62,12 @@ def _opt_partition(lay: Layout, plan: Plan) -> int:
 
 
 def master_weights(lay: Layout, plan: Plan) -> Term:
-    """fp32 master copy 4·M (/D with ZeRO >= 1); none for fp32 training; on CPU when offloaded."""
-    if plan.precision == "fp32":
-        return Term("master_weights_fp32", 0, "persistent", "fp32 training: params are the master copy")
+    """fp32 master copy 4·M (/D with ZeRO >= 1); on CPU when offloaded. fp32 training keeps one too
+    under ZeRO >= 1: DeepSpeed's ZeRO optimizers clone the fp32 partition (stage3.py
+    fp32_partitioned_groups_flat, stage_1_and_2.py single_partition_of_fp32_groups), measured not to
+    alias the params on CPU; only ZeRO-0 fp32 steps the params themselves."""
+    if plan.precision == "fp32" and plan.zero_stage == 0:
+        return Term("master_weights_fp32", 0, "persistent", "fp32 ZeRO-0: the optimizer steps the params themselves")
     if plan.offload_optimizer != "none":
         return Term("master_weights_fp32", 0, "persistent", f"on {plan.offload_optimizer} (offload_optimizer)")
     n = _opt_partition(lay, plan)
