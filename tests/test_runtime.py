@@ -220,6 +220,11 @@ def test_chunked_loss_gathers_the_head_once_per_micro_step(hostfile, tmp_path):
     assert g["chunked"][0] <= g["hf"][0] + 4, g  # small buckets may coalesce differently, nothing per chunk
 
 
+def zero_probe_result(stdout: str) -> dict:
+    """The ZERO line tests/launch_scripts/zero_probe.py prints on rank 0."""
+    return json.loads(next(ln for ln in stdout.splitlines() if "ZERO " in ln).split("ZERO ", 1)[1])
+
+
 @pytest.mark.parametrize("model", ["tiny-qwen3", "tiny-qwen3-moe"])
 def test_zero3_units_are_what_the_estimator_counts(model, hostfile, tmp_path):
     """Two ZeRO-3 terms against DeepSpeed itself: the parameters it keeps persistent (ds_persist) equal
@@ -230,10 +235,10 @@ def test_zero3_units_are_what_the_estimator_counts(model, hostfile, tmp_path):
 
     cfg = gen_train_config(model, hostfile, tmp_path / "cfg")
     p = qwen_ds("launch", "--hostfile", str(hostfile), "--config", str(cfg / "ds_config.json"), "--master-port", "auto",
-                "--run-dir", str(tmp_path / "run"), str(ROOT / "tests" / "launch_scripts" / "zero3_units.py"),
+                "--run-dir", str(tmp_path / "run"), str(ROOT / "tests" / "launch_scripts" / "zero_probe.py"),
                 "--config", str(cfg / "ds_config.json"), "--model", model)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    got = json.loads(next(ln for ln in p.stdout.splitlines() if "UNITS " in ln).split("UNITS ", 1)[1])
+    got = zero_probe_result(p.stdout)
     spec = load_model(model)
     thr = json.loads((cfg / "ds_config.json").read_text())["zero_optimization"]["stage3_param_persistence_threshold"]
     assert got["persist"] == persistent_params(spec, thr)
@@ -254,10 +259,10 @@ def test_optimizer_states_are_what_the_estimator_counts(zero, precision, hostfil
                 "--offload-param", "none", "--tp", "1", "--pp", "1", "--seq-len", "64", "--precision", precision, "-o", str(cfg))
     assert p.returncode == 0, p.stderr
     p = qwen_ds("launch", "--hostfile", str(hostfile), "--config", str(cfg / "ds_config.json"), "--master-port", "auto",
-                "--run-dir", str(tmp_path / "run"), str(ROOT / "tests" / "launch_scripts" / "optimizer_states.py"),
+                "--run-dir", str(tmp_path / "run"), str(ROOT / "tests" / "launch_scripts" / "zero_probe.py"),
                 "--config", str(cfg / "ds_config.json"), "--model", "tiny-qwen3")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    got = json.loads(next(ln for ln in p.stdout.splitlines() if "STATES " in ln).split("STATES ", 1)[1])
+    got = zero_probe_result(p.stdout)
     terms = json.loads((cfg / "plan.json").read_text())["memory"]["terms"]
     assert got["master"] * 4 == terms["master_weights_fp32"] > 0
     assert got["states"] * 4 == terms["optimizer_states"]
