@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -11,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from qwen_ds.cli import main
 from qwen_ds.render import default_template_dir
 from qwen_ds.validate import is_inference_config
+
+from helpers import run_cli, walk
 
 CLUSTER = ["--nodes", "2", "--gpus-per-node", "8"]
 #: every plan knob pinned, so the planner leaves the plan alone (later flags override these: click keeps the last)
@@ -22,33 +21,12 @@ PIN = ["--zero", "3", "--offload-optimizer", "none", "--offload-param", "none", 
 BASE = ["gen-config", "-m", "Qwen3-8B", "-g", "H100-SXM", *CLUSTER, *PIN]
 
 
-def run_cli(*args: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    rc = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(list(args))
-        except SystemExit as exc:
-            rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    return rc, out.getvalue(), err.getvalue()
-
-
 def gen(out: Path, *extra: str, base=BASE) -> tuple[int, str, str]:
     return run_cli(*base, "-o", str(out), *extra)
 
 
 def load(out: Path) -> tuple[dict, dict]:
     return json.loads((out / "ds_config.json").read_text()), json.loads((out / "plan.json").read_text())
-
-
-def walk(value, path="$"):
-    yield path, value
-    if isinstance(value, dict):
-        for k, v in value.items():
-            yield from walk(v, f"{path}.{k}")
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            yield from walk(v, f"{path}[{i}]")
 
 
 def nothing_written(out: Path) -> bool:

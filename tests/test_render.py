@@ -23,6 +23,8 @@ from qwen_ds.render import (ConfigOptions, apply_override, default_template_dir,
                             render_context, render_text, template_name)
 from qwen_ds.validate import Context, is_inference_config, validate_config
 
+from helpers import walk
+
 MODEL = "Qwen3-8B"  # hidden 4096: h*h = 16777216, int(0.9*h*h) = 15099494, 10*h = 40960
 NODES, GPN = 2, 8
 WORLD = NODES * GPN
@@ -30,16 +32,6 @@ NVME = "/local_nvme/ds"
 
 INT_KEYS = ("reduce_bucket_size", "allgather_bucket_size", "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold",
             "stage3_max_live_parameters", "stage3_max_reuse_distance", "sub_group_size")
-
-
-def _walk(value, path="$"):
-    yield path, value
-    if isinstance(value, dict):
-        for k, v in value.items():
-            yield from _walk(v, f"{path}.{k}")
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            yield from _walk(v, f"{path}[{i}]")
 
 
 def _train_cases():
@@ -77,7 +69,7 @@ def ds():
 
 def _check_common(cfg, model, cluster, plan, pp=1):
     text = json.dumps(cfg, allow_nan=False)  # plain JSON: no NaN/inf slipped in
-    assert "auto" not in [v for _, v in _walk(cfg)], text
+    assert "auto" not in [v for _, v in walk(cfg)], text
     ctx = Context(world_size=cluster.world_size, gpus_per_node=cluster.gpus_per_node, pp=pp, gpu=cluster.gpu, model=model)
     errors = [p for p in validate_config(cfg, ctx) if p.severity == "error"]
     assert errors == [], errors

@@ -3,8 +3,6 @@ as the extra check, and no torch/deepspeed import in the validate / gen-config p
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import subprocess
@@ -14,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from qwen_ds.cli import main
+from helpers import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -24,17 +22,6 @@ VALID = {"train_batch_size": 16, "train_micro_batch_size_per_gpu": 1, "gradient_
 CLUSTER = ["--nodes", "2", "--gpus-per-node", "8"]
 NEXT_ON_A100 = ["-m", "Qwen3-Next-80B-A3B", "-g", "A100-80GB", *CLUSTER]
 
-
-def run_cli(*args: str) -> tuple[int, str, str]:
-    """qwen_ds.cli.main in this process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    rc = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(list(args))
-        except SystemExit as exc:
-            rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    return rc, out.getvalue(), err.getvalue()
 
 
 def write(tmp_path: Path, cfg, name: str = "ds_config.json") -> str:

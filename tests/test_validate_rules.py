@@ -18,6 +18,8 @@ from qwen_ds.validate.parse import parse_config_text, read_config
 from qwen_ds.validate.rules import RULES
 from qwen_ds.validate.schema import known_top_level_keys
 
+from helpers import walk
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 RULE_FUNCS = {f.__name__: f for f in RULES}
 
@@ -283,21 +285,10 @@ PEER_FIXTURES = ["llamafactory_ds_z0_config.json", "llamafactory_ds_z2_config.js
                  "llamafactory_ds_z3_offload_config.json", "axolotl_zero1.json", "axolotl_zero2.json", "axolotl_zero3_bf16.json"]
 
 
-def _auto_paths(value, path="$"):
-    if value == "auto":
-        yield path
-    if isinstance(value, dict):
-        for k, v in value.items():
-            yield from _auto_paths(v, f"{path}.{k}")
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            yield from _auto_paths(v, f"{path}[{i}]")
-
-
 @pytest.mark.parametrize("name", PEER_FIXTURES)
 def test_peer_config_every_auto_reported(name):
     config = read_config(FIXTURES / name)
-    expected = set(_auto_paths(config))
+    expected = {p for p, v in walk(config) if v == "auto"}
     assert len(expected) >= 4  # the four batch / clipping keys at least
     found = validate_config(config, Context(model=load_model("Qwen3-8B")))
     auto = [p for p in found if p.rule == "auto"]
