@@ -41,8 +41,9 @@ def layout(model: ModelSpec, cluster: Cluster, plan: Plan) -> Layout:
         raise InputError(f"--tp {tp} exceeds --gpus-per-node {cluster.gpus_per_node}; keep tensor parallelism inside a node")
     if model.num_heads % tp:
         raise InputError(f"--tp {tp} does not divide the {model.num_heads} attention heads of {model.name}; choose a divisor")
-    if tp > 1 and autotp_unsupported(model):
-        raise InputError(f"--tp {tp}: {autotp_unsupported(model)}")
+    why = autotp_unsupported(model) if tp > 1 else None
+    if why:
+        raise InputError(f"--tp {tp}: {why}")
     if plan.hpz_partition_size > 1 and world % plan.hpz_partition_size:
         raise InputError(f"--hpz {plan.hpz_partition_size} does not divide the {world} GPUs; use a divisor (usually --gpus-per-node)")
     if model.num_layers % pp:

@@ -190,26 +190,30 @@ def _largest_gathered(s: ModelSpec) -> tuple[int, str]:
 FP8_KEEP_BF16 = ("lm_head", "mlp.gate", "router", "shared_expert_gate")
 
 
+def linear_projection(module_path: str) -> bool:
+    """A decoder layer's nn.Linear projection (q/k/v/o, gate/up/down, shared expert, in_proj_qkvz/ba,
+    out_proj). Routed experts are fused 3-D tensors in transformers 5, not nn.Linear; routers, norms
+    and conv1d are no projections."""
+    return "proj" in module_path.rsplit(".", 1)[-1] and "experts" not in module_path.split(".")
+
+
 def fp8_converts(module_path: str) -> bool:
-    """Whether the FP8 runtime runs this Linear in float8: every projection (q/k/v/o, gate/up/down,
-    in_proj_qkvz/ba, out_proj, shared expert) but the ones of FP8_KEEP_BF16. Routed experts are fused
-    3-D tensors in transformers 5, not nn.Linear: torchao leaves them (and so their FLOPs) in bf16."""
-    return "proj" in module_path.rsplit(".", 1)[-1] and not module_path.endswith(FP8_KEEP_BF16)
+    """Whether the FP8 runtime runs this Linear in float8: every projection but the ones of
+    FP8_KEEP_BF16; torchao leaves the routed experts (and so their FLOPs) in bf16."""
+    return linear_projection(module_path) and not module_path.endswith(FP8_KEEP_BF16)
 
 
 def fp8_matmul_params(s: ModelSpec) -> int:
     """Parameters per token whose matmuls the FP8 runtime runs in float8 (see fp8_converts)."""
-    return sum(n for i in range(s.num_layers) for module, n in layer_tensors(s, i)
-               if "experts" not in module.split(".") and fp8_converts(module))
+    return sum(n for i in range(s.num_layers) for module, n in layer_tensors(s, i) if fp8_converts(module))
 
 
 def autotp_shards(module_path: str) -> bool:
     """Whether DeepSpeed's AutoTP (0.19.8, inference and training) splits this tensor over the TP ranks:
-    the Linear projections (q/k/v/o, gate/up/down, shared expert, GDN in/out projections) with their
-    biases. Embedding, lm_head, norms, MoE routers and the routed experts (fused 3-D tensors in
-    transformers 5, not nn.Linear) stay whole on every rank: measured on CPU with init_inference
-    (tests/test_runtime.py), e.g. tiny Qwen3-MoE TP 2 keeps all 98,304 expert weights per rank."""
-    return "proj" in module_path.rsplit(".", 1)[-1] and "experts" not in module_path.split(".")
+    the Linear projections with their biases. Embedding, lm_head, norms, MoE routers and the routed
+    experts stay whole on every rank: measured on CPU with init_inference (tests/test_runtime.py),
+    e.g. tiny Qwen3-MoE TP 2 keeps all 98,304 expert weights per rank."""
+    return linear_projection(module_path)
 
 
 def autotp_sharded_params(s: ModelSpec, layers: tuple[int, ...] | None = None) -> int:
