@@ -1,22 +1,29 @@
-"""DeepSpeed hostfiles: parse with DeepSpeed's rules (runner.py `_parse_hostfile`) plus ours.
+r"""DeepSpeed hostfiles: parse with DeepSpeed's rules (runner.py `_parse_hostfile`) plus ours.
 
-DeepSpeed: one `host slots=N` per line, blank lines and lines starting with `#` skipped, duplicate
-hosts and files without entries are errors, line order = node rank. Ours, on top: host names from
-a safe character set (nothing a shell would interpret: the runner pastes them into pdsh/ssh
-command lines), slots > 0, only a `# comment` may follow the slots, and the error names the file,
-the line and the fix.
+DeepSpeed 0.19 reads the file in text mode (`open(path, 'r').readlines()`: locale encoding, universal
+newlines, so `\n`, `\r\n` and a lone `\r` end a line and nothing else does), strips each line, skips
+blank lines and lines starting with `#`, takes `re.search(r'^(\S+)\s+slots=(\d+)', line)` and ignores
+the rest of the line; a repeated host or a file without entries is an error; line order = node rank.
+We read and split the same way and match the same pattern, so every file we accept gives DeepSpeed
+the same (host, slots) list; our rules on top only refuse, each naming the file, the line and the
+fix: host names from a safe character set (nothing a shell would interpret: the runner pastes them
+into pdsh/ssh command lines), 1 <= slots <= MAX_SLOTS in ASCII digits, only a `# comment` after the
+slots, and one line per machine (host names ignore case and `user@`).
 """
 
 from __future__ import annotations
 
+import io
+import locale
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError, one_line
 
-_LINE = re.compile(r"^(?P<host>\S+)\s+slots=(?P<slots>\d+)\s*(?P<rest>.*)$")
+_DS_ENTRY = re.compile(r"^(\S+)\s+slots=(\d+)")  # DeepSpeed's own pattern, used with the same re.search
 _HOST = re.compile(r"^(?:[A-Za-z0-9_][A-Za-z0-9._-]*@)?[A-Za-z0-9][A-Za-z0-9._-]*$")
+MAX_SLOTS = 1024  # slots = ranks per node; the largest nodes have 8-16 accelerators, CPU-only runs a few hundred cores
 
 
 @dataclass(frozen=True)
@@ -56,44 +63,88 @@ class Hostfile:
         return self.nodes == 1
 
 
-def parse_hostfile_text(text: str, path: str = "<hostfile>") -> Hostfile:
+def _show(text: str, limit: int = 60) -> str:
+    """A value for an error message: one line, and a giant value cut to its start and length."""
+    text = one_line(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _slots(digits: str, where: str) -> int:
+    """DeepSpeed's int(slots), refused when absurd. The length is checked first: int() of a digit
+    string is quadratic in its length and raises ValueError past 4300 digits."""
+    if not digits.isascii():
+        raise InputError(f"{where}: slots={_show(digits)!r} has non-ASCII digits; write the number with 0-9")
+    value = int(digits) if len(digits.lstrip("0")) <= len(str(MAX_SLOTS)) else MAX_SLOTS + 1
+    if value > MAX_SLOTS:
+        raise InputError(f"{where}: slots={_show(digits)} is more than {MAX_SLOTS}, more GPUs than any node has; "
+                         "give the node's GPU count")
+    if value == 0:
+        raise InputError(f"{where}: slots=0; give the number of GPUs (>= 1) or remove the line")
+    return value
+
+
+def _why(after_slots: str) -> str:
+    """Name the whitespace that str.splitlines() breaks on but a text-mode readlines() does not (\\f, U+2028...)."""
+    odd = [ch for ch in after_slots[: len(after_slots) - len(after_slots.lstrip())] if ch not in " \t"]
+    return f" ({ascii(odd[0])} is not a line break for DeepSpeed; end each line with a newline)" if odd else ""
+
+
+def _machine(host: str) -> str:
+    """What a host name resolves to: DNS ignores case and ssh's user@ picks a login, not a machine."""
+    return host.rpartition("@")[2].lower()
+
+
+def parse_hostfile_lines(lines: list[str], path: str = "<hostfile>") -> Hostfile:
+    """Lines as DeepSpeed's fetch_hostfile gets them from readlines(); numbered from 1."""
     hosts: list[Host] = []
-    seen: dict[str, int] = {}
-    for lineno, raw in enumerate(text.splitlines(), start=1):
+    seen: dict[str, Host] = {}
+    for lineno, raw in enumerate(lines, start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         where = f"{path} line {lineno}"
-        m = _LINE.match(line)
+        m = _DS_ENTRY.search(line)
         if not m:
-            raise InputError(f"{where}: {one_line(line)!r} is not 'HOST slots=N' (no spaces around '='); fix that line")
-        host, slots, rest = m.group("host"), int(m.group("slots")), m.group("rest")
+            raise InputError(f"{where}: {_show(line)!r} is not 'HOST slots=N' (no spaces around '='); fix that line")
+        host, rest = m.group(1), line[m.end():].lstrip()
         if rest and not rest.startswith("#"):
-            raise InputError(f"{where}: unexpected {one_line(rest)!r} after slots=; only a '# comment' may follow")
+            raise InputError(f"{where}: unexpected {_show(rest)!r} after slots=, which DeepSpeed ignores"
+                             f"{_why(line[m.end():])}; only a '# comment' may follow")
         if not _HOST.match(host):
             raise InputError(
-                f"{where}: host name {one_line(host)!r} has characters outside [A-Za-z0-9._-] (optionally user@); "
+                f"{where}: host name {_show(host)!r} has characters outside [A-Za-z0-9._-] (optionally user@); "
                 "use the plain host name or IP"
             )
-        if slots == 0:
-            raise InputError(f"{where}: {host} has slots=0; give the number of GPUs (>= 1) or remove the line")
-        if host in seen:
-            raise InputError(f"{where}: {host} is listed again (first on line {seen[host]}); keep one line per host")
-        seen[host] = lineno
-        hosts.append(Host(host, slots, lineno))
+        slots, machine = _slots(m.group(2), where), _machine(host)
+        if machine in seen:
+            first = seen[machine]
+            raise InputError(f"{where}: {_show(host)} is listed again: same machine as {_show(first.name)} on line "
+                             f"{first.line} (host names ignore case and user@); keep one line per host")
+        seen[machine] = Host(host, slots, lineno)
+        hosts.append(seen[machine])
     if not hosts:
         raise InputError(f"{path}: no 'HOST slots=N' entries; add one line per node, e.g. 'localhost slots=2'")
     return Hostfile(path, tuple(hosts))
 
 
+def parse_hostfile_text(text: str, path: str = "<hostfile>") -> Hostfile:
+    """``text`` split as a text-mode file's readlines() splits it (universal newlines, nothing else)."""
+    return parse_hostfile_lines(io.StringIO(text, newline=None).readlines(), path)
+
+
 def read_hostfile(path: str | Path) -> Hostfile:
-    p = Path(path)
+    """Read as DeepSpeed's fetch_hostfile does (text mode, locale encoding), so the same bytes give the same lines."""
+    encoding = locale.getpreferredencoding(False)
     try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
+        with open(path, "r", encoding=encoding) as fh:
+            lines = fh.readlines()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
         raise InputError(f"--hostfile {one_line(path)}: cannot read it ({one_line(reason)}); pass a readable hostfile") from None
-    return parse_hostfile_text(text, str(path))
+    except UnicodeDecodeError as exc:
+        raise InputError(f"--hostfile {one_line(path)}: not {encoding} text (byte {exc.object[exc.start]:#04x} at offset "
+                         f"{exc.start}), which DeepSpeed cannot read either; save it as {encoding}") from None
+    return parse_hostfile_lines(lines, str(path))
 
 
 def expand_slurm_nodelist(nodelist: str) -> list[str]:

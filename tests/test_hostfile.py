@@ -1,5 +1,6 @@
 """Hostfile parsing: DeepSpeed's rules plus ours, each error naming file and line."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,53 @@ def test_from_slurm_cli_env_and_no_overwrite(tmp_path):
     assert p.returncode == 2 and "--force" in p.stderr and out.read_text() == "gpu01 slots=4\ngpu02 slots=4\n"
     p = cli("hostfile", "from-slurm", "--gpus-per-node", "2", env={k: v for k, v in os.environ.items() if not k.startswith("SLURM")})
     assert p.returncode == 2 and "SLURM_JOB_NODELIST" in p.stderr
+
+
+# ------------------------------------------------------------ issue #11 section 6: lines, machines, slots
+from helpers import run_cli  # noqa: E402
+
+ODD_BREAKS = ["\f", "\v", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
+
+
+def write(path, text):
+    path.write_bytes(text.encode("utf-8"))  # bytes: no newline translation on the way in
+    return path
+
+
+@pytest.mark.parametrize("odd", ODD_BREAKS)
+def test_lines_end_only_where_deepspeed_ends_them(tmp_path, odd):
+    """DeepSpeed reads 'w0 slots=8<odd>w1 slots=8' as ONE line, host w0 (readlines() breaks on \\n, \\r\\n, \\r only):
+    seeing two hosts would plan and launch a cluster DeepSpeed does not start; we refuse, naming the character."""
+    f = write(tmp_path / "hf", f"w0 slots=8{odd}w1 slots=8\n")
+    with pytest.raises(InputError, match=r"line 1: .*is not a line break for DeepSpeed") as err:
+        read_hostfile(f)
+    assert ascii(odd) in str(err.value) and "\n" not in str(err.value)
+    # the real line breaks still are: \r and \r\n end lines (and count in the line numbers) exactly like \n
+    hf = read_hostfile(write(tmp_path / "ok", f"w0 slots=8\rw1 slots=8\r\n{odd}# c{odd}\nw2 slots=8 #{odd}x\n"))
+    assert [(h.name, h.line) for h in hf.hosts] == [("w0", 1), ("w1", 2), ("w2", 4)]
+
+
+@pytest.mark.parametrize("first,second", [("Node1", "node1"), ("user@node1", "node1"), ("w0", "root@W0"), ("a@x", "b@X")])
+def test_one_machine_on_two_lines_is_refused(first, second):
+    """DNS ignores case and user@ only picks the ssh login: both lines would start ranks on one machine."""
+    with pytest.raises(InputError, match=f"hf line 3: {second} is listed again: same machine as {first} on line 1"):
+        parse_hostfile_text(f"{first} slots=8\n# other\n{second} slots=8\n", "hf")
+
+
+@pytest.mark.parametrize("digits,match", [
+    ("1025", "slots=1025 is more than 1024"),
+    ("100000", "slots=100000 is more than 1024"),
+    ("0" * 20 + "2000", "is more than 1024"),
+    ("9" * 5000, r"slots=9{60}\.\.\. \(5000 characters\) is more than 1024"),  # int() raises past 4300 digits
+    ("\u0668", "non-ASCII digits"),  # Arabic-Indic 8: DeepSpeed's \d and int() take it
+], ids=["1025", "100000", "zero-padded-2000", "5000-digits", "arabic-indic-8"])
+def test_absurd_slots_are_refused_on_one_line(tmp_path, digits, match):
+    rc, out, err = run_cli("hostfile", "check", str(write(tmp_path / "hf", f"w0 slots=1024\nw1 slots={digits}\n")))
+    assert rc == 2 and out == "" and err.count("\n") == 1 and "line 2" in err, err
+    assert re.search(match, err), err
+
+
+def test_a_million_digit_slot_count_is_refused_without_converting_it(tmp_path):
+    rc, _, err = run_cli("hostfile", "check", str(write(tmp_path / "hf", "w0 slots=" + "7" * 1_000_000 + "\n")))
+    assert rc == 2 and len(err) < 300 and "(1000000 characters) is more than 1024" in err, err[:300]
+
