@@ -23,6 +23,8 @@ from .errors import InputError, one_line
 
 _DS_ENTRY = re.compile(r"^(\S+)\s+slots=(\d+)")  # DeepSpeed's own pattern, used with the same re.search
 _HOST = re.compile(r"^(?:[A-Za-z0-9_][A-Za-z0-9._-]*@)?[A-Za-z0-9][A-Za-z0-9._-]*$")
+_NUMBER = re.compile(r"[0-9]{1,9}")  # a Slurm range bound; ASCII, and short enough for int()
+MAX_NODES = 100_000  # a Slurm node list expanding past this is a typo in a range
 MAX_SLOTS = 1024  # slots = ranks per node; the largest nodes have 8-16 accelerators, CPU-only runs a few hundred cores
 
 
@@ -157,14 +159,14 @@ def expand_slurm_nodelist(nodelist: str) -> list[str]:
             elif ch == "]":
                 depth -= 1
                 if depth < 0:
-                    raise InputError(f"SLURM_JOB_NODELIST {one_line(nodelist)!r}: unbalanced ']'")
+                    raise InputError(f"SLURM_JOB_NODELIST {_show(nodelist)!r}: unbalanced ']'")
             if ch == "," and depth == 0:
                 parts.append(cur)
                 cur = ""
             else:
                 cur += ch
         if depth:
-            raise InputError(f"SLURM_JOB_NODELIST {one_line(nodelist)!r}: unbalanced '['")
+            raise InputError(f"SLURM_JOB_NODELIST {_show(nodelist)!r}: unbalanced '['")
         parts.append(cur)
         return [p for p in parts if p]
 
@@ -177,26 +179,30 @@ def expand_slurm_nodelist(nodelist: str) -> list[str]:
         for rng in m.group(1).split(","):
             if "-" in rng:
                 lo, hi = rng.split("-", 1)
-                if not (lo.isdigit() and hi.isdigit()) or int(lo) > int(hi):
-                    raise InputError(f"SLURM_JOB_NODELIST {one_line(nodelist)!r}: bad range {rng!r}")
+                if not (_NUMBER.fullmatch(lo) and _NUMBER.fullmatch(hi)) or int(lo) > int(hi):
+                    raise InputError(f"SLURM_JOB_NODELIST {_show(nodelist)!r}: bad range {_show(rng)!r}")
+                if int(hi) - int(lo) >= MAX_NODES:
+                    raise InputError(f"SLURM_JOB_NODELIST {_show(nodelist)!r}: range {rng} is more than {MAX_NODES} hosts")
                 width = len(lo)
                 vals = [str(v).zfill(width) for v in range(int(lo), int(hi) + 1)]
             else:
                 vals = [rng]
             for v in vals:
                 out.extend(expand(pre + v + post))
+                if len(out) > MAX_NODES:  # checked while expanding: 'a[1-99999]b[1-99999]' must not fill memory
+                    raise InputError(f"SLURM_JOB_NODELIST {_show(nodelist)!r}: more than {MAX_NODES} hosts; check the ranges")
         return out
 
     hosts = [h for item in split_top(nodelist.strip()) for h in expand(item)]
     for h in hosts:
         if not _HOST.match(h):
-            raise InputError(f"SLURM_JOB_NODELIST: host name {one_line(h)!r} has characters outside [A-Za-z0-9._-]")
+            raise InputError(f"SLURM_JOB_NODELIST: host name {_show(h)!r} has characters outside [A-Za-z0-9._-]")
     if not hosts:
         raise InputError("SLURM_JOB_NODELIST is empty; run inside a Slurm allocation or pass --nodelist")
     return hosts
 
 
 def hostfile_text(hosts: list[str], slots: int) -> str:
-    if slots < 1:
-        raise InputError(f"--gpus-per-node {slots}: must be >= 1")
+    if not 1 <= slots <= MAX_SLOTS:
+        raise InputError(f"--gpus-per-node {_show(str(slots))}: give the GPUs per node, 1-{MAX_SLOTS}")
     return "".join(f"{h} slots={slots}\n" for h in hosts)

@@ -163,3 +163,53 @@ def test_a_million_digit_slot_count_is_refused_without_converting_it(tmp_path):
     rc, _, err = run_cli("hostfile", "check", str(write(tmp_path / "hf", "w0 slots=" + "7" * 1_000_000 + "\n")))
     assert rc == 2 and len(err) < 300 and "(1000000 characters) is more than 1024" in err, err[:300]
 
+
+# ------------------------------------------------------------ issue #11 sections 2 and 5: from-slurm -o
+@pytest.fixture
+def slurm(monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "gpu[01-02]")
+    monkeypatch.setenv("SLURM_GPUS_ON_NODE", "4")
+
+
+@pytest.mark.parametrize("target,force,match", [
+    ("afile/x", False, "afile is a file, not a directory"),
+    ("afile/x/y", True, "afile is a file, not a directory"),
+    ("adir", True, "adir is a directory; name a file"),
+])
+def test_from_slurm_output_that_cannot_be_a_file(tmp_path, slurm, target, force, match):
+    (tmp_path / "afile").write_text("keep\n")
+    (tmp_path / "adir").mkdir()
+    rc, out, err = run_cli("hostfile", "from-slurm", "-o", str(tmp_path / target), *(["--force"] if force else []))
+    assert rc == 2 and err.startswith("error: -o ") and err.count("\n") == 1 and match in err, err
+    assert (tmp_path / "afile").read_text() == "keep\n" and not list((tmp_path / "adir").iterdir())
+
+
+def test_from_slurm_keeps_a_dangling_link_without_force(tmp_path, slurm):
+    link = tmp_path / "hostfile"
+    link.symlink_to(tmp_path / "missing")
+    rc, _, err = run_cli("hostfile", "from-slurm", "-o", str(link))
+    assert rc == 2 and "--force" in err and link.is_symlink(), err
+    assert run_cli("hostfile", "from-slurm", "-o", str(link), "--force")[0] == 0
+    assert link.read_text() == "gpu01 slots=4\ngpu02 slots=4\n" and not link.is_symlink()
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc (a directory nobody can create files in)")
+def test_from_slurm_unwritable_directory_is_one_line(slurm):
+    rc, _, err = run_cli("hostfile", "from-slurm", "-o", "/proc/qwen-ds-hostfile")
+    assert rc == 2 and err.startswith("error: -o /proc/qwen-ds-hostfile: cannot write it") and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("args,env,match", [
+    (["--nodelist", "a[1-1000]b[1-1000]"], {}, "more than 100000 hosts"),  # was expanded in full (a[1-99999]b[...] fills memory)
+    (["--nodelist", "a[1-150000]"], {}, "range 1-150000 is more than 100000 hosts"),  # checked before the list is built
+    (["--nodelist", "a[1-" + "9" * 5000 + "]"], {}, "bad range"),  # was int() of 5000 digits: ValueError traceback
+    (["--nodelist", "a[1-\u00b2]"], {}, "bad range"),  # '²'.isdigit() but int('²') raises
+    ([], {"SLURM_GPUS_ON_NODE": "\u00b2"}, "no GPU count"),
+    ([], {"SLURM_GPUS_ON_NODE": "9" * 5000}, "no GPU count"),
+    (["--gpus-per-node", "2000"], {}, "1-1024"),
+], ids=["million-hosts", "150000-range", "5000-digit-range", "superscript-range", "superscript-gpus", "5000-digit-gpus", "2000-gpus"])
+def test_from_slurm_absurd_input_is_one_line(monkeypatch, slurm, args, env, match):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    rc, out, err = run_cli("hostfile", "from-slurm", *args)
+    assert rc == 2 and out == "" and err.count("\n") == 1 and match in err and len(err) < 400, err[:400]

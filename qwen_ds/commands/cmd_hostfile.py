@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import InputError
+from ..errors import InputError, one_line
 from ..fileio import check_writable, write_text_atomic
 from ..format import table
 from ..hostfile import expand_slurm_nodelist, hostfile_text, parse_hostfile_text, read_hostfile
@@ -47,8 +47,9 @@ def from_slurm(nodelist: str | None, gpus_per_node: int | None, output: str, for
     if gpus_per_node is None:
         raw = os.environ.get("SLURM_GPUS_ON_NODE") or os.environ.get("SLURM_GPUS_PER_NODE", "")
         raw = raw.split(":")[-1].split("(")[0]
-        if not raw.isdigit():
-            raise InputError("no GPU count: pass --gpus-per-node (SLURM_GPUS_ON_NODE / SLURM_GPUS_PER_NODE not set)")
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 9):  # 9: int() stays cheap, the range check follows
+            raise InputError(f"no GPU count in SLURM_GPUS_ON_NODE / SLURM_GPUS_PER_NODE ({one_line(raw[:20])!r}); "
+                             "pass --gpus-per-node")
         gpus_per_node = int(raw)
     text = hostfile_text(expand_slurm_nodelist(nodelist), gpus_per_node)
     parse_hostfile_text(text, "generated")  # our own rules hold for what we write
@@ -56,6 +57,23 @@ def from_slurm(nodelist: str | None, gpus_per_node: int | None, output: str, for
         click.echo(text, nl=False)
         return
     out = Path(output)
-    check_writable([out], force)
-    write_text_atomic(out, text)
+    check_output(out, force)
+    try:
+        write_text_atomic(out, text)
+    except OSError as exc:  # a read-only or full file system, a directory we may not write
+        raise InputError(f"-o {one_line(out)}: cannot write it ({one_line(exc.strerror or exc)}); "
+                         "choose a writable path") from None
     click.echo(f"wrote {out}: {text.count(chr(10))} hosts x {gpus_per_node} slots", err=True)
+
+
+def check_output(out: Path, force: bool) -> None:
+    """-o names a file in a directory, and an existing one (a dangling link too) is kept without --force."""
+    if out.is_dir():
+        raise InputError(f"-o {one_line(out)} is a directory; name a file, e.g. -o {one_line(out / 'hostfile')}")
+    parent = next(p for p in out.absolute().parents if p.exists())  # '/' always exists
+    if not parent.is_dir():
+        raise InputError(f"-o {one_line(out)}: {one_line(parent)} is a file, not a directory; choose a path in a directory")
+    if out.is_symlink() and not out.exists() and not force:  # check_writable's exists() misses a dangling link
+        raise InputError(f"-o {one_line(out)} already exists (a dangling symbolic link); pass --force to replace it "
+                         "or choose another -o")
+    check_writable([out], force)
