@@ -16,7 +16,8 @@ import pytest
 from qwen_ds.errors import InputError
 from qwen_ds.hostfile import parse_hostfile_text
 from qwen_ds.launch import LaunchRequest, build
-from qwen_ds.launch.envfile import parse_env_items, read_env_file, write_env_file
+from qwen_ds.launch.envfile import parse_env_items, read_env_file
+from qwen_ds.launch.payload import RankPayload
 from qwen_ds.launch.preflight import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,12 +33,14 @@ def req(hostfile_text="w0 slots=8\nw1 slots=8\n", **kw):
 
 
 def test_dry_run_argv_pdsh():
-    spec = build(req(python="python"))
-    assert list(spec.argv) == [
+    spec = build(req(python="python", env={"A": "1"}))
+    assert list(spec.argv[:-1]) == [
         "python", "-u", "-m", "deepspeed.launcher.runner", "--hostfile", "hf", "--master_addr", "w0", "--master_port", "29500",
-        "--launcher", "pdsh", "--module", "qwen_ds.launch.rank", "--run-dir", "/runs/x", "--kind", "builtin",
-        "--target", "qwen_ds.runtime.train", "--", "--config", "ds.json", "--plan", "plan.json", "--steps", "5"]
-    assert spec.env_file is not None and not spec.local
+        "--launcher", "pdsh", "--module", "qwen_ds.launch.rank", "--payload"]
+    assert RankPayload.decode(spec.argv[-1]) == RankPayload(
+        run_dir="/runs/x", kind="builtin", target="qwen_ds.runtime.train",
+        args=("--config", "ds.json", "--plan", "plan.json", "--steps", "5"), env={"A": "1"})
+    assert not spec.local and spec.resources == {"w0": list(range(8)), "w1": list(range(8))}
 
 
 @pytest.mark.parametrize("launcher", ["openmpi", "mvapich", "slurm"])
@@ -53,8 +56,9 @@ def test_dry_run_argv_single_host_and_no_ssh():
     spec = build(req("localhost slots=2\n", entry=("-m", "my.mod", "--x", "1"), python="python", plan=None))
     argv = list(spec.argv)
     assert "--no_ssh_check" in argv and argv[argv.index("--master_addr") + 1] == "127.0.0.1" and "--launcher" not in argv
-    assert argv[-7:] == ["--kind", "module", "--target", "my.mod", "--", "--x", "1"]
-    assert spec.local and spec.env_file is None
+    job = RankPayload.decode(argv[-1])
+    assert argv[-2] == "--payload" and (job.kind, job.target, job.args) == ("module", "my.mod", ("--x", "1"))
+    assert spec.local
     spec = build(req(launcher="no-ssh", node_rank=1, python="python", entry=("s.py",)))
     argv = list(spec.argv)
     assert argv[argv.index("--node_rank") + 1] == "1" and "--no_ssh" in argv and spec.local
@@ -105,23 +109,31 @@ def test_unequal_slots_refused_for_mvapich_and_slurm():
         build(req("a slots=8\nb slots=4\n", launcher="slurm"))
 
 
-@pytest.mark.parametrize("item,match", [("A=1\nB=2", "newline"), ("1A=x", "variable name"), ("A B=x", "variable name"),
-                                        ("noequals", "KEY=VALUE"), ("A=x\rB=y", "newline")])
-def test_env_values_cannot_inject_lines(item, match):
+@pytest.mark.parametrize("item,match", [("1A=x", "variable name"), ("A B=x", "variable name"), ("noequals", "KEY=VALUE"),
+                                        ("A\nB=x", "variable name"), ("RANK=3", "set per rank by DeepSpeed"),
+                                        ("CUDA_VISIBLE_DEVICES=0", "--include"), ("A=x\0y", "NUL"),
+                                        ("A=\udcff\udcfe", "not valid UTF-8")])
+def test_env_items_refused(item, match):
     with pytest.raises(InputError, match=match):
         parse_env_items([item])
 
 
-def test_deepspeed_env_merge_backs_up_and_never_writes_blank_lines(tmp_path):
+def test_env_values_are_kept_byte_for_byte():
+    values = ["a\nb", "x\ry", "$(id)", "`id`", "a\"b'c", " sp ", "\x0b\x0c\x1c\x85\u2028", "", "=="]
+    got = parse_env_items([f"V{i}={v}" for i, v in enumerate(values)])
+    assert list(got.values()) == values
+    job = RankPayload(run_dir="/r", kind="script", target="s.py", args=tuple(values), env=got)
+    token = job.encode()
+    assert set(token) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=")
+    assert RankPayload.decode(token) == job
+
+
+def test_deepspeed_env_is_read_as_deepspeed_reads_it(tmp_path):
     f = tmp_path / ".deepspeed_env"
-    f.write_text("NCCL_SOCKET_IFNAME=ib0\nKEEP=1\n")
-    backup, changed = write_env_file(f, {"NCCL_SOCKET_IFNAME": "eth0", "NEW": "a b"})
-    assert changed == ["NCCL_SOCKET_IFNAME"] and backup and backup.read_text() == "NCCL_SOCKET_IFNAME=ib0\nKEEP=1\n"
-    text = f.read_text()
-    assert read_env_file(f) == {"NCCL_SOCKET_IFNAME": "eth0", "KEEP": "1", "NEW": "a b"}
-    assert all(line and "=" in line for line in text.splitlines()) and not text.startswith("\n")
+    f.write_bytes(b"A= 1 \r\nB=x\x0by\x0cz\nC=a=b\rD=\xc2\x85\n")
+    assert read_env_file(f) == {"A": "1", "B": "x\x0by\x0cz", "C": "a=b", "D": ""}  # str.strip() drops U+0085
     f.write_text("A=1\n\nB=2\n")
-    with pytest.raises(InputError, match="blank line"):
+    with pytest.raises(InputError, match="line 2: blank line"):
         read_env_file(f)
 
 
@@ -271,15 +283,19 @@ def test_preflight_refuses_before_starting(tiny_config, tmp_path):
     assert p.returncode == 2 and "missing_script.py does not exist" in p.stderr
 
 
-def test_dry_run_prints_command_and_env_file(tiny_config):
+def test_dry_run_prints_command_env_and_remote_command(tiny_config, tmp_path):
     p = subprocess.run([PY, "-m", "qwen_ds.cli", "launch", "--hostfile", str(ROOT / "hostfiles" / "a100-2x8"), "--config",
-                        str(tiny_config / "ds_config.json"), "--env", "NCCL_SOCKET_IFNAME=ib0", "--dry-run", "train"],
-                       capture_output=True, text=True)
+                        str(tiny_config / "ds_config.json"), "--env", "NCCL_SOCKET_IFNAME=ib0", "--env", "S=a b", "--dry-run",
+                        "train"], capture_output=True, text=True, cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
     argv = shlex.split(lines[1])
-    assert argv[argv.index("--launcher") + 1] == "pdsh" and "qwen_ds.runtime.train" in argv
-    assert "NCCL_SOCKET_IFNAME=ib0" in lines[lines.index("# .deepspeed_env (merged into ./.deepspeed_env, old file backed up)") + 1:]
+    assert argv[argv.index("--launcher") + 1] == "pdsh" and RankPayload.decode(argv[-1]).target == "qwen_ds.runtime.train"
+    env = lines[lines.index("# environment set in every rank (shell-quoted)") + 1:]
+    assert "NCCL_SOCKET_IFNAME=ib0" in env and "S='a b'" in env
+    remote = lines[lines.index("# remote command: what pdsh hands each node's shell (pdsh replaces %n with the node's rank)") + 1]
+    assert f"cd {tmp_path};" in remote and remote.endswith(f"--module qwen_ds.launch.rank --payload {argv[-1]}")
+    assert not (tmp_path / ".deepspeed_env").exists()
 
 
 def test_first_failure_names_the_earliest_failed_rank():

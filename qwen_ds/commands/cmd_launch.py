@@ -10,11 +10,47 @@ from pathlib import Path
 
 import click
 
-from ..errors import EXIT_BAD_INPUT
+from ..errors import EXIT_BAD_INPUT, InputError
 from ..hostfile import read_hostfile
-from ..launch import LAUNCHERS, LaunchRequest, build
+from ..launch import LAUNCHERS, LaunchRequest, LaunchSpec, build
 from ..launch.build import parse_master_port
-from ..launch.envfile import env_file_text, parse_env_items, rank_env, write_env_file
+from ..launch.envfile import parse_env_items, rank_env
+from ..launch.payload import FLAG
+from ..launch.remote import deepspeed_exports, home_dir, pdsh_remote_command, remote_problems
+
+
+def remote_command(req: LaunchRequest, spec: LaunchSpec) -> str | None:
+    """On DeepSpeed's multi-node path: refuse (InputError) anything it would paste into a remote shell
+    or an MPI / Slurm argument that would not arrive byte for byte; for pdsh, the exact string each
+    node's shell runs. None on the local paths (no shell involved)."""
+    if spec.local:
+        return None
+    cwd, environ = os.getcwd(), dict(os.environ)
+    exports = deepspeed_exports(environ, cwd, home_dir(environ))
+    problems = remote_problems(req.launcher, exports, cwd, req.python)
+    if problems:
+        more = f" (and {len(problems) - 1} more like it)" if len(problems) > 1 else ""
+        raise InputError(problems[0] + more)
+    if req.launcher != "pdsh":
+        return None
+    return pdsh_remote_command(exports, cwd, req.python, spec.resources, spec.master_addr, req.master_port,
+                               "qwen_ds.launch.rank", [FLAG, spec.payload.encode()])
+
+
+def print_dry_run(spec: LaunchSpec, remote: str | None, problems: list[str], python: str) -> None:
+    job = spec.payload
+    click.echo("# command")
+    click.echo(shlex.join(spec.argv))
+    click.echo(f"# every rank runs (qwen_ds.launch.rank decodes it from {FLAG}; DeepSpeed adds --local_rank)")
+    click.echo(shlex.join([python, "-u"] + (["-m", job.target] if job.kind != "script" else [job.target]) + list(job.args)))
+    click.echo("# environment set in every rank (shell-quoted)")
+    for k, v in sorted(job.env.items()):
+        click.echo(f"{k}={shlex.quote(v)}")
+    if remote is not None:
+        click.echo("# remote command: what pdsh hands each node's shell (pdsh replaces %n with the node's rank)")
+        click.echo(remote)
+    for p in problems:
+        click.echo(f"preflight: {p}", err=True)
 
 
 def expected_ranks(hf, launcher: str, node_rank: int | None, filtered: bool) -> list[int]:
@@ -55,29 +91,17 @@ def command(hostfile, config, plan, launcher, node_rank, include, exclude, maste
                         launcher=launcher, node_rank=node_rank, include=include, exclude=exclude, master_addr=master_addr,
                         master_port=master_port, env=rank_env(user_env))
     spec = build(req)
+    remote = remote_command(req, spec)
     from ..launch.preflight import preflight
 
     problems = preflight(req, spec)
     if dry_run:
-        click.echo("# command")
-        click.echo(shlex.join(spec.argv))
-        click.echo("# environment added for the ranks")
-        for k, v in sorted(spec.env.items()):
-            click.echo(f"{k}={v}")
-        if spec.env_file is not None:
-            click.echo("# .deepspeed_env (merged into ./.deepspeed_env, old file backed up)")
-            click.echo(env_file_text(spec.env_file), nl=False)
-        for p in problems:
-            click.echo(f"preflight: {p}", err=True)
+        print_dry_run(spec, remote, problems, req.python)
         return
     if problems:
         for p in problems:
             click.echo(f"error: preflight: {p}", err=True)
         sys.exit(EXIT_BAD_INPUT)
-    if spec.env_file is not None:
-        backup, changed = write_env_file(Path(".deepspeed_env"), spec.env_file)
-        if backup:
-            click.echo(f"qwen-ds launch: .deepspeed_env merged (changed: {', '.join(changed) or 'none'}); backup at {backup}", err=True)
     from ..launch.run import run
 
     ranks = expected_ranks(hf, launcher, node_rank, bool(include or exclude))

@@ -1,18 +1,22 @@
-"""build(request) -> LaunchSpec(argv, env, env_file): the whole launch as data, no side effects.
+"""build(request) -> LaunchSpec(argv, payload): the whole launch as data, no side effects.
 
 Every rank runs through qwen_ds.launch.rank (a thin wrapper: rank-prefixed output, signal
 forwarding, a status file per rank), started by DeepSpeed's own runner
 (`python -m deepspeed.launcher.runner`): the status files let `launch` tell a finished job from
-one whose launcher died by a signal, which DeepSpeed's runner reports as exit 0.
+one whose launcher died by a signal, which DeepSpeed's runner reports as exit 0. The wrapper's
+job (entry, arguments, environment, run dir) is one shell-inert token (qwen_ds.launch.payload).
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass, field
 
-from ..errors import InputError
+from ..errors import InputError, one_line
 from ..hostfile import Hostfile
+from .payload import FLAG, RankPayload
+from .remote import active_resources
 
 LAUNCHERS = ("pdsh", "openmpi", "mvapich", "slurm", "no-ssh")
 BUILTIN = {"train": "qwen_ds.runtime.train", "infer": "qwen_ds.runtime.infer"}
@@ -39,42 +43,22 @@ class LaunchRequest:
 @dataclass(frozen=True)
 class LaunchSpec:
     argv: tuple[str, ...]
-    env: dict  # added to this process's environment for the runner (local paths)
-    env_file: dict | None  # .deepspeed_env contents (multi-node ssh/MPI paths), else None
-    local: bool  # this host runs the ranks itself (single host or no-ssh)
+    payload: RankPayload  # what every rank runs, with its environment
+    local: bool  # DeepSpeed's runner starts the ranks on this host itself (one active host, or no-ssh)
     master_addr: str
     entry_kind: str  # builtin | module | script
     entry_target: str
+    resources: dict  # host -> slot ids after --include / --exclude (DeepSpeed's world_info)
+
+
+# what a rendezvous address may be: a host name, IPv4 or IPv6 (it is pasted into remote shells)
+MASTER_ADDR = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*)")
 
 
 def selected_slots(hf: Hostfile, include: str | None, exclude: str | None) -> dict[str, int]:
     """Slots per host after DeepSpeed's --include / --exclude filter
     (NODE_SPEC[@NODE_SPEC...], NODE_SPEC = HOST[:SLOT[,SLOT...]])."""
-    slots = {h.name: h.slots for h in hf.hosts}
-
-    def parse(spec: str, flag: str) -> dict[str, list[int] | None]:
-        out: dict[str, list[int] | None] = {}
-        for node in filter(None, spec.split("@")):
-            host, _, ids = node.partition(":")
-            if host not in slots:
-                raise InputError(f"{flag} {spec!r}: host {host!r} is not in {hf.path}")
-            try:
-                picked = [int(i) for i in ids.split(",")] if ids else None
-            except ValueError:
-                raise InputError(f"{flag} {spec!r}: slots are integers, e.g. {host}:0,1") from None
-            if picked and any(not 0 <= i < slots[host] for i in picked):
-                raise InputError(f"{flag} {spec!r}: {host} has slots 0..{slots[host] - 1}")
-            out[host] = picked
-        return out
-
-    if include:
-        return {h: (len(ids) if ids else slots[h]) for h, ids in parse(include, "--include").items()}
-    if exclude:
-        out = dict(slots)
-        for h, ids in parse(exclude, "--exclude").items():
-            out[h] = 0 if ids is None else out[h] - len(set(ids))
-        return {h: n for h, n in out.items() if n > 0}
-    return slots
+    return {h: len(ids) for h, ids in active_resources([(h.name, h.slots) for h in hf.hosts], include, exclude).items()}
 
 
 def resolve_entry(entry: tuple[str, ...], config: str, plan: str | None) -> tuple[str, str, list[str]]:
@@ -126,8 +110,13 @@ def build(req: LaunchRequest) -> LaunchSpec:
     if req.launcher in ("mvapich", "slurm") and not hf.equal_slots:
         raise InputError(f"--launcher {req.launcher} needs the same slots= on every host of {hf.path}")
     kind, target, args = resolve_entry(req.entry, req.config, req.plan)
+    resources = active_resources([(h.name, h.slots) for h in hf.hosts], req.include, req.exclude)
     single = hf.single_host
-    master = req.master_addr or ("127.0.0.1" if single else hf.hosts[0].name.split("@")[-1])
+    master = req.master_addr if req.master_addr is not None else (
+        "127.0.0.1" if single else hf.hosts[0].name.split("@")[-1])
+    if not MASTER_ADDR.fullmatch(master):
+        raise InputError(f"--master-addr {one_line(master)!r}: not a host name or IP address (letters, digits, '.', '-', "
+                         f"or an IPv6 address); it reaches every node's shell under --launcher {req.launcher}")
     argv = [req.python, "-u", "-m", "deepspeed.launcher.runner", "--hostfile", hf.path,
             "--master_addr", master, "--master_port", str(req.master_port)]
     if single:
@@ -140,11 +129,8 @@ def build(req: LaunchRequest) -> LaunchSpec:
         argv += ["--include", req.include]
     if req.exclude:
         argv += ["--exclude", req.exclude]
+    payload = RankPayload(run_dir=req.run_dir, kind=kind, target=target, args=tuple(args), env=dict(req.env))
     # the rank wrapper is the "script"; DeepSpeed adds --local_rank=N after it
-    argv += ["--module", "qwen_ds.launch.rank", "--run-dir", req.run_dir, "--kind", kind, "--target", target, "--"]
-    argv += args
-    local = single or no_ssh
-    env = dict(req.env)
-    env["QWEN_DS_RUN_DIR"] = req.run_dir
-    env_file = None if local else dict(env)
-    return LaunchSpec(tuple(argv), env, env_file, local, master, kind, target)
+    argv += ["--module", "qwen_ds.launch.rank", FLAG, payload.encode()]
+    local = no_ssh or len(resources) == 1  # DeepSpeed's runner goes multi-node only for > 1 active host
+    return LaunchSpec(tuple(argv), payload, local, master, kind, target, resources)

@@ -1,22 +1,21 @@
-"""Environment for the ranks: presets, user --env, and DeepSpeed's `.deepspeed_env` file.
+"""Environment for the ranks: presets and the user's --env (carried in the rank payload), and
+DeepSpeed's own `.deepspeed_env` files read exactly as its runner reads them.
 
-DeepSpeed reads `.deepspeed_env` (in ~ and in the working directory) on its multi-node ssh/MPI
-paths and crashes on blank lines, comments or lines without '=' (reference/deepspeed.md §4.5), so
-the file is written with only KEY=VAL lines, merged with an existing one after a backup.
+qwen-ds never writes `.deepspeed_env`: the file is shared by every launch from the same directory
+(concurrent launches raced on it and lost variables), its values are pasted into remote shells
+(reference/deepspeed.md §4.5), and each merge left a backup of the user's secrets behind. --env
+values travel in the rank payload instead (qwen_ds.launch.payload), byte for byte.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
-import time
 from pathlib import Path
 
 from ..errors import InputError, one_line
-from ..fileio import write_text_atomic
 
-KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 PRESETS = {
     # a failed collective raises instead of hanging until the watchdog timeout
     "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
@@ -24,22 +23,41 @@ PRESETS = {
     "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
     "PYTHONUNBUFFERED": "1",
 }
+# set per rank by DeepSpeed's launch.py (or the MPI / Slurm launcher); a user value would break the job
+LAUNCHER_SET = {
+    "RANK": "--include/--exclude choose the ranks", "LOCAL_RANK": "--include/--exclude choose the ranks",
+    "WORLD_SIZE": "the hostfile's slots give it", "LOCAL_SIZE": "the hostfile's slots give it",
+    "CROSS_RANK": "the hostfile's line order gives it", "CROSS_SIZE": "the hostfile gives it",
+    "MASTER_ADDR": "use --master-addr", "MASTER_PORT": "use --master-port",
+    "CUDA_VISIBLE_DEVICES": "use --include HOST:0,1 (DeepSpeed sets it per node from the hostfile)",
+}
 
 
 def parse_env_items(items: list[str] | tuple[str, ...]) -> dict[str, str]:
-    """--env K=V items. Keys are shell identifiers; values may not contain newlines (they would
-    become extra lines of .deepspeed_env)."""
+    """--env K=V items. Keys are shell identifiers; any UTF-8 value is carried byte for byte (quotes,
+    `$`, backticks, newlines included) except NUL, which no environment can hold."""
     out: dict[str, str] = {}
     for item in items:
         if "=" not in item:
-            raise InputError(f"--env {one_line(item)!r}: expected KEY=VALUE, e.g. --env NCCL_SOCKET_IFNAME=ib0")
+            raise InputError(f"--env {one_line(ascii_safe(item))!r}: expected KEY=VALUE, e.g. --env NCCL_SOCKET_IFNAME=ib0")
         key, value = item.split("=", 1)
-        if not KEY.match(key):
-            raise InputError(f"--env {one_line(key)!r}: a variable name is letters, digits and '_' (not starting with a digit)")
-        if any(c in value for c in "\n\r\0"):
-            raise InputError(f"--env {key}: the value contains a newline or NUL; give a single-line value")
+        if not KEY.fullmatch(key):
+            raise InputError(f"--env {one_line(ascii_safe(key))!r}: a variable name is ASCII letters, digits and '_' "
+                             "(not starting with a digit)")
+        if key in LAUNCHER_SET:
+            raise InputError(f"--env {key}: set per rank by DeepSpeed's launcher; {LAUNCHER_SET[key]}")
+        if ascii_safe(value) != value:
+            raise InputError(f"--env {key}: the value is not valid UTF-8 ({ascii_safe(value)[:60]!r}); give UTF-8 text")
+        if "\0" in value:
+            raise InputError(f"--env {key}: the value contains a NUL byte, which no environment variable can hold")
         out[key] = value
     return out
+
+
+def ascii_safe(text: str) -> str:
+    """``text`` with undecodable bytes (surrogate escapes from a non-UTF-8 argv) shown as \\xNN, so
+    an error message about them can be printed at all."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def deepspeed_arch_list(value: str | None) -> str | None:
@@ -61,34 +79,24 @@ def rank_env(user: dict[str, str], environ: dict[str, str] | None = None) -> dic
     return {**env, **user}
 
 
-def read_env_file(path: Path) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            raise InputError(f"{path} line {n}: blank line; DeepSpeed's .deepspeed_env reader crashes on it: remove it")
+def deepspeed_env_lines(path: Path) -> list[tuple[int, str, str]]:
+    """(line number, key, value) as DeepSpeed 0.19.8's runner reads the file: text mode (so \\r\\n, \\r
+    and \\n end a line, nothing else), `split('=', 1)` per line, the newline kept in the value (its
+    add_export strips both sides later). A line without '=' (a blank line too) crashes DeepSpeed's
+    runner: InputError naming the line."""
+    with open(path, "r") as fd:  # the locale encoding, as DeepSpeed opens it
+        lines = fd.readlines()
+    out = []
+    for n, line in enumerate(lines, 1):
         if "=" not in line:
-            raise InputError(f"{path} line {n}: {one_line(line)!r} has no '='; DeepSpeed expects KEY=VALUE lines only")
-        k, v = line.split("=", 1)
-        out[k.strip()] = v.strip()
+            what = "blank line" if not line.strip() else f"{one_line(line)[:60]!r} has no '='"
+            raise InputError(f"{path} line {n}: {what}; DeepSpeed's runner crashes on it (it expects KEY=VALUE lines only): "
+                             "fix or remove that line")
+        key, value = line.split("=", 1)
+        out.append((n, key, value))
     return out
 
 
-def env_file_text(env: dict[str, str]) -> str:
-    return "".join(f"{k}={v}\n" for k, v in env.items())
-
-
-def write_env_file(path: Path, env: dict[str, str]) -> tuple[Path | None, list[str]]:
-    """Merge ``env`` into ``path``: existing keys kept unless we set them; the old file is backed up.
-    Returns (backup path or None, keys whose value changed)."""
-    merged: dict[str, str] = {}
-    backup = None
-    changed: list[str] = []
-    if path.exists():
-        merged = read_env_file(path)
-        changed = [k for k, v in env.items() if k in merged and merged[k] != v]
-        if changed or any(k not in merged for k in env):
-            backup = path.with_name(f"{path.name}.bak.{time.strftime('%Y%m%d-%H%M%S')}")
-            shutil.copy2(path, backup)
-    merged.update(env)
-    write_text_atomic(path, env_file_text(merged))
-    return backup, changed
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY -> VALUE as DeepSpeed's runner will export them (both sides stripped)."""
+    return {k.strip(): v.strip() for _, k, v in deepspeed_env_lines(path)}

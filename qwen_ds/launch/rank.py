@@ -1,6 +1,7 @@
 """Per-rank wrapper started by DeepSpeed's launcher: runs the real entry as a child, prefixes its
 output with the rank, forwards SIGINT/SIGTERM, and writes run_dir/rank-<R>.json with the exit
-status. `python -m qwen_ds.launch.rank [--local_rank=N] --run-dir D --kind K --target T -- ARGS`
+status. `python -m qwen_ds.launch.rank [--local_rank=N] --payload TOKEN` (qwen_ds.launch.payload: the
+entry, its arguments and the environment, in a form no remote shell or MPI launcher alters).
 """
 
 from __future__ import annotations
@@ -14,24 +15,22 @@ import threading
 import time
 from pathlib import Path
 
+from .payload import FLAG, RankPayload
+
 RANK_VARS = ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID", "MV2_COMM_WORLD_RANK")
 
 
-def _parse(argv: list[str]) -> tuple[str | None, dict[str, str], list[str]]:
-    local_rank = None
-    opts: dict[str, str] = {}
-    i = 0
-    while i < len(argv):
-        a = argv[i]
+def _parse(argv: list[str]) -> tuple[str | None, RankPayload]:
+    """DeepSpeed's launch.py puts --local_rank=N before our arguments; MPI and Slurm pass none."""
+    local_rank, token = None, None
+    for i, a in enumerate(argv):
         if a.startswith("--local_rank="):
             local_rank = a.split("=", 1)[1]
-        elif a in ("--run-dir", "--kind", "--target"):
-            opts[a[2:]] = argv[i + 1]
-            i += 1
-        elif a == "--":
-            return local_rank, opts, argv[i + 1:]
-        i += 1
-    return local_rank, opts, []
+        elif a == FLAG and i + 1 < len(argv):
+            token = argv[i + 1]
+    if token is None:
+        raise SystemExit(f"qwen_ds.launch.rank: missing {FLAG} (start ranks with qwen-ds launch)")
+    return local_rank, RankPayload.decode(token)
 
 
 def _rank() -> str:
@@ -42,15 +41,17 @@ def _rank() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    local_rank, opts, args = _parse(sys.argv[1:] if argv is None else argv)
+    local_rank, job = _parse(sys.argv[1:] if argv is None else argv)
     rank = _rank()
+    # the user's --env and our presets; the launcher's per-rank variables (RANK, LOCAL_RANK, ...) are
+    # never among them (parse_env_items refuses those keys), so nothing DeepSpeed set is overridden
+    os.environ.update(job.env)
     if local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", local_rank)
-    kind, target = opts["kind"], opts["target"]
-    cmd = [sys.executable, "-u"] + (["-m", target] if kind in ("builtin", "module") else [target])
-    if local_rank is not None and kind != "builtin":
+    cmd = [sys.executable, "-u"] + (["-m", job.target] if job.kind in ("builtin", "module") else [job.target])
+    if local_rank is not None and job.kind != "builtin":
         cmd.append(f"--local_rank={local_rank}")  # what DeepSpeed would have passed the script
-    cmd += args
+    cmd += job.args
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0)
 
     def forward(signum, _frame):
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     t.join(timeout=5)
     status = {"rank": int(rank), "local_rank": local_rank, "returncode": rc, "signal": -rc if rc < 0 else None, "pid": child.pid,
               "ended": time.time()}
-    run_dir = Path(opts.get("run-dir") or os.environ.get("QWEN_DS_RUN_DIR", "."))
+    run_dir = Path(job.run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         tmp = run_dir / f".rank-{rank}.json.tmp"

@@ -90,7 +90,10 @@ def run(spec: LaunchSpec, run_dir: Path, expected_ranks: list[int], log=print, o
     run_dir.mkdir(parents=True, exist_ok=True)
     if owns_shm:
         clear_shm_buffers(spec.master_addr, _port(spec))
-    env = {**os.environ, **spec.env}
+    # the ranks' environment travels in the payload; the runner gets ours (what qwen_ds.launch.remote
+    # checked DeepSpeed's exports against) plus a tag no runner exports, which marks this job's local
+    # processes so that tests can prove none outlives it
+    env = {**os.environ, "QWEN_DS_RUN_DIR": spec.payload.run_dir}
     proc = subprocess.Popen(list(spec.argv), env=env, start_new_session=True)
     pgid = proc.pid
     stopping = {"signal": None}
