@@ -137,6 +137,9 @@ def parse_hostfile_text(text: str, path: str = "<hostfile>") -> Hostfile:
 def read_hostfile(path: str | Path) -> Hostfile:
     """Read as DeepSpeed's fetch_hostfile does (text mode, locale encoding), so the same bytes give the same lines."""
     encoding = locale.getpreferredencoding(False)
+    if Path(path).exists() and not Path(path).is_file():  # /dev/zero would fill memory, a FIFO would block
+        raise InputError(f"--hostfile {one_line(path)}: not a regular file (DeepSpeed ignores such a hostfile and runs on "
+                         "this host only); pass a hostfile")
     try:
         with open(path, "r", encoding=encoding) as fh:
             lines = fh.readlines()

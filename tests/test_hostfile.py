@@ -159,6 +159,13 @@ def test_absurd_slots_are_refused_on_one_line(tmp_path, digits, match):
     assert re.search(match, err), err
 
 
+@pytest.mark.skipif(not Path("/dev/null").is_char_device(), reason="needs /dev/null")
+def test_a_device_is_not_a_hostfile():
+    """DeepSpeed's fetch_hostfile skips what os.path.isfile() rejects; reading /dev/zero would fill memory."""
+    with pytest.raises(InputError, match="/dev/null: not a regular file"):
+        read_hostfile("/dev/null")
+
+
 def test_a_million_digit_slot_count_is_refused_without_converting_it(tmp_path):
     rc, _, err = run_cli("hostfile", "check", str(write(tmp_path / "hf", "w0 slots=" + "7" * 1_000_000 + "\n")))
     assert rc == 2 and len(err) < 300 and "(1000000 characters) is more than 1024" in err, err[:300]
