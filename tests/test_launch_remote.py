@@ -167,3 +167,27 @@ def test_mpi_and_slurm_carry_hostile_arguments_in_the_payload(site, launcher):
     ("a,b", "slurm", False), ("a,b", "mvapich", True), ("ünï", "slurm", True), ("", "slurm", True)])
 def test_export_rule_per_backend(value, backend, ok):
     assert (export_problem(Export("K", value, "env"), backend) is None) == ok
+
+
+@pytest.mark.slow
+def test_concurrent_launches_from_one_directory_keep_their_own_env_and_touch_no_file(site):
+    """4 launches at once (they once raced on a shared .deepspeed_env and lost A=1; each left a backup)."""
+    (site["work"] / ".deepspeed_env").write_text("NCCL_KEEP=mine\n")
+    procs = []
+    for i in range(4):
+        out = site["out"] / f"l{i}"
+        out.mkdir()
+        cmd = [PY, "-m", "qwen_ds.cli", "launch", "--hostfile", str(site["work"] / "hostfile"), "--config",
+               str(site["work"] / "ds_config.json"), "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
+               "--run-dir", str(out / "run"), "--env", f"PROBE_OUT={out}", "--env", f"A={i}", "--env", f"SECRET=s{i}$x",
+               PROBE]
+        procs.append(subprocess.Popen(cmd, cwd=site["work"], env=site["env"], stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, outs
+    for i in range(4):
+        for rank in (0, 1):
+            env = json.loads((site["out"] / f"l{i}" / f"rank-{rank}.json").read_text())["env"]
+            assert (env["A"], env["SECRET"], env["NCCL_KEEP"]) == (str(i), f"s{i}$x", "mine")
+    assert sorted(p.name for p in site["work"].iterdir()) == [".deepspeed_env", "ds_config.json", "hostfile"]
+    assert (site["work"] / ".deepspeed_env").read_text() == "NCCL_KEEP=mine\n"
