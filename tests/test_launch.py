@@ -292,7 +292,7 @@ def test_dry_run_prints_command_env_and_remote_command(tiny_config, tmp_path):
     env = lines[lines.index("# environment set in every rank (shell-quoted)") + 1:]
     assert "NCCL_SOCKET_IFNAME=ib0" in env and "S='a b'" in env
     remote = lines[lines.index("# remote command: what pdsh hands each node's shell (pdsh replaces %n with the node's rank)") + 1]
-    assert f"cd {tmp_path};" in remote and remote.endswith(f"--module qwen_ds.launch.rank --payload {argv[-1]}")
+    assert f"cd {tmp_path};" in remote and remote.endswith(f"qwen_ds.launch.rank --payload {argv[-1]}")
     assert not (tmp_path / ".deepspeed_env").exists()
 
 
