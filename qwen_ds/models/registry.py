@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import stat
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ def preset_entry(name: str) -> dict[str, Any] | None:
     if key in presets:
         return presets[key]
     for entry in presets.values():  # also accept the HF id of a preset, e.g. Qwen/Qwen3-8B
-        if entry.get("hf_id", "").lower() == key:
+        if entry.get("hf_id") and entry["hf_id"].lower() == key:  # tiny presets have hf_id "": never match ""
             return entry
     return None
 
@@ -48,9 +49,25 @@ def _read_config(path: Path) -> dict[str, Any]:
         cfg = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InputError(f"{one_line(path)} line {exc.lineno}: malformed JSON ({exc.msg}); fix the file or pass another --model") from None
+    except RecursionError:
+        raise InputError(f"{one_line(path)}: nested too deeply to be a model config; pass a config.json to --model") from None
+    except ValueError as exc:  # e.g. an integer literal longer than Python's digit limit
+        raise InputError(f"{one_line(path)}: {one_line(exc).split(';')[0][:120]}; a config.json holds ordinary numbers") from None
     if not isinstance(cfg, dict):
         raise InputError(f"{one_line(path)}: expected a JSON object with model_type, hidden_size, ...; pass a config.json to --model")
     return cfg
+
+
+def _stat_mode(path: Path, model: str) -> int | None:
+    """st_mode of ``path``, None when it does not exist; a path we may not look at (chmod 000 directory)
+    is an InputError instead of pathlib's PermissionError traceback."""
+    try:
+        return path.stat().st_mode
+    except PermissionError as exc:
+        raise InputError(f"--model {one_line(model)}: cannot read {one_line(path)} ({exc.strerror}); "
+                         "fix its permissions or pass another --model") from None
+    except (OSError, ValueError):  # missing, too long a name, a NUL byte: not a path, maybe a name
+        return None
 
 
 def hf_cache_dirs() -> list[Path]:
@@ -94,16 +111,21 @@ def _with_counts(spec: ModelSpec) -> ModelSpec:
 @lru_cache(maxsize=64)
 def load_model(model: str) -> ModelSpec:
     """Resolve a --model value. Raises InputError with the accepted forms when nothing matches."""
+    if not model.strip():  # e.g. an unset $MODEL in a CI script: never fall back to some preset
+        raise InputError(f"--model {model!r}: empty; give a preset name (qwen-ds models), a config.json path, "
+                         "an HF model directory, or an HF id in the local cache")
     entry = preset_entry(model)
     if entry is not None:
         return _with_counts(spec_from_config(entry["config"], name=entry["name"], source=entry.get("source", "")))
     path = Path(model).expanduser()
-    if path.is_dir():
+    mode = _stat_mode(path, model)
+    if mode is not None and stat.S_ISDIR(mode):
         cfg_path = path / "config.json"
-        if not cfg_path.is_file():
+        if _stat_mode(cfg_path, model) is None:
             raise InputError(f"--model {one_line(model)}: directory has no config.json; pass an HF model directory or a config.json file")
         return _with_counts(spec_from_config(_read_config(cfg_path), name=path.name, source=str(cfg_path)))
-    if path.is_file() or model.endswith(".json"):
+    # anything else that exists goes to the reader, which refuses /dev/zero, FIFOs and oversized files
+    if mode is not None or model.endswith(".json"):
         return _with_counts(spec_from_config(_read_config(path), name=path.stem if path.name != "config.json" else path.parent.name or "model", source=str(path)))
     if model.count("/") == 1 and not model.startswith((".", "/")):
         cfg_path = find_in_hf_cache(model)
