@@ -19,6 +19,7 @@ recomputes one layer at a time in backward.
 from __future__ import annotations
 
 from ..calibration import constant
+from ..models.counts import LayerKind, kind_counts
 from ..models.spec import LINEAR_ATTENTION, MOE, ModelSpec
 from ..plan import Plan
 from .breakdown import Term
@@ -94,15 +95,16 @@ def head_bytes(s: ModelSpec, kernels: str) -> int:
     return norm_bytes(s, kernels) + 2 * s.hidden_size + 16
 
 
-def layer_bytes(s: ModelSpec, i: int, kernels: str) -> tuple[int, int]:
-    """(replicated bytes, TP-splittable bytes) per token of decoder layer i."""
-    if s.layer_types[i] == LINEAR_ATTENTION:
+def layer_bytes(s: ModelSpec, kind: LayerKind, kernels: str) -> tuple[int, int]:
+    """(replicated bytes, TP-splittable bytes) per token of a decoder layer of this (mixer, mlp) kind."""
+    mixer_type, mlp_type = kind
+    if mixer_type == LINEAR_ATTENTION:
         mixer = gated_deltanet_bytes(s, kernels)
     elif s.family == "qwen3_next":
         mixer = gated_attention_bytes(s, kernels)
     else:
         mixer = attention_bytes(s, kernels)
-    mlp = moe_bytes(s, kernels) if s.mlp_types[i] == MOE else dense_mlp_bytes(s, kernels)
+    mlp = moe_bytes(s, kernels) if mlp_type == MOE else dense_mlp_bytes(s, kernels)
     return 2 * norm_bytes(s, kernels), mixer + mlp
 
 
@@ -116,19 +118,23 @@ def activation_terms(s: ModelSpec, lay: Layout, plan: Plan, seq_len: int) -> lis
     tokens = plan.micro_batch * seq_len
     in_flight = min(lay.pp, plan.grad_accum) if lay.pp > 1 else 1
     scale = _scale(plan)
-    per_layer = []
-    for i in lay.stage_layers:
-        rep, split = layer_bytes(s, i, plan.kernels)
-        per_layer.append(rep + -(-split // lay.tp))
+    # per layer kind, times how many layers of the stage have it: no work per layer
+    kinds = kind_counts(s, lay.stage_layers)
+    per_kind = {}
+    for kind in kinds:
+        rep, split = layer_bytes(s, kind, plan.kernels)
+        per_kind[kind] = rep + -(-split // lay.tp)
+    n_layers = sum(kinds.values())
     if plan.checkpointing:
-        kept = 2 * s.hidden_size * len(per_layer) * tokens * in_flight * scale
-        recompute = max(per_layer) * tokens * scale
+        kept = 2 * s.hidden_size * n_layers * tokens * in_flight * scale
+        largest = max(per_kind.values())
         return [
-            Term("activations_checkpoints", kept, "fwd_bwd", f"2h x {len(per_layer)} layers x {tokens:,} tokens x {in_flight} in flight"),
-            Term("activations_recompute", recompute, "recompute", f"one layer {max(per_layer):,} B/token x {tokens:,} tokens"),
+            Term("activations_checkpoints", kept, "fwd_bwd", f"2h x {n_layers} layers x {tokens:,} tokens x {in_flight} in flight"),
+            Term("activations_recompute", largest * tokens * scale, "recompute", f"one layer {largest:,} B/token x {tokens:,} tokens"),
         ]
-    total = sum(per_layer) * tokens * in_flight * scale
-    return [Term("activations", total, "fwd_bwd", f"{sum(per_layer):,} B/token over {len(per_layer)} layers x {tokens:,} tokens x {in_flight} in flight")]
+    per_token = sum(n * per_kind[kind] for kind, n in kinds.items())
+    total = per_token * tokens * in_flight * scale
+    return [Term("activations", total, "fwd_bwd", f"{per_token:,} B/token over {n_layers} layers x {tokens:,} tokens x {in_flight} in flight")]
 
 
 def loss_terms(s: ModelSpec, lay: Layout, plan: Plan, seq_len: int) -> list[Term]:

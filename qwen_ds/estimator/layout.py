@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ..errors import InputError
 from ..hardware import Cluster
-from ..models.counts import ParamCounts, autotp_sharded_params, autotp_unsupported, count_params
+from ..models.counts import ParamCounts, autotp_sharded_params, autotp_unsupported, count_params, layers_params
 from ..models.spec import ModelSpec
 from ..plan import Plan
 
@@ -21,8 +21,8 @@ class Layout:
     params_per_mp_rank: int
     #: decoder layers on the heaviest stage
     layers_per_stage: int
-    #: indexes of the decoder layers of the heaviest stage
-    stage_layers: tuple[int, ...]
+    #: indexes of the decoder layers of the heaviest stage (a range: counted per layer kind, not per layer)
+    stage_layers: range
     first_stage: bool
     last_stage: bool
     #: of params_per_mp_rank, those AutoTP keeps whole on every TP rank
@@ -52,8 +52,8 @@ def layout(model: ModelSpec, cluster: Cluster, plan: Plan) -> Layout:
     per = model.num_layers // pp
     best = None
     for stage in range(pp):
-        idx = tuple(range(stage * per, (stage + 1) * per))
-        n = sum(counts.layers[i].total for i in idx) if counts.layers else counts.total * per // model.num_layers
+        idx = range(stage * per, (stage + 1) * per)
+        n = layers_params(model, idx) if counts.layers else counts.total * per // model.num_layers
         if stage == 0:
             n += counts.embedding
         if stage == pp - 1:

@@ -11,8 +11,11 @@ Im moe_intermediate, Is shared_expert_intermediate, kd = nk*dk, vd = nv*dv, Kc c
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Callable, Iterable
 
 from .spec import LINEAR_ATTENTION, MOE, ModelSpec
 
@@ -90,18 +93,45 @@ def moe_inactive_params(s: ModelSpec) -> int:
     return 3 * (s.num_experts - s.experts_per_token) * s.moe_intermediate_size * s.hidden_size
 
 
-@lru_cache(maxsize=256)
-def layer_tensors(s: ModelSpec, i: int) -> tuple[Tensor, ...]:
-    """Parameter tensors of decoder layer ``i`` (module path relative to the layer)."""
-    if s.layer_types[i] == LINEAR_ATTENTION:
+#: (mixer type, mlp type) of a decoder layer: its parameter tensors depend on nothing else, so every
+#: sum over layers is a sum over the few kinds times how many layers have each (no per-layer work)
+LayerKind = tuple[str, str]
+
+
+def kind_counts(s: ModelSpec, layers: Iterable[int] | None = None) -> dict[LayerKind, int]:
+    """How many of ``layers`` (all decoder layers by default) have each kind, in order of first appearance."""
+    if layers is None:
+        return dict(s.layer_kinds)
+    if isinstance(layers, range) and layers.step == 1:  # a pipeline stage: bisect, no per-layer work
+        found = ((kind, bisect_left(pos, layers.stop) - bisect_left(pos, layers.start)) for kind, pos in s.kind_positions.items())
+        return {kind: n for kind, n in found if n}
+    idx = tuple(layers)
+    return dict(Counter(zip(map(s.layer_types.__getitem__, idx), map(s.mlp_types.__getitem__, idx))))
+
+
+def kind_tensors(s: ModelSpec, kind: LayerKind) -> tuple[Tensor, ...]:
+    """Parameter tensors of a decoder layer of this kind (module path relative to the layer)."""
+    mixer_type, mlp_type = kind
+    if mixer_type == LINEAR_ATTENTION:
         mixer = gated_deltanet_tensors(s)
     elif s.family == "qwen3_next":
         mixer = gated_attention_tensors(s)
     else:
         mixer = attention_tensors(s)
-    mlp = moe_tensors(s) if s.mlp_types[i] == MOE else dense_mlp_tensors(s)
+    mlp = moe_tensors(s) if mlp_type == MOE else dense_mlp_tensors(s)
     norms = [("input_layernorm", s.hidden_size), ("post_attention_layernorm", s.hidden_size)]
     return tuple(mixer + mlp + norms)
+
+
+def layer_tensors(s: ModelSpec, i: int) -> tuple[Tensor, ...]:
+    """Parameter tensors of decoder layer ``i``."""
+    return kind_tensors(s, (s.layer_types[i], s.mlp_types[i]))
+
+
+def _sum_tensors(s: ModelSpec, keep: Callable[[str, int], bool], layers: Iterable[int] | None = None) -> int:
+    """Elements of the tensors ``keep(module, numel)`` selects, over ``layers`` (all by default)."""
+    return sum(count * sum(n for module, n in kind_tensors(s, kind) if keep(module, n))
+               for kind, count in kind_counts(s, layers).items())
 
 
 @dataclass(frozen=True)
@@ -156,27 +186,27 @@ class ParamCounts:
         return out
 
 
-def _layer_params(s: ModelSpec, i: int) -> LayerParams:
+def _kind_params(s: ModelSpec, kind: LayerKind) -> LayerParams:
     mixer = mlp = norms = 0
-    for module, n in layer_tensors(s, i):
+    for module, n in kind_tensors(s, kind):
         if module.startswith(("self_attn", "linear_attn")):
             mixer += n
         elif module.startswith("mlp"):
             mlp += n
         else:
             norms += n
-    active = mlp - moe_inactive_params(s) if s.mlp_types[i] == MOE else mlp
-    return LayerParams(s.layer_types[i], s.mlp_types[i], mixer, mlp, active, norms)
+    active = mlp - moe_inactive_params(s) if kind[1] == MOE else mlp
+    return LayerParams(kind[0], kind[1], mixer, mlp, active, norms)
 
 
 def _largest_gathered(s: ModelSpec) -> tuple[int, str]:
     modules: dict[str, int] = {"embed_tokens": s.vocab_size * s.hidden_size}
     if not s.tie_embeddings:
         modules["lm_head"] = s.vocab_size * s.hidden_size
-    for i in range(s.num_layers):
+    for kind in kind_counts(s):
         per_module: dict[str, int] = {}
-        for module, n in layer_tensors(s, i):
-            key = "mlp (MoE block)" if s.mlp_types[i] == MOE and module.startswith("mlp") else module
+        for module, n in kind_tensors(s, kind):
+            key = "mlp (MoE block)" if kind[1] == MOE and module.startswith("mlp") else module
             per_module[key] = per_module.get(key, 0) + n
         for key, n in per_module.items():
             if n > modules.get(key, 0):
@@ -205,7 +235,12 @@ def fp8_converts(module_path: str) -> bool:
 
 def fp8_matmul_params(s: ModelSpec) -> int:
     """Parameters per token whose matmuls the FP8 runtime runs in float8 (see fp8_converts)."""
-    return sum(n for i in range(s.num_layers) for module, n in layer_tensors(s, i) if fp8_converts(module))
+    return _sum_tensors(s, lambda module, n: fp8_converts(module))
+
+
+def layers_params(s: ModelSpec, layers: Iterable[int] | None = None) -> int:
+    """Parameters of these decoder layers (all by default)."""
+    return _sum_tensors(s, lambda module, n: True, layers)
 
 
 def autotp_shards(module_path: str) -> bool:
@@ -216,10 +251,9 @@ def autotp_shards(module_path: str) -> bool:
     return linear_projection(module_path)
 
 
-def autotp_sharded_params(s: ModelSpec, layers: tuple[int, ...] | None = None) -> int:
+def autotp_sharded_params(s: ModelSpec, layers: Iterable[int] | None = None) -> int:
     """Parameters of these decoder layers (all by default) that AutoTP splits (autotp_shards)."""
-    idx = range(s.num_layers) if layers is None else layers
-    return sum(n for i in idx for module, n in layer_tensors(s, i) if autotp_shards(module))
+    return _sum_tensors(s, lambda module, n: autotp_shards(module), layers)
 
 
 def autotp_unsupported(s: ModelSpec) -> str | None:
@@ -234,7 +268,7 @@ def autotp_unsupported(s: ModelSpec) -> str | None:
 def persistent_params(s: ModelSpec, threshold: int) -> int:
     """Elements of parameter tensors smaller than ``stage3_param_persistence_threshold``: ZeRO-3
     keeps these unpartitioned on every rank (`partition_parameters.py`, ds_persist)."""
-    small = sum(n for i in range(s.num_layers) for _, n in layer_tensors(s, i) if n < threshold)
+    small = _sum_tensors(s, lambda module, n: n < threshold)
     return small + (s.hidden_size if s.hidden_size < threshold else 0)
 
 
@@ -247,8 +281,11 @@ def count_params(s: ModelSpec) -> ParamCounts:
     if not s.closed_form:
         total = s.measured_total_params or 0
         return ParamCounts(total, total, embedding, lm_head, h, (), max(embedding, lm_head), "embed_tokens")
-    layers = tuple(_layer_params(s, i) for i in range(s.num_layers))
-    total = embedding + lm_head + h + sum(lp.total for lp in layers)
-    active = embedding + lm_head + h + sum(lp.active for lp in layers)
+    per_kind = kind_counts(s)
+    kinds = {kind: _kind_params(s, kind) for kind in per_kind}
+    # one shared LayerParams per kind: the per-layer tuple holds references, the sums are closed form
+    layers = tuple(kinds[kind] for kind in zip(s.layer_types, s.mlp_types))
+    total = embedding + lm_head + h + sum(n * kinds[kind].total for kind, n in per_kind.items())
+    active = embedding + lm_head + h + sum(n * kinds[kind].active for kind, n in per_kind.items())
     largest, name = _largest_gathered(s)
     return ParamCounts(total, active, embedding, lm_head, h, layers, largest, name)

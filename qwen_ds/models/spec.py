@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Mapping
 
 from ..errors import InputError
@@ -74,17 +75,33 @@ class ModelSpec:
     def closed_form(self) -> bool:
         return self.family in SUPPORTED_FAMILIES
 
+    @cached_property
+    def kind_positions(self) -> Mapping[tuple[str, str], tuple[int, ...]]:
+        """Ascending layer indexes of each (mixer type, mlp type) kind, in order of first appearance.
+        A layer's shapes depend on its kind only, so sums over layers are sums over these few kinds,
+        and a range of layers (a pipeline stage) counts them by bisection. Computed once: the planner
+        asks thousands of times and a model may have 10,000 layers."""
+        pos: dict[tuple[str, str], list[int]] = {}
+        for i, kind in enumerate(zip(self.layer_types, self.mlp_types)):
+            pos.setdefault(kind, []).append(i)
+        return {kind: tuple(idx) for kind, idx in pos.items()}
+
+    @property
+    def layer_kinds(self) -> tuple[tuple[tuple[str, str], int], ...]:
+        """((mixer type, mlp type), number of layers of that kind)."""
+        return tuple((kind, len(idx)) for kind, idx in self.kind_positions.items())
+
     @property
     def n_full_attention_layers(self) -> int:
-        return sum(t == FULL_ATTENTION for t in self.layer_types)
+        return sum(n for (mixer, _), n in self.layer_kinds if mixer == FULL_ATTENTION)
 
     @property
     def n_linear_attention_layers(self) -> int:
-        return sum(t == LINEAR_ATTENTION for t in self.layer_types)
+        return sum(n for (mixer, _), n in self.layer_kinds if mixer == LINEAR_ATTENTION)
 
     @property
     def n_moe_layers(self) -> int:
-        return sum(t == MOE for t in self.mlp_types)
+        return sum(n for (_, mlp), n in self.layer_kinds if mlp == MOE)
 
     def with_layers(self, num_layers: int) -> "ModelSpec":
         """The same architecture at another depth (layer pattern recomputed from the config)."""
@@ -92,6 +109,25 @@ class ModelSpec:
         cfg["num_hidden_layers"] = num_layers
         cfg.pop("layer_types", None)
         return spec_from_config(cfg, name=f"{self.name}-L{num_layers}", source=self.source)
+
+
+#: Largest value accepted per config.json key, far above any real model (Qwen3-235B: 94 layers, h 4096,
+#: 151,936 vocab, 128 experts; the largest public configs: ~160 layers, h 25,600, 262k vocab, 512 experts).
+#: They stop a typo or a fuzzed file (num_hidden_layers 1e12) from running for minutes or exhausting memory.
+MAX_LAYERS = 10_000
+_MAX_DIM = 1 << 20
+_MAX = {
+    "num_hidden_layers": MAX_LAYERS,
+    "hidden_size": _MAX_DIM,
+    "intermediate_size": 4 * _MAX_DIM,
+    "moe_intermediate_size": 4 * _MAX_DIM,
+    "shared_expert_intermediate_size": 4 * _MAX_DIM,
+    "vocab_size": 16 * _MAX_DIM,
+    "num_experts": 1 << 16,
+    "max_position_embeddings": 1 << 31,
+}
+#: every other integer key (heads, head dims, top-k, conv kernel, intervals)
+_MAX_OTHER = 1 << 16
 
 
 def _get(cfg: Mapping[str, Any], key: str, default: Any = None, *, where: str) -> Any:
@@ -109,6 +145,10 @@ def _positive_int(cfg: Mapping[str, Any], key: str, default: Any = None, *, wher
     value = int(value)
     if value < 0 or (value == 0 and not allow_zero):
         raise InputError(f"{where}: '{key}' = {value} must be {'>= 0' if allow_zero else '> 0'}; fix it in the config.json")
+    limit = _MAX.get(key, _MAX_OTHER)
+    if value > limit:
+        shown = f"{value:,}" if value < 10**18 else f"a {len(str(value))}-digit number"
+        raise InputError(f"{where}: '{key}' = {shown} is over the {limit:,} qwen-ds accepts; fix it in the config.json")
     return value
 
 
