@@ -58,8 +58,12 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(1)
+    except click.UsageError as exc:  # one line, like every other bad input, naming where help is
+        where = f"qwen-ds {exc.ctx.command_path.split(' ', 1)[1]} --help" if exc.ctx and " " in exc.ctx.command_path else "qwen-ds --help"
+        click.echo(f"error: {one_line(exc.format_message())} (see {where})", err=True)
+        sys.exit(EXIT_BAD_INPUT)
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"error: {one_line(exc.format_message())}", err=True)
         sys.exit(exc.exit_code if exc.exit_code else EXIT_BAD_INPUT)
     sys.exit(rc if isinstance(rc, int) else 0)
 
