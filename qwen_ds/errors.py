@@ -24,3 +24,21 @@ class InputError(QwenDsError):
 def one_line(text: str) -> str:
     """Collapse whitespace so a message (e.g. a path with a newline) stays on one line."""
     return " ".join(str(text).split())
+
+
+def finite_number(flag: str, value: object, low: float = 0.0, low_ok: bool = False, high: float | None = None) -> float:
+    """``value`` when it is a finite number above ``low`` (or equal to it when ``low_ok``) and at most
+    ``high``; else an InputError naming the flag. float flags accept "nan" and "inf" (Python's float()
+    does), and NaN fails every comparison, so a plain ``value <= 0`` check lets it through."""
+    import math
+
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        and (value >= low if low_ok else value > low) and (high is None or value <= high)
+    if not ok:
+        bound = f"{'>=' if low_ok else '>'} {low:g}" + ("" if high is None else f" and <= {high:g}")
+        raise InputError(f"{flag} {value}: must be a finite number {bound}")
+    return float(value)
+
+
+def finite_positive(flag: str, value: object) -> float:
+    return finite_number(flag, value)

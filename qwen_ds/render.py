@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, one_line
+from .errors import InputError, finite_number, finite_positive, one_line
 from .hardware import Cluster
 from .models.spec import ModelSpec
 from .plan import Plan, Workload, deepspeed_batch_ranks
@@ -48,6 +48,27 @@ class ConfigOptions:
     hysteresis: int = 2
     min_loss_scale: int = 1
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Refuse what DeepSpeed cannot use: a NaN lr trains to NaN weights, WarmupDecayLR refuses
+        warmup_num_steps < 1, and a negative clipping norm silently turns clipping off."""
+        finite_positive("--lr", self.lr)
+        finite_positive("eps", self.eps)
+        finite_number("weight_decay", self.weight_decay, low_ok=True)
+        finite_number("--gradient-clipping", self.gradient_clipping, low_ok=True)  # 0 = no clipping
+        if len(self.betas) != 2 or not all(_is_number(b) and 0 <= b < 1 for b in self.betas):  # NaN fails 0 <= b
+            raise InputError(f"betas {list(self.betas)}: must be two numbers in [0, 1) (Adam divides by 1 - beta^t)")
+        _steps("--warmup-steps", self.warmup_steps, 1, "DeepSpeed's WarmupDecayLR refuses warmup_num_steps < 1")
+        _steps("--total-steps", self.total_steps, self.warmup_steps, f"at least --warmup-steps {self.warmup_steps}")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _steps(flag: str, value: object, low: int, why: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise InputError(f"{flag} {value}: must be an integer >= {low} ({why})")
 
 
 def fp8_recipe(plan: Plan) -> dict[str, Any] | None:

@@ -371,3 +371,29 @@ def test_validate_with_deepspeed_accepts_rendered_pipeline_config(model, cluster
 def test_rendered_autotp_training_config_accepted_by_deepspeed(model, cluster, ds):
     cfg = render(model, cluster, Workload(), Plan(zero_stage=1, tp=2, micro_batch=2, grad_accum=4))
     assert ds(cfg, cluster.world_size, False) == []
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("kw,needle", [
+    ({"lr": NAN}, "--lr nan: must be a finite number > 0"), ({"lr": INF}, "--lr inf"), ({"lr": -INF}, "--lr -inf"), ({"lr": 0}, "--lr 0"),
+    ({"gradient_clipping": NAN}, "--gradient-clipping nan"), ({"gradient_clipping": -1.0}, "--gradient-clipping -1.0: must be a finite number >= 0"),
+    ({"eps": NAN}, "eps nan"), ({"eps": 0}, "eps 0"), ({"weight_decay": INF}, "weight_decay inf"), ({"weight_decay": -0.1}, "weight_decay -0.1"),
+    ({"betas": (0.9,)}, "betas [0.9]: must be two numbers in [0, 1)"), ({"betas": (0.9, 1.0)}, "betas [0.9, 1.0]"),
+    ({"betas": (NAN, 0.95)}, "betas [nan, 0.95]"),
+    ({"warmup_steps": -5}, "--warmup-steps -5: must be an integer >= 1"), ({"warmup_steps": 0}, "--warmup-steps 0"),
+    ({"warmup_steps": 10.0}, "--warmup-steps 10.0"), ({"total_steps": -5}, "--total-steps -5: must be an integer >= 100"),
+    ({"warmup_steps": 100, "total_steps": 50}, "--total-steps 50: must be an integer >= 100 (at least --warmup-steps 100)"),
+])
+def test_config_options_refuse_what_deepspeed_cannot_use(kw, needle):
+    with pytest.raises(InputError) as info:
+        ConfigOptions(**kw)
+    assert needle in str(info.value)
+
+
+def test_config_options_limits_accepted(model, cluster):
+    opts = ConfigOptions(gradient_clipping=0, weight_decay=0, betas=(0, 0.999), warmup_steps=1, total_steps=1)
+    cfg = render(model, cluster, Workload(), Plan(), opts)
+    assert cfg["scheduler"]["params"]["warmup_num_steps"] == cfg["scheduler"]["params"]["total_num_steps"] == 1
+    assert validate_config(cfg, Context(world_size=WORLD, gpus_per_node=GPN)) == []
