@@ -2,11 +2,13 @@
 
 import dataclasses
 import json
+import math
 import subprocess
 import sys
 
 import pytest
 
+from qwen_ds.errors import InputError
 from qwen_ds.estimator import estimate
 from qwen_ds.hardware import Cluster, get_gpu
 from qwen_ds.models import load_model
@@ -207,3 +209,37 @@ def test_moe_inference_too_big_for_autotp_is_sharded_by_zero3():
     dense = search(load_model("Qwen3-32B"), c, w, base, cons)
     assert dense.accepted[0].plan.zero_stage == 0
     assert min(i for i, x in enumerate(dense.accepted) if x.plan.zero_stage == 3) > 0
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("net,needle", [
+    (Network(compute_efficiency=0), "--compute-efficiency 0: must be a finite number > 0 and <= 1"),
+    (Network(compute_efficiency=NAN), "--compute-efficiency nan"), (Network(compute_efficiency=1.5), "--compute-efficiency 1.5"),
+    (Network(compute_efficiency=-INF), "--compute-efficiency -inf"),
+    (Network(inter_node_gbps=0), "--inter-node-gbps 0: must be a finite number > 0"), (Network(inter_node_gbps=NAN), "--inter-node-gbps nan"),
+    (Network(inter_node_gbps=INF), "--inter-node-gbps inf"), (Network(inter_node_gbps=-100), "--inter-node-gbps -100"),
+])
+def test_search_refuses_rates_the_time_model_cannot_use(net, needle):
+    with pytest.raises(InputError) as info:
+        search(load_model("tiny-qwen3"), Cluster(get_gpu("A100-80GB"), 2, 1), Workload(seq_len=64), BASE, Constraints(), net)
+    assert needle in str(info.value)
+
+
+@pytest.mark.parametrize("gib", [NAN, INF, -INF, 0, -4])
+def test_cpu_mem_per_node_must_be_finite_and_positive(gib):
+    from qwen_ds.planner.search import cpu_mem_bytes
+
+    with pytest.raises(InputError, match=r"--cpu-mem-per-node .*: must be a finite number > 0"):
+        cpu_mem_bytes(gib)
+    if math.isfinite(gib):
+        with pytest.raises(InputError, match=r"--cpu-mem-per-node"):
+            Constraints(cpu_mem_per_node=int(gib * GIB))
+
+
+def test_cpu_mem_bytes_converts_gib():
+    from qwen_ds.planner.search import cpu_mem_bytes
+
+    assert cpu_mem_bytes(None) is None
+    assert cpu_mem_bytes(1.5) == 3 * GIB // 2

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from ..errors import InputError
+from ..errors import InputError, finite_number, finite_positive
 from ..estimator import MemoryBreakdown, estimate
 from ..hardware import Cluster
 from ..models.counts import autotp_unsupported
@@ -42,6 +42,20 @@ class Constraints:
             raise InputError(f"--headroom {self.headroom}: choose a fraction of GPU memory between 0.1 and 1.0")
         if self.global_batch is not None and self.global_batch < 1:
             raise InputError(f"--global-batch {self.global_batch}: must be a positive integer")
+        if self.cpu_mem_per_node is not None and not self.cpu_mem_per_node > 0:
+            raise InputError(f"--cpu-mem-per-node {self.cpu_mem_per_node / GIB:g}: must be a finite number > 0 (GiB)")
+
+
+def cpu_mem_bytes(gib: float | None) -> int | None:
+    """--cpu-mem-per-node GiB -> bytes; None = unlimited. NaN and inf fail here, before int() would raise."""
+    return None if gib is None else int(finite_positive("--cpu-mem-per-node", gib) * GIB)
+
+
+def check_network(net: Network) -> None:
+    """The rates the step-time model divides by: 0 or NaN would crash it or rank plans by NaN."""
+    finite_number("--compute-efficiency", net.compute_efficiency, high=1.0)  # achieved / peak
+    if net.inter_node_gbps is not None:
+        finite_positive("--inter-node-gbps", net.inter_node_gbps)
 
 
 @dataclass(frozen=True)
@@ -155,6 +169,7 @@ def evaluate(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan,
 def search(model: ModelSpec, cluster: Cluster, workload: Workload, base: Plan, c: Constraints | None = None,
            net: Network | None = None) -> SearchResult:
     c, net = c or Constraints(), net or Network()
+    check_network(net)
     accepted, rejected = [], []
     n = 0
     for plan in candidates(model, cluster, workload, base, c):
