@@ -62,9 +62,26 @@ def _normalise(name: str) -> str:
     return name.strip().lower().replace("_", "-")
 
 
+def _family_members(key: str) -> list[dict]:
+    """Catalog entries named KEY-something: 'a100' -> A100-40GB and A100-80GB."""
+    return [e for e in _catalog() if e["name"].lower().startswith(key + "-")]
+
+
+def _refuse_ambiguous(name: str, key: str) -> None:
+    """A bare family name ('A100', 'V100', 'H100') has several catalog entries whose memory or speed
+    differ, so every estimate would depend on which one the alias happened to map to."""
+    members = _family_members(key)
+    if len(members) < 2 or any(key == e["name"].lower() for e in _catalog()):
+        return
+    what = "memory differs" if len({e["memory_bytes"] for e in members}) > 1 else "peak TFLOP/s and bandwidth differ"
+    raise InputError(f"--gpu {one_line(name)} is ambiguous: {', '.join(e['name'] for e in members)} ({what}); "
+                     "pick one (see `qwen-ds gpus`)")
+
+
 @lru_cache(maxsize=64)
 def get_gpu(name: str) -> GPU:
     key = _normalise(name)
+    _refuse_ambiguous(name, key)
     for entry in _catalog():
         if key == entry["name"].lower() or key in entry.get("aliases", ()):
             fields = {f: entry[f] for f in GPU.__dataclass_fields__ if f in entry}
