@@ -38,6 +38,18 @@ def zero(**kw: Any) -> dict[str, Any]:
     return cfg(zero_optimization=kw)
 
 
+def adamw(**params: Any) -> dict[str, Any]:
+    base = {"lr": 1e-4, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1}
+    return {"type": "AdamW", "params": {**base, **params}}
+
+
+def warmup_decay(**params: Any) -> dict[str, Any]:
+    p = {"warmup_min_lr": 0, "warmup_max_lr": 1e-4, "warmup_num_steps": 10, "total_num_steps": 100, **params}
+    if "warmup_num_step" in params:
+        del p["warmup_num_steps"]  # the typo replaces the key
+    return {"type": "WarmupDecayLR", "params": p}
+
+
 class Trip(NamedTuple):
     rule: str  # function name in RULES
     rule_id: str  # Problem.rule
@@ -153,6 +165,35 @@ TRIPS = [
          "$.tensor_parallel.autotp_size", "Gated DeltaNet"),
     Trip("rule_autotp_model", "autotp_model", {"tensor_parallel": {"tp_size": 4}, "dtype": "bf16"},
          {"world_size": 4, "gpus_per_node": 4, "model": "Qwen3-Next-80B-A3B"}, "$.tensor_parallel.tp_size", "--tp 1 with --zero 3"),
+    # --- NaN / Infinity (Python's json reads them, DeepSpeed trains on them)
+    Trip("rule_non_finite", "non_finite", cfg(optimizer=adamw(lr=float("nan"))), W16, "$.optimizer.params.lr", "NaN is not a number"),
+    Trip("rule_non_finite", "non_finite", cfg(gradient_clipping=float("-inf")), W16, "$.gradient_clipping", "-Infinity is not"),
+    # --- negative clipping = no clipping
+    Trip("rule_gradient_clipping", "gradient_clipping", cfg(gradient_clipping=-1.0), W16, "$.gradient_clipping",
+         "silently turns clipping off"),
+    # --- optimizer type / params / betas
+    Trip("rule_optimizer_type", "optimizer_type", cfg(optimizer={"type": "AdamWW"}), W16, "$.optimizer.type", "did you mean 'AdamW'?"),
+    Trip("rule_optimizer_type", "optimizer_type", cfg(optimizer={"type": "sgd"}), W16, "$.optimizer.type", "did you mean 'SGD'?"),
+    Trip("rule_optimizer_params", "optimizer_params", cfg(optimizer=adamw(weight_decy=0.1)), W16, "$.optimizer.params.weight_decy",
+         "not an argument of FusedAdam"),
+    Trip("rule_optimizer_params", "optimizer_params", zero(stage=2, offload_optimizer={"device": "cpu"}) | {"optimizer": adamw(adamw_mode=True)},
+         W16, "$.optimizer.params.adamw_mode", "not an argument of DeepSpeedCPUAdam"),  # DeepSpeed passes it itself
+    Trip("rule_optimizer_params", "optimizer_params", cfg(optimizer=adamw(max_grad_norm=1.0)), W16, "$.optimizer.params.max_grad_norm",
+         "set the top-level gradient_clipping"),
+    Trip("rule_optimizer_params", "optimizer_params", cfg(optimizer={"type": "SGD", "params": {"lr": 0.1, "betas": [0.9, 0.99]}}), W16,
+         "$.optimizer.params.betas", "not an argument of SGD"),
+    Trip("rule_betas", "betas", cfg(optimizer=adamw(betas=[0.9])), W16, "$.optimizer.params.betas", "must be two numbers in [0, 1)"),
+    Trip("rule_betas", "betas", cfg(optimizer=adamw(betas=[0.9, 1.0])), W16, "$.optimizer.params.betas", "[0.9, 1.0] must be"),
+    # --- scheduler type / params
+    Trip("rule_scheduler_type", "scheduler_type", cfg(scheduler={"type": "WarmupDecay"}), W16, "$.scheduler.type",
+         "did you mean 'WarmupDecayLR'?"),
+    Trip("rule_scheduler_type", "scheduler_type", cfg(scheduler={"type": "LambdaLR"}), W16, "$.scheduler.type", "takes Python objects"),
+    Trip("rule_scheduler_params", "scheduler_params", cfg(scheduler=warmup_decay(warmup_num_step=10)), W16,
+         "$.scheduler.params.warmup_num_step", "did you mean 'warmup_num_steps'?"),
+    Trip("rule_scheduler_params", "scheduler_params", cfg(scheduler={"type": "WarmupDecayLR", "params": {}}), W16, "$.scheduler.params",
+         "needs 'total_num_steps'"),
+    Trip("rule_scheduler_params", "scheduler_params", cfg(scheduler=warmup_decay(warmup_num_steps=0)), W16,
+         "$.scheduler.params.warmup_num_steps", "must be an integer >= 1"),
 ]
 
 NEARS = [
@@ -183,6 +224,16 @@ NEARS = [
          zero(stage=2) | {"optimizer": {"type": "SGD", "params": {"lr": 0.1}}}, W16),
     Near("rule_zeropp_stage", "zeropp_stage", zero(stage=3, zero_quantized_weights=True), W16),
     Near("rule_autotp_model", "autotp_model", cfg(tensor_parallel={"autotp_size": 2}), {**W16, "model": "Qwen3-8B"}),
+    Near("rule_non_finite", "non_finite", cfg(optimizer=adamw(lr=1e-30), gradient_clipping=1e30), W16),
+    Near("rule_gradient_clipping", "gradient_clipping", cfg(gradient_clipping=0), W16),  # 0 = no clipping, said plainly
+    Near("rule_optimizer_type", "optimizer_type", cfg(optimizer={"type": "adamw"}), W16),  # DeepSpeed's names: any case
+    Near("rule_optimizer_type", "optimizer_type", cfg(optimizer={"type": "RMSprop"}, zero_allow_untested_optimizer=True), W16),
+    Near("rule_optimizer_params", "optimizer_params", cfg(optimizer=adamw(adam_w_mode=True, bias_correction=True)), W16),
+    Near("rule_optimizer_params", "optimizer_params", cfg(optimizer=adamw(torch_adam=True, foreach=False, fused=False)), W16),
+    Near("rule_optimizer_params", "optimizer_params", cfg(optimizer={"type": "Lion", "params": {"lr": 1e-4, "betas": [0.9, 0.99]}}), W16),
+    Near("rule_betas", "betas", cfg(optimizer=adamw(betas=[0, 0.999])), W16),
+    Near("rule_scheduler_type", "scheduler_type", cfg(scheduler={"type": "StepLR", "params": {"step_size": 10}}), W16),
+    Near("rule_scheduler_params", "scheduler_params", cfg(scheduler=warmup_decay(warmup_num_steps=1)), W16),
 ]
 
 

@@ -2,11 +2,14 @@
 
 Each rule is a function (cfg, ctx) -> list[Problem]; RULES lists them all and every one has a
 fixture in tests/test_validate_rules.py that trips it. Facts: reference/deepspeed.md §1, §2, §8.
+The optimizer / scheduler rules live in optim_rules.py; tests/test_validate_ds_proof.py runs real
+deepspeed.initialize on a fixture for each of those and for the NaN and clipping rules here.
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -14,6 +17,7 @@ from ..hardware import GPU
 from ..models.counts import autotp_unsupported
 from ..models.spec import ModelSpec
 from ..plan import deepspeed_batch_ranks
+from .optim_rules import rule_betas, rule_optimizer_params, rule_optimizer_type, rule_scheduler_params, rule_scheduler_type
 from .problems import Problem, json_path
 
 # 0.19.7 / 0.19.8 reject these keys (runtime/config.py _REMOVED_*_CONFIG_KEYS, reference §1.10)
@@ -312,10 +316,34 @@ def rule_autotp_model(cfg: dict[str, Any], ctx: Context) -> list[Problem]:
     return out
 
 
+def _json_literal(value: float) -> str:
+    return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
+
+
+def rule_non_finite(cfg: dict[str, Any], ctx: Context) -> list[Problem]:
+    """Python's json (and so DeepSpeed's loader) reads NaN / Infinity; DeepSpeed then trains on them: a
+    NaN lr turns every weight NaN (the warmup schedulers' first lr is warmup_min_lr, so at step 2),
+    a NaN gradient_clipping turns clipping off (NaN > 0 is false)."""
+    return [Problem(json_path(path), f"{_json_literal(v)} is not a number DeepSpeed can use: it reads it without complaint and "
+                    "trains on it (a NaN lr turns every weight NaN within two steps); write a finite value", "non_finite")
+            for path, v in _walk(cfg) if isinstance(v, float) and not math.isfinite(v)]
+
+
+def rule_gradient_clipping(cfg: dict[str, Any], ctx: Context) -> list[Problem]:
+    """DeepSpeed clips only when gradient_clipping > 0: a negative value silently means no clipping."""
+    v = cfg.get("gradient_clipping")
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0:
+        return [Problem("$.gradient_clipping", f"gradient_clipping {v} < 0: DeepSpeed does not refuse it but silently turns "
+                        "clipping off (it clips only when > 0); write 0 for no clipping or a positive max norm", "gradient_clipping")]
+    return []
+
+
 RULES: tuple[Callable[[dict[str, Any], Context], list[Problem]], ...] = (
     rule_auto, rule_batch, rule_offload_param_stage, rule_nvme_path, rule_pipeline_stage, rule_hpz,
     rule_precision_hw, rule_fp16_and_bf16, rule_loss_scale, rule_removed_keys, rule_unknown_top_level,
     rule_offload_ratio, rule_compute_grad_norm, rule_offload_optimizer_type, rule_zeropp_stage, rule_autotp_model,
+    rule_non_finite, rule_gradient_clipping, rule_optimizer_type, rule_optimizer_params, rule_betas, rule_scheduler_type,
+    rule_scheduler_params,
 )
 
 
