@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from ..errors import InputError, finite_number, finite_positive
+from ..errors import InputError, finite_positive
 from ..estimator import MemoryBreakdown, estimate
 from ..hardware import Cluster
 from ..models.counts import autotp_unsupported
@@ -49,13 +49,6 @@ class Constraints:
 def cpu_mem_bytes(gib: float | None) -> int | None:
     """--cpu-mem-per-node GiB -> bytes; None = unlimited. NaN and inf fail here, before int() would raise."""
     return None if gib is None else int(finite_positive("--cpu-mem-per-node", gib) * GIB)
-
-
-def check_network(net: Network) -> None:
-    """The rates the step-time model divides by: 0 or NaN would crash it or rank plans by NaN."""
-    finite_number("--compute-efficiency", net.compute_efficiency, high=1.0)  # achieved / peak
-    if net.inter_node_gbps is not None:
-        finite_positive("--inter-node-gbps", net.inter_node_gbps)
 
 
 @dataclass(frozen=True)
@@ -169,7 +162,6 @@ def evaluate(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan,
 def search(model: ModelSpec, cluster: Cluster, workload: Workload, base: Plan, c: Constraints | None = None,
            net: Network | None = None) -> SearchResult:
     c, net = c or Constraints(), net or Network()
-    check_network(net)
     accepted, rejected = [], []
     n = 0
     for plan in candidates(model, cluster, workload, base, c):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import finite_number
 from ..hardware import Cluster
 from ..models.counts import count_params, fp8_matmul_params
 from ..models.spec import FULL_ATTENTION, ModelSpec
@@ -34,6 +35,13 @@ class Network:
     overlap: float = 0.8  # share of overlappable communication hidden behind compute
     cpu_adam_gbps: float = 25.0  # GB/s of optimizer-state traffic per node
     nvme_gbps: float = 3.0  # GB/s per node
+
+    def __post_init__(self) -> None:
+        """The rates the step-time model divides by: 0 or NaN would crash it or rank plans by NaN,
+        whichever command builds it (gen-config with every knob pinned never searches)."""
+        finite_number("--compute-efficiency", self.compute_efficiency, high=1.0)  # achieved / peak
+        if self.inter_node_gbps is not None:
+            finite_number("--inter-node-gbps", self.inter_node_gbps)
 
 
 @dataclass(frozen=True)
