@@ -71,6 +71,8 @@ def _file_kind(mode: int) -> str:
 
 
 def _mib(n: int) -> str:
+    if n < 2**20:
+        return f"{n:,} B"
     return f"{n // 2**20} MiB" if n % 2**20 == 0 else f"{n / 2**20:.1f} MiB"
 
 

@@ -7,6 +7,7 @@ shared/reference/qwen-models.md §1-2. Tests that build transformers models skip
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -14,7 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qwen_ds.models import count_params, load_model, preset_names, spec_from_config
-from qwen_ds.models.counts import moe_inactive_params
+from qwen_ds.models.counts import (autotp_sharded_params, autotp_shards, fp8_converts, fp8_matmul_params, kind_counts,
+                                   layer_tensors, layers_params, moe_inactive_params, persistent_params)
 from qwen_ds.models.spec import MOE
 
 
@@ -254,6 +256,59 @@ def test_qwen3_next_80b_exact_values():
     assert {lp.mlp_active for lp in c.layers} == {35_653_632}
     # layer pattern: every 4th layer is full attention
     assert [i for i, t in enumerate(spec.layer_types) if t == "full_attention"] == list(range(3, 48, 4))
+
+
+def test_qwen3_next_at_the_10000_layer_bound():
+    """Counts are per layer kind x how many layers have it, so 10,000 layers cost no more than 48;
+    the values are the per-kind block sizes above times the kind counts of the pattern."""
+    spec = load_model("Qwen3-Next-80B-A3B").with_layers(10_000)
+    c = count_params(spec)
+    assert (spec.n_full_attention_layers, spec.n_linear_attention_layers, spec.n_moe_layers) == (2_500, 7_500, 10_000)
+    blocks = 2_500 * NEXT_GATED_ATTN + 7_500 * NEXT_GDN + 10_000 * (NEXT_MOE_BLOCK + 2 * 2048)
+    assert c.total == 2 * 311_164_928 + 2048 + blocks
+    assert c.largest_gathered == NEXT_MOE_BLOCK
+    # a pipeline stage of layers 1000..1999 (250 full attention, 750 linear) counted by bisection
+    assert layers_params(spec, range(1_000, 2_000)) == blocks // 10
+    assert kind_counts(spec, range(1_000, 2_000)) == {("linear_attention", "moe"): 750, ("full_attention", "moe"): 250}
+
+
+@st.composite
+def layer_pattern(draw) -> dict[str, Any]:
+    """A Qwen3-Next / Qwen3-MoE config with an irregular layer pattern (mlp_only_layers, sparse step)."""
+    layers = draw(st.integers(1, 40))
+    cfg = {"model_type": draw(st.sampled_from(["qwen3_moe", "qwen3_next"])), "vocab_size": 64, "hidden_size": 32,
+           "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "intermediate_size": 48,
+           "num_hidden_layers": layers, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16,
+           "decoder_sparse_step": draw(st.integers(1, 3)), "full_attention_interval": draw(st.integers(1, 5)),
+           "mlp_only_layers": sorted(draw(st.sets(st.integers(0, layers - 1), max_size=layers))),
+           "linear_num_key_heads": 2, "linear_num_value_heads": 4, "linear_key_head_dim": 8,
+           "linear_value_head_dim": 8, "linear_conv_kernel_dim": 4}
+    return cfg
+
+
+@given(cfg=layer_pattern(), data=st.data())
+@SETTINGS
+def test_sums_per_layer_kind_equal_sums_per_layer(cfg, data):
+    """Every sum over layers is computed per (mixer, mlp) kind; it must equal the plain per-layer sum
+    over any range (a pipeline stage) or any set of layers."""
+    spec = spec_from_config(cfg, name="pattern")
+    L = spec.num_layers
+    a = data.draw(st.integers(0, L))
+    stage = range(a, data.draw(st.integers(a, L)))
+    picked = sorted(data.draw(st.sets(st.integers(0, L - 1))))
+
+    def per_layer(layers, keep=lambda module, n: True) -> int:
+        return sum(n for i in layers for module, n in layer_tensors(spec, i) if keep(module, n))
+
+    for layers in (stage, picked, range(L)):
+        assert kind_counts(spec, layers) == dict(Counter((spec.layer_types[i], spec.mlp_types[i]) for i in layers))
+        assert layers_params(spec, layers) == per_layer(layers)
+        assert autotp_sharded_params(spec, layers) == per_layer(layers, lambda module, n: autotp_shards(module))
+    c = count_params(spec)
+    assert c.total - c.embedding - c.lm_head - c.final_norm == per_layer(range(L))
+    assert [(lp.mixer_type, lp.mlp_type) for lp in c.layers] == list(zip(spec.layer_types, spec.mlp_types))
+    assert persistent_params(spec, 40) == per_layer(range(L), lambda module, n: n < 40) + 32  # + final norm, h 32 < 40
+    assert fp8_matmul_params(spec) == per_layer(range(L), lambda module, n: fp8_converts(module))
 
 
 @pytest.mark.parametrize(

@@ -235,11 +235,8 @@ def test_unreadable_file_chmod(tmp_path):
 
 def test_directory_named_config_json(tmp_path):
     (tmp_path / "m" / "config.json").mkdir(parents=True)
-    msg = refused(str(tmp_path / "m"))
-    assert "no config.json" in msg
-    load_model.cache_clear()
-    msg = refused(str(tmp_path / "m" / "config.json"))
-    assert "no config.json" in msg or "cannot read" in msg
+    assert f"{tmp_path / 'm' / 'config.json'}: a directory, not a regular file" in refused(str(tmp_path / "m"))
+    assert "directory has no config.json" in refused(str(tmp_path / "m" / "config.json"))  # read as a model directory
 
 
 def test_directory_without_config_json(tmp_path):
@@ -312,6 +309,49 @@ def test_topk_exceeds_experts_message(tmp_path):
                         dict(TINY, model_type="qwen3_moe", num_experts=4, num_experts_per_tok=8, moe_intermediate_size=16))
     msg = refused(str(path))
     assert "num_experts_per_tok=8" in msg and "num_experts=4" in msg
+
+
+@pytest.mark.parametrize("key, limit", [
+    ("num_hidden_layers", 10_000), ("hidden_size", 2**20), ("intermediate_size", 2**22), ("vocab_size", 2**24),
+    ("num_attention_heads", 2**16), ("head_dim", 2**16), ("max_position_embeddings", 2**31),
+])
+def test_absurd_dims_refused_at_the_bound(tmp_path, key, limit):
+    """The bound itself loads; one more is refused naming the key, the bound and the file."""
+    cfg = dict(TINY, num_attention_heads=2, num_key_value_heads=2) if key == "num_attention_heads" else TINY
+    load_model(str(write_config(tmp_path / "ok" / "config.json", dict(cfg, **{key: limit}))))
+    path = write_config(tmp_path / "bad" / "config.json", dict(cfg, **{key: limit + 1}))
+    msg = refused(str(path))
+    assert f"{path}: '{key}' = {limit + 1:,} is over the {limit:,} qwen-ds accepts" in msg
+
+
+@pytest.mark.parametrize("key", ["num_experts", "moe_intermediate_size", "num_experts_per_tok"])
+def test_absurd_moe_dims_refused(tmp_path, key):
+    path = write_config(tmp_path / "config.json", dict(_MOE, **{key: 10**9}))
+    assert f"'{key}' = 1,000,000,000 is over the" in refused(str(path))
+
+
+@pytest.mark.parametrize("raw, expect", [
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ('{"model_type": "qwen3", "hidden_size": ' + "9" * 5000 + "}", "integer string conversion"),
+], ids=["deep-nesting", "5000-digit-int"])
+def test_pathological_json_is_one_line(tmp_path, raw, expect):
+    """json.loads raised RecursionError / ValueError, not JSONDecodeError: a traceback before."""
+    path = tmp_path / "config.json"
+    path.write_text(raw)
+    assert expect in refused(str(path))
+
+
+def test_unreadable_model_directory_chmod(tmp_path):
+    """pathlib's is_file() raised PermissionError inside a chmod 000 directory: a traceback before."""
+    write_config(tmp_path / "m" / "config.json", TINY)
+    (tmp_path / "m").chmod(0)
+    try:
+        if os.access(tmp_path / "m", os.R_OK):
+            pytest.skip("running as root: chmod 000 leaves the directory readable")
+        msg = refused(str(tmp_path / "m"))
+        assert "Permission denied" in msg
+    finally:
+        (tmp_path / "m").chmod(0o755)
 
 
 def test_path_with_newline_stays_one_line(tmp_path):
