@@ -31,7 +31,7 @@ def parse_config_text(text: str, where: str) -> dict[str, Any]:
     try:
         cfg = json.loads(text, object_pairs_hook=_no_duplicates)
     except json.JSONDecodeError as exc:
-        cfg = _parse_hjson(text, where, exc)
+        cfg = _plain(_parse_hjson(text, where, exc))  # only hjson: json.loads builds plain dicts, ints and floats
     except DuplicateKeys as exc:
         raise InputError(f"{where}: duplicate keys {exc} (DeepSpeed refuses them); keep one of each") from None
     except RecursionError:
@@ -40,7 +40,7 @@ def parse_config_text(text: str, where: str) -> dict[str, Any]:
         raise InputError(f"{where}: {one_line(exc)[:120]}; a DeepSpeed config holds ordinary numbers") from None
     if not isinstance(cfg, dict):
         raise InputError(f"{where}: a DeepSpeed config is a JSON object, got {type(cfg).__name__}")
-    return _plain(cfg)
+    return cfg
 
 
 def _parse_hjson(text: str, where: str, json_err: json.JSONDecodeError) -> Any:
