@@ -144,6 +144,15 @@ def test_hf_cache_without_refs_takes_newest_snapshot(tmp_path, monkeypatch):
     assert load_model("acme/tiny").num_layers == 4
 
 
+def test_hf_cache_odd_ref_falls_back_to_newest_snapshot(tmp_path, monkeypatch):
+    """refs/main holds a 40-char hash; 1 MiB there was read whole and made a path too long to stat (a traceback)."""
+    hub = tmp_path / "hub"
+    make_hf_cache(hub, "acme/tiny", TINY, commit="a" * 40)
+    (hub / "models--acme--tiny" / "refs" / "main").write_text("b" * 2**20)
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    assert load_model("acme/tiny").num_layers == 2
+
+
 def test_hf_cache_via_hf_home(tmp_path, monkeypatch):
     make_hf_cache(tmp_path / "hfhome" / "hub", "acme/tiny", TINY)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hfhome"))

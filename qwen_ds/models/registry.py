@@ -81,6 +81,19 @@ def hf_cache_dirs() -> list[Path]:
     return dirs
 
 
+def _ref_config(repo: Path, snapshots: Path) -> Path | None:
+    """config.json of the snapshot refs/main names; None when the ref is missing or odd (a 40-char hash
+    is expected: read at most 1 KiB of it, so a FIFO or /dev/zero there cannot hang the lookup)."""
+    from ..fileio import read_text
+
+    try:
+        commit = read_text(repo / "refs" / "main", "HF cache ref", "", limit=1024).strip()
+    except InputError:
+        return None
+    cand = snapshots / commit / "config.json"
+    return cand if commit and cand.is_file() else None
+
+
 def find_in_hf_cache(model_id: str) -> Path | None:
     """config.json of ``org/name`` in the local HF cache: the snapshot refs/main points to, else the newest."""
     folder = "models--" + model_id.replace("/", "--")
@@ -89,11 +102,9 @@ def find_in_hf_cache(model_id: str) -> Path | None:
         snapshots = repo / "snapshots"
         if not snapshots.is_dir():
             continue
-        ref = repo / "refs" / "main"
-        if ref.is_file():
-            cand = snapshots / ref.read_text().strip() / "config.json"
-            if cand.is_file():
-                return cand
+        cand = _ref_config(repo, snapshots)
+        if cand is not None:
+            return cand
         found = sorted(snapshots.glob("*/config.json"), key=lambda p: p.stat().st_mtime, reverse=True)
         if found:
             return found[0]
