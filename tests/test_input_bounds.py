@@ -53,6 +53,13 @@ def test_duplicate_key_among_100k_keys(tmp_path):
     assert "duplicate keys k77 " in msg
 
 
+def test_big_non_json_config_is_not_parsed_as_hjson(tmp_path):
+    """hjson is pure Python (16 s for 10 MB): past 1 MiB the JSON error is the answer."""
+    (tmp_path / "ds.json").write_text('{"train_batch_size": 8, "pad": [' + "1," * 2**20 + "]}")
+    msg = one_error(*qwen_ds("validate", "ds.json", "--no-deepspeed", cwd=tmp_path))
+    assert "ds.json line 1: malformed JSON" in msg and "hjson" in msg and "only up to 1 MiB" in msg
+
+
 def test_many_duplicate_keys_stay_a_short_line(tmp_path):
     body = ",".join(f'"k{i}": 1, "k{i}": 2' for i in range(5_000))
     (tmp_path / "ds.json").write_text("{" + body + "}")

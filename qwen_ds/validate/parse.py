@@ -43,7 +43,15 @@ def parse_config_text(text: str, where: str) -> dict[str, Any]:
     return cfg
 
 
+#: hjson is pure Python (16 s for 10 MB); configs with comments are hand-written and a few KiB, so a
+#: bigger file that is not JSON is reported as JSON instead of parsed for minutes
+HJSON_LIMIT = 2**20
+
+
 def _parse_hjson(text: str, where: str, json_err: json.JSONDecodeError) -> Any:
+    if len(text) > HJSON_LIMIT:
+        raise InputError(f"{where} line {json_err.lineno}: malformed JSON ({json_err.msg}); fix that line "
+                         f"(hjson - comments, trailing commas - is tried only up to {HJSON_LIMIT // 2**20} MiB)") from None
     try:
         import hjson
     except ImportError:
