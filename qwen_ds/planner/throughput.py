@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from ..errors import finite_number
 from ..hardware import Cluster
 from ..models.counts import count_params, fp8_matmul_params
-from ..models.spec import FULL_ATTENTION, ModelSpec
+from ..models.spec import ModelSpec
 from ..plan import Plan, Workload
 
 GB = 1e9
@@ -75,7 +75,7 @@ def model_flops_per_token(model: ModelSpec, seq_len: int) -> float:
     c = count_params(model)
     # the head matmul (V x h) runs whether or not its weight is tied to the embedding
     matmul = c.active - c.embedding - c.lm_head + model.vocab_size * model.hidden_size
-    n_full = sum(t == FULL_ATTENTION for t in model.layer_types)
+    n_full = model.n_full_attention_layers
     attention = 6 * 2 * (seq_len / 2) * model.q_dim * n_full
     return 6 * matmul + attention
 
