@@ -1,7 +1,10 @@
-"""`qwen-ds gen-config`: what it writes, --force, --set, FP8, --template-dir, exit 3, JSON-safe strings."""
+"""`qwen-ds gen-config`: what it writes, --force, --set (re-estimated), FP8, --template-dir, exit 3,
+JSON-safe strings, the config digest in plan.json, and one-line errors for bad output places.
+Concurrency and SIGINT: tests/test_publish.py."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -9,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from qwen_ds.plandoc import config_digest
 from qwen_ds.render import default_template_dir
 from qwen_ds.validate import is_inference_config
 
@@ -388,3 +392,172 @@ def test_generated_config_passes_validate_with_deepspeed(tmp_path):
     doc = json.loads(stdout)
     assert doc["ok"] is True and doc["problems"] == [] and doc["deepspeed_checked"] is True
     assert doc["memory"]["fits"] is True
+
+
+# --------------------------------------------------------------------------- plan.json records its config
+
+
+def test_plan_records_the_digest_of_its_config(tmp_path):
+    out = tmp_path / "o"
+    rc, _, err = gen(out, "--set", "zero_optimization.stage3_max_live_parameters=2e8")
+    assert rc == 0, err
+    cfg, plan = load(out)
+    assert plan["ds_config"] == cfg  # the config as written (--set included), to name the keys of a mismatch
+
+    def ints(v):  # integral floats as integers: gradient_clipping 1.0 and 1 are one value to DeepSpeed
+        if isinstance(v, dict):
+            return {k: ints(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [ints(x) for x in v]
+        return int(v) if isinstance(v, float) and v.is_integer() else v
+
+    canonical = json.dumps(ints(cfg), sort_keys=True, separators=(",", ":"))
+    assert plan["ds_config_sha256"] == hashlib.sha256(canonical.encode()).hexdigest() == config_digest(cfg)
+
+
+# --------------------------------------------------------------------------- --set is re-estimated
+
+#: the issue's case: the planner picks ZeRO-2, micro 1, no checkpointing at 72.84 GiB of an 80 GB GPU (73.6 usable)
+NEAR_LIMIT = ["gen-config", "-m", "Qwen3-8B", "-g", "A100-80GB", "--nodes", "1", "--gpus-per-node", "8", "--zero", "2",
+              "--micro-batch", "1", "--no-checkpointing"]
+NEAR_LIMIT_VALIDATE = ["-m", "Qwen3-8B", "-g", "A100-80GB", "--nodes", "1", "--gpus-per-node", "8", "--no-checkpointing", "--no-deepspeed"]
+
+
+def validate_memory(cfg_path: Path, *flags: str) -> dict:
+    rc, stdout, err = run_cli("validate", str(cfg_path), *flags, "--json")
+    assert rc in (0, 3), err
+    return json.loads(stdout)["memory"]
+
+
+def test_set_that_pushes_the_plan_over_the_limit_exits_3_and_writes_nothing(tmp_path):
+    out = tmp_path / "o"
+    rc, stdout, _ = gen(out, base=NEAR_LIMIT)
+    assert rc == 0 and "72.84 GiB of 80.00 GiB" in stdout
+    out2 = tmp_path / "o2"
+    rc, stdout, err = gen(out2, "--set", "zero_optimization.reduce_bucket_size=5e8", base=NEAR_LIMIT)
+    assert rc == 3, stdout + err
+    assert "reduce_bucket_size 16777216 -> 500000000 (--set) needs 74.79 GiB per GPU, over the 73.60 GiB usable" in err
+    assert "nothing written" in err and not out2.exists()
+
+
+def test_set_is_re_estimated_and_agrees_with_validate(tmp_path):
+    out = tmp_path / "o"
+    rc, stdout, err = gen(out, "--set", "zero_optimization.reduce_bucket_size=1e8", base=NEAR_LIMIT)
+    assert rc == 0, err
+    assert "--set changed reduce_bucket_size 16777216 -> 100000000" in stdout and "73.18 GiB of 80.00 GiB" in stdout
+    _, plan = load(out)
+    assert plan["plan"]["reduce_bucket_size"] == 100_000_000
+    memory = validate_memory(out / "ds_config.json", *NEAR_LIMIT_VALIDATE)
+    assert plan["memory"]["gpu_total_bytes"] == memory["gpu_total_bytes"]
+    assert plan["memory"]["terms"] == memory["terms"]
+
+
+@pytest.mark.parametrize("sets,knob,value", [
+    (["zero_optimization.stage=2"], "zero_stage", 2),
+    (["zero_optimization.offload_optimizer.device=cpu"], "offload_optimizer", "cpu"),
+    (["train_micro_batch_size_per_gpu=2", "train_batch_size=32"], "micro_batch", 2),
+    (["zero_optimization.stage3_prefetch_bucket_size=5e8"], "prefetch_bucket_size", 500_000_000),
+    (["zero_optimization.stage3_param_persistence_threshold=1e6"], "param_persistence_threshold", 1_000_000),
+    (["bf16.enabled=false", "fp16.enabled=true"], "precision", "fp16"),
+    (["zero_optimization.zero_quantized_weights=true"], "quantized_weights", True),
+    (["tensor_parallel.autotp_size=2"], "tp", 2),
+], ids=["stage", "offload", "micro-batch", "prefetch", "persistence", "fp16", "qwZ", "autotp"])
+def test_every_memory_knob_set_is_estimated_as_written(tmp_path, sets, knob, value):
+    """plan.json's plan and memory are for the config as written; validate gives the same GiB for the file."""
+    out = tmp_path / "o"
+    rc, stdout, err = gen(out, *[a for item in sets for a in ("--set", item)])
+    assert rc == 0, err
+    _, plan = load(out)
+    assert plan["plan"][knob] == value and f"--set changed {knob} " in stdout
+    memory = validate_memory(out / "ds_config.json", "-m", "Qwen3-8B", "-g", "H100-SXM", *CLUSTER, "--no-deepspeed")
+    assert plan["memory"]["gpu_total_bytes"] == memory["gpu_total_bytes"]
+
+
+def test_set_of_a_key_that_does_not_change_memory_keeps_the_plan(tmp_path):
+    assert gen(tmp_path / "a")[0] == 0
+    rc, stdout, err = gen(tmp_path / "b", "--set", "steps_per_print=50", "--set", "wandb.enabled=false")
+    assert rc == 0, err
+    assert "--set changed" not in stdout
+    (_, a), (_, b) = load(tmp_path / "a"), load(tmp_path / "b")
+    assert b["plan"] == a["plan"] and b["memory"] == a["memory"]
+    # a plan knob the estimate does not use: recorded, memory unchanged
+    rc, stdout, err = gen(tmp_path / "c", "--set", "zero_optimization.stage3_max_live_parameters=2e8")
+    assert rc == 0, err
+    assert "--set changed max_live_parameters 1000000000 -> 200000000" in stdout
+    _, c = load(tmp_path / "c")
+    assert c["plan"] == {**a["plan"], "max_live_parameters": 200_000_000} and c["memory"] == a["memory"]
+
+
+# --------------------------------------------------------------------------- output places: one line, exit 2
+
+
+def one_line_error(rc: int, err: str) -> str:
+    assert rc == 2 and "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def test_output_dir_under_a_file(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    line = one_line_error(*gen(tmp_path / "afile" / "out")[::2])
+    assert "--output-dir" in line and "Not a directory" in line
+
+
+def test_output_dir_a_symlink_loop(tmp_path):
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    line = one_line_error(*gen(tmp_path / "loop")[::2])
+    assert "symlink" in line and "loop" in line
+
+
+def test_output_dir_inside_a_symlink_loop(tmp_path):
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    line = one_line_error(*gen(tmp_path / "loop" / "out")[::2])
+    assert "cannot create it" in line
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes into a mode 0555 directory")
+def test_output_dir_read_only(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        line = one_line_error(*gen(ro)[::2])
+        assert "cannot write into it" in line and "Permission denied" in line
+        line = one_line_error(*gen(ro / "sub")[::2])
+        assert "cannot create it" in line
+    finally:
+        ro.chmod(0o755)
+    assert list(ro.iterdir()) == []
+
+
+@pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs Linux sysfs (a directory no one can create files in)")
+def test_output_dir_where_no_file_can_be_created():
+    """sysfs refuses new files even to root: the read-only case a root test run can reach."""
+    line = one_line_error(*gen(Path("/sys/kernel"))[::2])
+    assert "--output-dir /sys/kernel: cannot write into it" in line
+    line = one_line_error(*gen(Path("/sys/kernel/qwen-ds-out"))[::2])
+    assert "cannot create it" in line
+
+
+@pytest.mark.parametrize("name", ["ds_config.json", "plan.json"])
+@pytest.mark.parametrize("force", [False, True])
+def test_target_that_is_a_directory(tmp_path, name, force):
+    out = tmp_path / "o"
+    (out / name).mkdir(parents=True)
+    rc, _, err = gen(out, *(["--force"] if force else []))
+    line = one_line_error(rc, err)
+    assert f"{out / name} is a directory" in line  # said first: --force would not help
+    assert sorted(p.name for p in out.iterdir()) == [name] and not any((out / name).iterdir())
+
+
+def test_target_that_is_a_symlink_is_replaced_not_written_through(tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text("{}")
+    (out / "ds_config.json").symlink_to(elsewhere)
+    assert "already exists" in gen(out)[2]
+    rc, _, err = gen(out, "--force")
+    assert rc == 0, err
+    assert elsewhere.read_text() == "{}" and not (out / "ds_config.json").is_symlink()

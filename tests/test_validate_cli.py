@@ -250,6 +250,7 @@ NO_HEAVY_IMPORTS = textwrap.dedent("""\
         run(["validate", os.path.join(out, "ds_config.json"), "--nodes", "2", "--gpus-per-node", "8",
              "-m", "Qwen3-8B", "-g", "H100-SXM", "--no-deepspeed", "--json"]),
         run(["validate", os.path.join(out, "ds_config.json"), "--nodes", "2", "--gpus-per-node", "8", "--json"]),
+        run(["validate", os.path.join(out, "ds_config.json"), "--plan", os.path.join(out, "plan.json"), "--no-deepspeed"]),
     ]
     heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "deepspeed", "transformers"))
     print("RESULT=" + json.dumps({"rcs": rcs, "heavy": heavy}))
@@ -267,5 +268,121 @@ def test_gen_config_and_validate_never_import_torch_or_deepspeed(tmp_path):
     assert lines, proc.stdout + proc.stderr
     result = json.loads(lines[-1].split("=", 1)[1])
     assert result["heavy"] == []
-    assert result["rcs"] == [0, 0, 0], proc.stderr
+    assert result["rcs"] == [0, 0, 0, 0], proc.stderr
     assert (tmp_path / "out" / "ds_config.json").is_file()
+
+
+# --------------------------------------------------------------------------- --plan: the config must be the plan's
+
+
+def tiny_pair(out: Path, zero: int, micro: int) -> Path:
+    hf = out.parent / "hostfile"
+    hf.write_text("localhost slots=2\n")
+    rc, _, err = run_cli("gen-config", "-m", "tiny-qwen3", "-g", "H100-SXM", "--hostfile", str(hf), "--zero", str(zero),
+                         "--micro-batch", str(micro), "--grad-accum", "1", "--checkpointing", "--offload-optimizer", "none",
+                         "--offload-param", "none", "--tp", "1", "--pp", "1", "--seq-len", "32", "-o", str(out))
+    assert rc == 0, err
+    return out
+
+
+@pytest.fixture
+def pairs(tmp_path):
+    """The issue's pair: a ZeRO-2 / micro-batch 1 config and a ZeRO-3 / micro-batch 2 plan."""
+    return tiny_pair(tmp_path / "z2", 2, 1), tiny_pair(tmp_path / "z3", 3, 2)
+
+
+def test_plan_of_this_config_passes(pairs):
+    z2, _ = pairs
+    rc, out, err = run_cli("validate", str(z2 / "ds_config.json"), "--plan", str(z2 / "plan.json"), "--no-deepspeed")
+    assert rc == 0 and err == "" and "ok" in out
+
+
+def test_plan_of_another_config_is_refused_naming_each_key(pairs):
+    z2, z3 = pairs
+    cfg = str(z2 / "ds_config.json")
+    rc, out, _ = run_cli("validate", cfg, "--plan", str(z3 / "plan.json"), "--no-deepspeed", "--json")
+    assert rc == 2
+    doc = json.loads(out)
+    plan_problems = {p["path"]: p["message"] for p in doc["problems"] if p["rule"] == "plan"}
+    assert plan_problems["$.zero_optimization.stage"].startswith("config 2, plan 3: ")
+    assert plan_problems["$.train_micro_batch_size_per_gpu"].startswith("config 1, plan 2: ")
+    assert plan_problems["$.zero_optimization.stage3_prefetch_bucket_size"].startswith("config (absent), plan ")
+    assert all(p["severity"] == "error" for p in doc["problems"] if p["rule"] == "plan")
+    rc, _, err = run_cli("validate", cfg, "--plan", str(z3 / "plan.json"), "--no-deepspeed")
+    assert rc == 2 and f"{cfg}: error: $.zero_optimization.stage: config 2, plan 3: {z3 / 'plan.json'} was made with another config" in err
+
+
+def test_a_hand_edit_of_the_config_is_refused(pairs):
+    z2, _ = pairs
+    cfg = json.loads((z2 / "ds_config.json").read_text())
+    cfg["optimizer"]["params"]["lr"] = 1e-4
+    (z2 / "ds_config.json").write_text(json.dumps(cfg))
+    rc, out, _ = run_cli("validate", str(z2 / "ds_config.json"), "--plan", str(z2 / "plan.json"), "--no-deepspeed", "--json")
+    assert rc == 2
+    (p,) = [p for p in json.loads(out)["problems"] if p["rule"] == "plan"]
+    assert p["path"] == "$.optimizer.params.lr" and p["message"].startswith("config 0.0001, plan 2e-05: ")
+
+
+def test_reformatting_the_config_keeps_it_the_plans(pairs):
+    """Key order, indentation, hjson comments and 1e9 for 1000000000 change no value: still the plan's config."""
+    z2, _ = pairs
+    cfg = json.loads((z2 / "ds_config.json").read_text())
+    text = json.dumps(dict(reversed(list(cfg.items()))), indent=None)
+    text = text.replace(": 1000000000", ": 1e9").replace(": 1.0,", ": 1,")
+    (z2 / "ds_config.json").write_text("// reformatted\n" + text)
+    rc, _, err = run_cli("validate", str(z2 / "ds_config.json"), "--plan", str(z2 / "plan.json"), "--no-deepspeed")
+    assert rc == 0, err
+
+
+def test_plan_without_a_digest_is_a_warning(pairs):
+    """plan.json from before the digest: warned about, not refused."""
+    z2, _ = pairs
+    plan = json.loads((z2 / "plan.json").read_text())
+    del plan["ds_config_sha256"], plan["ds_config"]
+    (z2 / "plan.json").write_text(json.dumps(plan))
+    rc, out, err = run_cli("validate", str(z2 / "ds_config.json"), "--plan", str(z2 / "plan.json"), "--no-deepspeed")
+    assert rc == 0 and "ok" in out
+    assert "warning: $: " in err and "has no ds_config_sha256" in err
+
+
+def test_plan_with_a_digest_but_no_config_is_refused(pairs):
+    z2, z3 = pairs
+    plan = json.loads((z3 / "plan.json").read_text())
+    del plan["ds_config"]
+    (z3 / "plan.json").write_text(json.dumps(plan))
+    rc, _, err = run_cli("validate", str(z2 / "ds_config.json"), "--plan", str(z3 / "plan.json"), "--no-deepspeed")
+    assert rc == 2 and "its ds_config_sha256 is not the digest of this config" in err
+
+
+@pytest.mark.parametrize("doc,match", [
+    ([1, 2], "a plan.json is a JSON object, got a list"),
+    ("plan", "a plan.json is a JSON object, got a string"),
+    ({"plan": []}, "plan is [] (a list); it must be an object"),
+    ({"plan": {"pp": "two"}}, 'plan.pp is "two" (a string); it must be a positive integer'),
+    ({"plan": {"pp": True}}, "plan.pp is true (a boolean)"),
+    ({"plan": {"pp": 0}}, "plan.pp is 0 (an integer); it must be a positive integer"),
+    ({"plan": {"precision": "fp4"}}, "plan.precision"),
+    ({"cluster": {"world_size": "8"}}, 'cluster.world_size is "8"'),
+    ({"cluster": None}, "cluster is null"),
+    ({"memory": {"terms": {"weights": "x"}}}, "memory.terms"),
+    ({"model": {"config": [1]}}, "model.config"),
+    ({"ds_config_sha256": 5}, "ds_config_sha256 is 5 (an integer); it must be 64 lowercase hex digits"),
+    ({"ds_config_sha256": "abc"}, "ds_config_sha256"),
+    ({"ds_config": "x"}, "ds_config is"),
+], ids=lambda v: json.dumps(v)[:40] if not isinstance(v, str) else v[:20])
+def test_plan_with_wrong_types_is_one_line_exit_2(tmp_path, doc, match):
+    cfg = write(tmp_path, VALID)
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(doc))
+    rc, out, err = run_cli("validate", cfg, "--plan", str(plan), "--no-deepspeed")
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith(f"error: --plan {plan}: "), err
+    assert match in lines[0] and "Traceback" not in err
+
+
+@pytest.mark.parametrize("content,match", [("{not json", "not JSON"), ("", "not JSON"), ("[" * 100000, "nested too deeply")])
+def test_plan_that_is_not_json_is_one_line_exit_2(tmp_path, content, match):
+    plan = tmp_path / "plan.json"
+    plan.write_text(content)
+    rc, _, err = run_cli("validate", write(tmp_path, VALID), "--plan", str(plan), "--no-deepspeed")
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and match in err, err

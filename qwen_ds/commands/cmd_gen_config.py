@@ -1,7 +1,9 @@
-"""`qwen-ds gen-config`: render ds_config.json + plan.json for a plan, validated, written atomically."""
+"""`qwen-ds gen-config`: render ds_config.json + plan.json for a plan, validated, estimated as written
+(after --set), and published as one unit (see qwen_ds/publish.py)."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime
 import json
@@ -13,9 +15,12 @@ import click
 from .. import __version__
 from ..errors import EXIT_BAD_INPUT, EXIT_DOES_NOT_FIT
 from ..estimator import estimate, layout
-from ..fileio import check_writable, write_json_atomic
-from ..render import ConfigOptions, fp8_recipe, render
+from ..format import gib
+from ..plandoc import CONFIG_KEY, DIGEST_KEY, config_digest
+from ..publish import check_targets, publish_files
+from ..render import ConfigOptions, apply_override, fp8_recipe, render
 from ..validate import Context, validate_config
+from ..validate.plan_from_config import plan_with_edits
 from .cmd_estimate import render as render_estimate
 from .cmd_estimate import to_json as estimate_json
 from .cmd_plan import constraints_from, pinned_knobs, planner_options
@@ -59,11 +64,11 @@ def command(ctx: click.Context, output_dir: str, force: bool, overrides: tuple[s
     plan = dataclasses.replace(plan, hpz_partition_size=hpz_partition_size, quantized_weights=quantized_weights,
                                quantized_gradients=quantized_gradients)
     pinned = pinned_knobs(ctx, kw)
+    cons, net = constraints_from(kw, pinned)
     chosen_by = "flags"
     if len(pinned) < len(PLAN_KNOBS):  # knobs left open: the planner's fastest plan that fits fills them
         from ..planner import search
 
-        cons, net = constraints_from(kw, pinned)
         res = search(model, cluster, workload, plan, cons, net)
         if not res.considered:
             click.echo(f"error: no plan matches the pinned knobs ({', '.join(f'{k}={v}' for k, v in sorted(pinned.items()))}); "
@@ -78,20 +83,29 @@ def command(ctx: click.Context, output_dir: str, force: bool, overrides: tuple[s
     opts = ConfigOptions(lr=lr, warmup_steps=warmup_steps, total_steps=total_steps, gradient_clipping=gradient_clipping,
                          nvme_path=nvme_path, communication_data_type=communication_data_type)
     out = Path(output_dir)
-    targets = [out / "ds_config.json", out / "plan.json"]
-    check_writable(targets, force)
-    cfg = render(model, cluster, workload, plan, opts, Path(template_dir) if template_dir else None, list(overrides))
+    names = ["plan.json", "ds_config.json"]
+    check_targets(out, names, force)  # early, to fail before the work; publish_files checks again under its lock
+    rendered = render(model, cluster, workload, plan, opts, Path(template_dir) if template_dir else None)
+    cfg = copy.deepcopy(rendered)
+    for item in overrides:
+        apply_override(cfg, item)
     ctx = Context(world_size=cluster.world_size, gpus_per_node=cluster.gpus_per_node, pp=plan.pp, gpu=cluster.gpu, model=model)
     problems = validate_config(cfg, ctx)
     echo_problems(problems, "ds_config.json")
     if errors(problems):
         click.echo(f"error: the rendered config has {len(errors(problems))} problem(s); nothing written", err=True)
         sys.exit(EXIT_BAD_INPUT)
+    # the verdict is for the config as written: knobs --set changed are read back from it
+    plan, edited = plan_with_edits(plan, rendered, cfg)
     lay = layout(model, cluster, plan)
     mem = estimate(model, cluster, workload, plan)
-    if not mem.fits:
+    usable = int(cluster.gpu.memory_bytes * cons.headroom)  # the planner's limit, for every plan gen-config writes
+    if mem.gpu_total_bytes > usable:
         click.echo(render_estimate(model, cluster, workload, plan, lay, mem), err=True)
-        click.echo("error: this plan does not fit; nothing written (change the plan, or see qwen-ds estimate)", err=True)
+        by = f" with {_edits(edited)} (--set)" if edited else ""
+        click.echo(f"error: this plan{by} needs {gib(mem.gpu_total_bytes)} GiB per GPU, over the {gib(usable)} GiB usable "
+                   f"(--headroom {cons.headroom:g} of {gib(cluster.gpu.memory_bytes)} GiB); nothing written "
+                   "(change the plan, or see qwen-ds estimate)", err=True)
         sys.exit(EXIT_DOES_NOT_FIT)
     plan_doc = {
         "qwen_ds_version": __version__,
@@ -107,16 +121,34 @@ def command(ctx: click.Context, output_dir: str, force: bool, overrides: tuple[s
         "chosen_by": chosen_by,
         "memory": estimate_json(model, cluster, workload, plan, lay, mem),
         "launch": {"command": launch_command(kw, out, workload.mode)},
+        DIGEST_KEY: config_digest(cfg),
+        CONFIG_KEY: cfg,
     }
-    write_json_atomic(targets[0], cfg)
-    write_json_atomic(targets[1], plan_doc)
+    # plan.json first: a reader between the two renames (or after a crash there) sees the new plan beside
+    # the old config, which the plan's digest refuses; the other order could pair the new config with an
+    # old plan.json that has no digest, which readers only warn about
+    publish_files(out, [(name, _json_bytes(doc)) for name, doc in zip(names, (plan_doc, cfg))], force)
+    targets = [out / "ds_config.json", out / "plan.json"]
     if as_json:
         click.echo(json.dumps(plan_doc, indent=2))
     else:
         click.echo(f"wrote {targets[0]} and {targets[1]}")
         click.echo(f"plan chosen by {chosen_by}")
+        if edited:
+            click.echo(f"--set changed {_edits(edited)}; the memory below is for the config as written")
         click.echo(f"ZeRO-{plan.zero_stage}, offload optimizer={plan.offload_optimizer} params={plan.offload_param}, "
                    f"dp {lay.dp} x tp {lay.tp} x pp {lay.pp}, micro-batch {plan.micro_batch} x grad-accum {plan.grad_accum}, "
                    f"checkpointing {'on' if plan.checkpointing else 'off'}, {plan.precision}; "
                    f"{mem.gpu_total_bytes / 1024**3:.2f} GiB of {mem.gpu_memory_bytes / 1024**3:.2f} GiB per GPU")
         click.echo("launch: " + " ".join(plan_doc["launch"]["command"]))
+
+
+def _json_bytes(doc: dict) -> bytes:
+    return (json.dumps(doc, indent=2) + "\n").encode("utf-8")
+
+
+def _edits(edited: dict) -> str:
+    def show(v):
+        return json.dumps(v) if isinstance(v, bool) else str(v)
+
+    return ", ".join(f"{k} {show(v0)} -> {show(v1)}" for k, (v0, v1) in edited.items())

@@ -7,11 +7,12 @@ import sys
 
 import click
 
-from ..errors import EXIT_BAD_INPUT, EXIT_DOES_NOT_FIT, InputError
+from ..errors import EXIT_BAD_INPUT, EXIT_DOES_NOT_FIT, InputError, one_line
 from ..hardware import Cluster, get_gpu
 from ..models import load_model
 from ..plan import Workload
-from ..validate import Context, is_inference_config, validate_config
+from ..plandoc import check_pair, mismatch_line, read_plan_document, unchecked_line, values_text
+from ..validate import Context, Problem, is_inference_config, validate_config
 from ..validate.parse import read_config
 from .options import cluster_shape
 from .report import echo_problems, errors
@@ -31,10 +32,14 @@ from .report import echo_problems, errors
 @click.option("--checkpointing/--no-checkpointing", default=True, show_default=True, help="Whether the script checkpoints activations.")
 @click.option("--deepspeed/--no-deepspeed", "use_deepspeed", default=None,
               help="Also run DeepSpeed's own parser in a child process [on when deepspeed is installed].")
+@click.option("--plan", "plan_path", default=None, type=click.Path(dir_okay=False),
+              help="plan.json from gen-config: an error for every key where CONFIG differs from the config the plan was made with.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: ok, problems (path, message, rule, severity), memory.")
 def command(config: str, model: str | None, gpu: str | None, hostfile: str | None, nodes: int | None, gpus_per_node: int | None,
-            pp: int, seq_len: int, new_tokens: int, checkpointing: bool, use_deepspeed: bool | None, as_json: bool) -> None:
+            pp: int, seq_len: int, new_tokens: int, checkpointing: bool, use_deepspeed: bool | None, plan_path: str | None,
+            as_json: bool) -> None:
     cfg = read_config(config)
+    plan_doc = read_plan_document(plan_path, "--plan") if plan_path else None
     for flag, v in (("--nodes", nodes), ("--gpus-per-node", gpus_per_node), ("--pp", pp), ("--seq-len", seq_len)):
         if v is not None and v < 1:
             raise InputError(f"{flag} {v}: must be a positive integer")
@@ -50,13 +55,13 @@ def command(config: str, model: str | None, gpu: str | None, hostfile: str | Non
         use_deepspeed = deepspeed_available()
     ctx = Context(world_size=world, gpus_per_node=gpn, pp=pp, gpu=gpu_spec, model=spec)
     problems = validate_config(cfg, ctx, use_deepspeed=use_deepspeed)
+    if plan_doc is not None:
+        problems += plan_problems(cfg, plan_doc, config, plan_path)
     memory = None
     if not errors(problems) and spec and gpu_spec:
         try:
             memory = _memory(cfg, spec, gpu_spec, world, gpn, pp, seq_len, new_tokens, checkpointing)
         except (InputError, OverflowError, ValueError) as exc:
-            from ..validate import Problem
-
             problems.append(Problem("$", f"memory verdict skipped: {exc}; give --hostfile or --nodes/--gpus-per-node "
                                     "matching the config", "memory", "warning"))
     ds_ran = bool(use_deepspeed) and not any(p.rule != "deepspeed" and p.severity == "error" for p in problems)
@@ -76,6 +81,25 @@ def command(config: str, model: str | None, gpu: str | None, hostfile: str | Non
         sys.exit(EXIT_BAD_INPUT)
     if memory and not memory["fits"]:
         sys.exit(EXIT_DOES_NOT_FIT)
+
+
+def plan_problems(cfg: dict, plan_doc: dict, config: str, plan_path: str) -> list[Problem]:
+    """One error per key where the config differs from the one the plan was made with (a warning
+    for a plan.json that records no digest)."""
+    pair = check_pair(cfg, plan_doc)
+    if pair.status == "unchecked":
+        return [Problem("$", unchecked_line(config, plan_path), "plan", "warning")]
+    if pair.status == "match":
+        return []
+    if not pair.differences:
+        return [Problem("$", mismatch_line(config, plan_path, pair), "plan")]
+    fix = (f"{one_line(plan_path)} was made with another config; regenerate both with qwen-ds gen-config "
+           "(--set for your edits), or pass the plan made with this config")
+    return [Problem(_json_path(path), f"{values_text(a, b)}: {fix}", "plan") for path, a, b in pair.differences]
+
+
+def _json_path(dotted: str) -> str:
+    return "$" if dotted == "$" else "$." + dotted
 
 
 def _memory(cfg, spec, gpu_spec, world, gpn, pp, seq_len, new_tokens, checkpointing) -> dict:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import shutil
 import socket
 import sys
 from pathlib import Path
+from typing import Callable
 
-from ..errors import InputError, one_line
+from ..plandoc import check_pair, mismatch_line, read_plan_document, unchecked_line
 from .build import BACKEND_BINARY, LaunchRequest, LaunchSpec, selected_slots
 
 
@@ -33,27 +33,32 @@ def free_port() -> int:
 
 
 def read_plan(path: str | None) -> dict | None:
-    if not path:
-        return None
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InputError(f"--plan {one_line(path)}: cannot read it ({one_line(exc.strerror or exc)}); pass the plan.json gen-config wrote") from None
-    except ValueError as exc:
-        raise InputError(f"--plan {one_line(path)}: not JSON ({one_line(exc)[:100]}); pass the plan.json gen-config wrote") from None
+    """plan.json with the types of its fields checked (InputError, one line), or None without --plan."""
+    return read_plan_document(path, "--plan") if path else None
 
 
-def preflight(req: LaunchRequest, spec: LaunchSpec) -> list[str]:
-    """Problems found, each one line naming the fix. Empty = ready to launch."""
+def _stderr_warning(message: str) -> None:
+    print(f"warning: preflight: {message}", file=sys.stderr, flush=True)
+
+
+def preflight(req: LaunchRequest, spec: LaunchSpec, warn: Callable[[str], None] = _stderr_warning) -> list[str]:
+    """Problems found, each one line naming the fix. Empty = ready to launch. ``warn`` gets what
+    does not stop a launch (a plan.json too old to be checked against the config)."""
     from ..validate import Context, validate_config
     from ..validate.parse import read_config
 
     problems: list[str] = []
     hf = req.hostfile
     plan = read_plan(req.plan)
-    planned = plan["plan"] if plan and isinstance(plan.get("plan"), dict) else {}
-    pp = int(planned.get("pp", 1))
+    planned = plan.get("plan", {}) if plan else {}
+    pp = planned.get("pp", 1)
     cfg = read_config(req.config)
+    if plan is not None:
+        pair = check_pair(cfg, plan)
+        if pair.status == "mismatch":
+            problems.append(mismatch_line(req.config, req.plan, pair))
+        elif pair.status == "unchecked":
+            warn(unchecked_line(req.config, req.plan))
     chosen = selected_slots(hf, req.include, req.exclude)
     world = sum(chosen.values())
     per_node = set(chosen.values())

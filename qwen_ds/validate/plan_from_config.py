@@ -1,10 +1,12 @@
 """Read the memory-relevant knobs of an existing DeepSpeed config back into a Plan, so validate can
-give the same memory verdict as estimate."""
+give the same memory verdict as estimate, and gen-config can estimate its config as written (after --set)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+from ..errors import InputError
 from ..plan import Plan
 from .rules import is_inference_config
 
@@ -46,6 +48,25 @@ def plan_from_config(cfg: dict[str, Any], *, pp: int = 1, checkpointing: bool = 
         prefetch_bucket_size=_num(z.get("stage3_prefetch_bucket_size", z.get("prefetch_bucket_size")), 50_000_000),
         param_persistence_threshold=_num(z.get("stage3_param_persistence_threshold", z.get("param_persistence_threshold")), 100_000),
         max_live_parameters=_num(z.get("stage3_max_live_parameters"), 1_000_000_000),
+        max_reuse_distance=_num(z.get("stage3_max_reuse_distance"), 1_000_000_000),
         sub_group_size=_num(z.get("sub_group_size"), 1_000_000_000),
         hpz_partition_size=max(_num(z.get("zero_hpz_partition_size"), 1), 1) if stage == 3 else 1,
+        quantized_weights=stage == 3 and z.get("zero_quantized_weights") is True,
+        quantized_gradients=stage == 3 and z.get("zero_quantized_gradients") is True,
     )
+
+
+def plan_with_edits(plan: Plan, rendered: dict[str, Any], edited: dict[str, Any]) -> tuple[Plan, dict[str, tuple[Any, Any]]]:
+    """The plan ``edited`` runs, where ``rendered`` is the config rendered from ``plan`` and ``edited``
+    that config after --set: each knob that reads back differently from the two configs takes its
+    value in ``edited``; the rest stay the plan's, including what a config does not say (pipeline
+    stages, checkpointing, loss path, kernels, FP8 over a bf16 config) and what it leaves to
+    DeepSpeed's defaults. Returns (plan, {knob: (before, after)}); no edit -> (plan, {})."""
+    kw = dict(pp=plan.pp, checkpointing=plan.checkpointing, loss=plan.loss, kernels=plan.kernels)
+    try:
+        before, after = plan_from_config(rendered, **kw), plan_from_config(edited, **kw)
+        changed = {f.name: (getattr(before, f.name), getattr(after, f.name)) for f in dataclasses.fields(Plan)
+                   if getattr(before, f.name) != getattr(after, f.name)}
+        return (dataclasses.replace(plan, **{k: new for k, (_, new) in changed.items()}) if changed else plan), changed
+    except InputError as exc:  # Plan's own checks name flags; here the edited config is what says it
+        raise InputError(f"--set: the config as written is no plan qwen-ds can estimate ({exc})") from None
