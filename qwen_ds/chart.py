@@ -1,10 +1,13 @@
-"""Stacked-bar PNG of the memory terms of the top plans against the GPU limit (needs matplotlib,
-imported only here: `pip install qwen-ds[chart]`)."""
+"""Stacked-bar chart (PNG, SVG, PDF, ...) of the memory terms of the top plans against the GPU limit
+(needs matplotlib, imported only here: `pip install qwen-ds[chart]`)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .errors import InputError, one_line
 from .hardware import Cluster
+from .publish import check_targets, publish_file
 
 GIB = 1024**3
 GROUPS = {  # term name prefix -> bar segment
@@ -39,7 +42,7 @@ def _label(i: int, c) -> str:
     return f"{line1}\n{line2}\nmb {p.micro_batch}, ckpt {'on' if p.checkpointing else 'off'}"
 
 
-def memory_chart(cands, cluster: Cluster, headroom: float, path: str) -> None:
+def _pyplot():
     try:
         import matplotlib
 
@@ -47,6 +50,30 @@ def memory_chart(cands, cluster: Cluster, headroom: float, path: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise InputError("--chart needs matplotlib: pip install 'qwen-ds[chart]' (or pip install matplotlib)") from None
+    return plt
+
+
+def chart_format(path: str, force: bool) -> str:
+    """The format the file name asks for (png without a suffix), checked before any work: a format
+    matplotlib writes, and no existing file unless ``force``."""
+    _pyplot()
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    supported = FigureCanvasBase.get_supported_filetypes()
+    fmt = Path(path).suffix[1:].lower() or "png"
+    if fmt not in supported:
+        raise InputError(f"--chart {one_line(path)}: matplotlib cannot write .{one_line(fmt)} files; end the name with one of "
+                         f"{', '.join('.' + k for k in sorted(supported))}")
+    parent = Path(path).parent
+    if not parent.is_dir():
+        raise InputError(f"--chart {one_line(path)}: {one_line(parent)} is not a directory; create it or choose another --chart")
+    check_targets(parent, [Path(path).name], force, "--chart")
+    return fmt
+
+
+def memory_chart(cands, cluster: Cluster, headroom: float, path: str, force: bool = False) -> None:
+    plt = _pyplot()
+    fmt = chart_format(path, force)
     segs = [_segments(c) for c in cands]
     keys = [k for k in ("params", "gradients", "optimizer", "activations", "logits / loss", "DeepSpeed buffers",
                         "CUDA / NCCL", "fragmentation", "other") if any(s.get(k) for s in segs)]
@@ -65,9 +92,15 @@ def memory_chart(cands, cluster: Cluster, headroom: float, path: str) -> None:
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     plt.setp(ax.get_xticklabels(), fontsize=8)
     fig.tight_layout()
+
+    def save(tmp: str) -> None:
+        try:
+            fig.savefig(tmp, dpi=110, format=fmt)
+        except (OSError, ValueError) as exc:  # ValueError: a writer matplotlib lists but lacks (e.g. Pillow for .webp)
+            why = one_line(getattr(exc, "strerror", None) or exc)[:160]
+            raise InputError(f"--chart {one_line(path)}: cannot write it ({why})") from None
+
     try:
-        fig.savefig(path, dpi=110)
-    except OSError as exc:
-        raise InputError(f"--chart {one_line(path)}: cannot write it ({one_line(exc.strerror or exc)})") from None
+        publish_file(Path(path), save, force, "--chart")
     finally:
         plt.close(fig)

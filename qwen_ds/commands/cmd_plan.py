@@ -11,9 +11,8 @@ from ..errors import EXIT_DOES_NOT_FIT
 from ..format import gib, table
 from ..models.counts import autotp_unsupported
 from ..planner import Candidate, Constraints, Network, search, smallest_cluster_without_offload
+from ..planner.search import cpu_mem_bytes
 from .options import build_inputs, cluster_options, plan_options
-
-GIB = 1024**3
 
 
 def planner_options(f):
@@ -32,9 +31,8 @@ def planner_options(f):
 
 
 def constraints_from(kw: dict, pinned: dict) -> tuple[Constraints, Network]:
-    cpu = kw["cpu_mem_per_node"]
     nvme = kw["allow_nvme"] or "nvme" in (pinned.get("offload_optimizer"), pinned.get("offload_param"))
-    c = Constraints(headroom=kw["headroom"], cpu_mem_per_node=int(cpu * GIB) if cpu else None, allow_nvme=nvme,
+    c = Constraints(headroom=kw["headroom"], cpu_mem_per_node=cpu_mem_bytes(kw["cpu_mem_per_node"]), allow_nvme=nvme,
                     global_batch=kw["global_batch"], train_tp=kw["allow_tp"], train_pp=kw["allow_pp"], fixed=pinned)
     return c, Network(inter_node_gbps=kw["inter_node_gbps"], compute_efficiency=kw["compute_efficiency"])
 
@@ -63,12 +61,18 @@ def describe(c: Candidate) -> dict:
 @planner_options
 @click.option("--top", type=int, default=8, show_default=True)
 @click.option("--explain", is_flag=True, help="Show the memory and time terms of the winner.")
-@click.option("--chart", type=click.Path(dir_okay=False), default=None, help="Write a stacked-bar PNG of the top plans' memory.")
+@click.option("--chart", type=click.Path(dir_okay=False), default=None,
+              help="Write a stacked-bar chart of the top plans' memory (.png, .svg, .pdf, ...; png without a suffix).")
+@click.option("--force", is_flag=True, help="Overwrite an existing --chart file.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def command(ctx: click.Context, top: int, explain: bool, chart: str | None, as_json: bool, **kw) -> None:
+def command(ctx: click.Context, top: int, explain: bool, chart: str | None, force: bool, as_json: bool, **kw) -> None:
     model, cluster, workload, base = build_inputs(kw)
     cons, net = constraints_from(kw, pinned_knobs(ctx, kw))
+    if chart:
+        from ..chart import chart_format
+
+        chart_format(chart, force)  # before the search: a bad name or an existing file fails first
     res = search(model, cluster, workload, base, cons, net)
     smallest = None
     no_offload_fits = any(c.plan.offload_optimizer == c.plan.offload_param == "none" for c in res.accepted)
@@ -95,7 +99,7 @@ def command(ctx: click.Context, top: int, explain: bool, chart: str | None, as_j
     if chart and res.accepted:
         from ..chart import memory_chart
 
-        memory_chart(res.accepted[:min(top, 6)], cluster, cons.headroom, chart)
+        memory_chart(res.accepted[:min(top, 6)], cluster, cons.headroom, chart, force)
     if not res.accepted:
         sys.exit(EXIT_DOES_NOT_FIT)
 
