@@ -76,16 +76,32 @@ def _mib(n: int) -> str:
     return f"{n // 2**20} MiB" if n % 2**20 == 0 else f"{n / 2**20:.1f} MiB"
 
 
-def check_writable(paths: list[Path], force: bool) -> None:
-    existing = [p for p in paths if p.exists()]
-    if existing and not force:
-        raise InputError(f"{', '.join(one_line(p) for p in existing)} already exist(s); pass --force to overwrite or choose another --output-dir")
+def _umask() -> int:
+    try:  # Linux >= 4.7 shows it without changing it
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def mkstemp_beside(directory: Path, name: str) -> tuple[int, str]:
+    """A temp file beside ``name`` with the mode open() would give the file (mkstemp's is 0600)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+    except (OSError, AttributeError):  # no fchmod (Windows before 3.13): keep mkstemp's mode
+        pass
+    return fd, tmp
 
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write to a temp file in the same directory, fsync, then rename over the target."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = mkstemp_beside(path.parent, path.name)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)

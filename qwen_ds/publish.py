@@ -23,13 +23,13 @@ import contextlib
 import errno
 import os
 import signal
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterator
 
 from .errors import InputError, one_line
+from .fileio import mkstemp_beside
 
 LOCK_NAME = ".qwen-ds.lock"
 LOCK_TIMEOUT_S = 30.0
@@ -160,30 +160,8 @@ def held_signals() -> Iterator[list[int]]:
             signal.raise_signal(sig)
 
 
-def _umask() -> int:
-    try:  # Linux >= 4.7 shows it without changing it
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _mkstemp(directory: Path, name: str) -> tuple[int, str]:
-    """A temp file beside ``name`` with the mode open() would give the file (mkstemp's is 0600)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-    except (OSError, AttributeError):  # no fchmod (Windows before 3.13): keep mkstemp's mode
-        pass
-    return fd, tmp
-
-
 def _write_temp(directory: Path, name: str, data: bytes) -> str:
-    fd, tmp = _mkstemp(directory, name)
+    fd, tmp = mkstemp_beside(directory, name)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -250,7 +228,7 @@ def publish_file(path: Path, write: Callable[[str], None], force: bool, flag: st
     directory = path.parent
     check_targets(directory, [path.name], force, flag)
     try:
-        fd, tmp = _mkstemp(directory, path.name)
+        fd, tmp = mkstemp_beside(directory, path.name)
         os.close(fd)
     except OSError as exc:
         raise InputError(f"{flag} {one_line(path)}: cannot write it ({_why(exc)})") from None

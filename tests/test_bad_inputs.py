@@ -78,6 +78,10 @@ CASES = {
     "gen-config -o read-only place": ["gen-config", *SIZE, "-o", "/proc/qwen-ds-out"],
     "gen-config -o where ds_config.json is a dir": ["gen-config", *SIZE, "-o", "{cfgdir}", "--force"],
     # validate
+    "validate -m ''": ["validate", "{ds.json}", "-m", ""],
+    "validate -g ''": ["validate", "{ds.json}", "-g", ""],
+    "hostfile from-slurm -o an existing file": ["hostfile", "from-slurm", "--nodelist", "n[1-2]", "--gpus-per-node", "8", "-o",
+                                                "{afile}"],
     "validate missing file": ["validate", "{tmp}/missing.json"],
     "validate a directory": ["validate", "{tmp}"],
     "validate /dev/zero": ["validate", "/dev/zero"],

@@ -9,9 +9,9 @@ from pathlib import Path
 import click
 
 from ..errors import InputError, one_line
-from ..fileio import check_writable, write_text_atomic
 from ..format import table
 from ..hostfile import expand_slurm_nodelist, hostfile_text, parse_hostfile_text, read_hostfile
+from ..publish import publish_file
 
 
 @click.group("hostfile", help="Check a DeepSpeed hostfile, or write one from a Slurm allocation.")
@@ -57,23 +57,21 @@ def from_slurm(nodelist: str | None, gpus_per_node: int | None, output: str, for
         click.echo(text, nl=False)
         return
     out = Path(output)
-    check_output(out, force)
+    check_output(out)
     try:
-        write_text_atomic(out, text)
-    except OSError as exc:  # a read-only or full file system, a directory we may not write
-        raise InputError(f"-o {one_line(out)}: cannot write it ({one_line(exc.strerror or exc)}); "
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a read-only file system, a directory we may not write
+        raise InputError(f"-o {one_line(out)}: cannot create {one_line(out.parent)} ({one_line(exc.strerror or exc)}); "
                          "choose a writable path") from None
+    # no-clobber without --force, checked when the name is taken (a dangling link counts), whole or not at all
+    publish_file(out, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), force, "-o")
     click.echo(f"wrote {out}: {text.count(chr(10))} hosts x {gpus_per_node} slots", err=True)
 
 
-def check_output(out: Path, force: bool) -> None:
-    """-o names a file in a directory, and an existing one (a dangling link too) is kept without --force."""
+def check_output(out: Path) -> None:
+    """-o names a file in a directory."""
     if out.is_dir():
         raise InputError(f"-o {one_line(out)} is a directory; name a file, e.g. -o {one_line(out / 'hostfile')}")
     parent = next(p for p in out.absolute().parents if p.exists())  # '/' always exists
     if not parent.is_dir():
         raise InputError(f"-o {one_line(out)}: {one_line(parent)} is a file, not a directory; choose a path in a directory")
-    if out.is_symlink() and not out.exists() and not force:  # check_writable's exists() misses a dangling link
-        raise InputError(f"-o {one_line(out)} already exists (a dangling symbolic link); pass --force to replace it "
-                         "or choose another -o")
-    check_writable([out], force)

@@ -47,8 +47,8 @@ def command(config: str, model: str | None, gpu: str | None, hostfile: str | Non
     if hostfile or nodes is not None or gpus_per_node is not None:
         n, gpn = cluster_shape({"hostfile": hostfile, "nodes": nodes, "gpus_per_node": gpus_per_node})
         world = n * gpn
-    spec = load_model(model) if model else None
-    gpu_spec = get_gpu(gpu) if gpu else None
+    spec = load_model(model) if model is not None else None
+    gpu_spec = get_gpu(gpu) if gpu is not None else None
     if use_deepspeed is None:
         from ..validate.dscheck import deepspeed_available
 
