@@ -259,3 +259,21 @@ def test_collective_time_is_what_the_ops_took_not_deepspeeds_running_totals():
     assert 0 < first <= wall * 1.05 + 1
     assert 0 < second <= wall2 * 1.05 + 1  # the second window does not carry the first one's time
     assert empty == 0.0
+
+
+def test_every_rank_refuses_a_config_its_plan_was_not_made_for(tmp_path):
+    """launch checks the pair before it starts; the ranks read both files again later, so they check too."""
+    import argparse
+
+    from helpers import run_cli
+    from qwen_ds.runtime.common import read_config_and_plan
+
+    rc, _, err = run_cli("gen-config", "-m", "tiny-qwen3", "-g", "H100-SXM", "--gpus-per-node", "2", "-o", str(tmp_path))
+    assert rc == 0, err
+    args = argparse.Namespace(config=str(tmp_path / "ds_config.json"), plan=str(tmp_path / "plan.json"))
+    cfg, plan = read_config_and_plan(args)
+    assert cfg["train_micro_batch_size_per_gpu"] >= 1 and plan["ds_config"] == cfg
+    cfg["train_micro_batch_size_per_gpu"] += 1
+    (tmp_path / "ds_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(RuntimeFailure, match="train_micro_batch_size_per_gpu"):
+        read_config_and_plan(args)

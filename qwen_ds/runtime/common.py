@@ -47,6 +47,20 @@ def read_json(path: str, what: str) -> dict:
         raise RuntimeFailure(f"{what} {path}: {exc}") from None
 
 
+def read_config_and_plan(args: Any) -> tuple[dict, dict | None]:
+    """ds_config.json and plan.json as this rank reads them. launch checked the pair before starting,
+    but every rank reads the files again later: a gen-config --force into the same directory in
+    between would give this rank a config its plan (and its memory estimate) was not made for."""
+    from ..plandoc import check_pair, mismatch_line
+
+    ds_config = read_json(args.config, "--config")
+    plan = read_json(args.plan, "--plan") if args.plan else None
+    check = check_pair(ds_config, plan) if isinstance(plan, dict) else None
+    if check is not None and check.status == "mismatch":
+        raise RuntimeFailure(mismatch_line(args.config, args.plan, check))
+    return ds_config, plan
+
+
 def init_distributed() -> str:
     """nccl on GPUs, gloo on CPU (DeepSpeed's CPU accelerator)."""
     import deepspeed

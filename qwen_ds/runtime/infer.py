@@ -16,7 +16,7 @@ import json
 import sys
 import time
 
-from .common import RuntimeFailure, exit_process, model_spec, run_entry, build_model, init_distributed, log0, model_config, rank, read_json, torch_dtype, world_size
+from .common import RuntimeFailure, exit_process, model_spec, run_entry, build_model, init_distributed, log0, model_config, rank, read_config_and_plan, torch_dtype, world_size
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -95,8 +95,7 @@ def infer(args: argparse.Namespace) -> int:
     import torch
     import torch.distributed as dist
 
-    ds_config = read_json(args.config, "--config")
-    plan = read_json(args.plan, "--plan") if args.plan else None
+    ds_config, plan = read_config_and_plan(args)
     device = init_distributed()
     hf_config = model_config(plan, args.model)
     hf_config.use_cache = True

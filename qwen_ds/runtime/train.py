@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from .common import RuntimeFailure, exit_process, model_spec, run_entry, build_model, init_distributed, log0, model_config, rank, read_json, world_size
+from .common import RuntimeFailure, exit_process, model_spec, run_entry, build_model, init_distributed, log0, model_config, rank, read_config_and_plan, world_size
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -91,8 +91,7 @@ def train(args: argparse.Namespace) -> int:
     from .loss import causal_lm_loss
     from .metrics import StepMeter, append_jsonl, gpu_peak_tflops
 
-    ds_config = read_json(args.config, "--config")
-    plan = read_json(args.plan, "--plan") if args.plan else None
+    ds_config, plan = read_config_and_plan(args)
     check_outputs(args)
     device = init_distributed()
     if args.comm_profile_every > 0:
