@@ -8,8 +8,8 @@ from pathlib import Path
 from .errors import InputError, one_line
 from .hardware import Cluster
 from .publish import check_targets, publish_file
+from .units import GIB
 
-GIB = 1024**3
 GROUPS = {  # term name prefix -> bar segment
     "params": "params", "hpz_secondary_params": "params", "gradients": "gradients", "master_weights_fp32": "optimizer",
     "optimizer_states": "optimizer", "step_fp32_grads": "optimizer", "activations": "activations",

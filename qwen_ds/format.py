@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-GIB = 1024**3
+from .units import GIB
 
 
 def gib(n: float) -> str:

@@ -19,6 +19,7 @@ from ..format import gib
 from ..plandoc import CONFIG_KEY, DIGEST_KEY, config_digest
 from ..publish import check_targets, publish_files
 from ..render import ConfigOptions, apply_override, fp8_recipe, render
+from ..units import GIB
 from ..validate import Context, validate_config
 from ..validate.plan_from_config import plan_with_edits
 from .cmd_estimate import render as render_estimate
@@ -139,7 +140,7 @@ def command(ctx: click.Context, output_dir: str, force: bool, overrides: tuple[s
         click.echo(f"ZeRO-{plan.zero_stage}, offload optimizer={plan.offload_optimizer} params={plan.offload_param}, "
                    f"dp {lay.dp} x tp {lay.tp} x pp {lay.pp}, micro-batch {plan.micro_batch} x grad-accum {plan.grad_accum}, "
                    f"checkpointing {'on' if plan.checkpointing else 'off'}, {plan.precision}; "
-                   f"{mem.gpu_total_bytes / 1024**3:.2f} GiB of {mem.gpu_memory_bytes / 1024**3:.2f} GiB per GPU")
+                   f"{mem.gpu_total_bytes / GIB:.2f} GiB of {mem.gpu_memory_bytes / GIB:.2f} GiB per GPU")
         click.echo("launch: " + " ".join(plan_doc["launch"]["command"]))
 
 

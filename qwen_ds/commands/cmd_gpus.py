@@ -8,6 +8,7 @@ import click
 
 from ..format import table
 from ..hardware import gpu_entries
+from ..units import GIB
 
 
 @click.command("gpus", help="List the GPU catalog (memory, compute capability, TFLOP/s, bandwidths), each figure sourced.")
@@ -23,7 +24,7 @@ def command(as_json: bool) -> None:
 
     click.echo(table(
         ["gpu", "memory GiB", "CC", "bf16", "fp8", "bf16 TF/s", "fp16 TF/s", "fp8 TF/s", "HBM GB/s", "NVLink GB/s"],
-        [[e["name"], f"{e['memory_bytes'] / 1024**3:.1f}", e["compute_capability"], "yes" if e["bf16"] else "no",
+        [[e["name"], f"{e['memory_bytes'] / GIB:.1f}", e["compute_capability"], "yes" if e["bf16"] else "no",
           "yes" if e["fp8"] else "no", num(e["bf16_tflops"]), num(e["fp16_tflops"]), num(e["fp8_tflops"]),
           num(e["hbm_gbps"]), num(e["nvlink_gbps"])] for e in entries],
         "lrlllrrrrr",

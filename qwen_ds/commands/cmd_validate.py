@@ -12,6 +12,7 @@ from ..hardware import Cluster, get_gpu
 from ..models import load_model
 from ..plan import Workload
 from ..plandoc import check_pair, mismatch_line, read_plan_document, unchecked_line, values_text
+from ..units import GIB
 from ..validate import Context, Problem, is_inference_config, validate_config
 from ..validate.parse import read_config
 from .options import cluster_shape
@@ -73,8 +74,8 @@ def command(config: str, model: str | None, gpu: str | None, hostfile: str | Non
         echo_problems(problems, config)
         if memory:
             verdict = "fits" if memory["fits"] else "DOES NOT FIT"
-            click.echo(f"{config}: memory: {memory['gpu_total_bytes'] / 1024**3:.2f} GiB of "
-                       f"{memory['gpu_memory_bytes'] / 1024**3:.2f} GiB per GPU: {verdict}")
+            click.echo(f"{config}: memory: {memory['gpu_total_bytes'] / GIB:.2f} GiB of "
+                       f"{memory['gpu_memory_bytes'] / GIB:.2f} GiB per GPU: {verdict}")
         if not errors(problems) and (memory is None or memory["fits"]):
             click.echo(f"{config}: ok ({'schema, rules and DeepSpeed 0.19.8 parser' if ds_ran else 'schema and rules'})")
     if errors(problems):

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..errors import one_line
+from ..units import MIB
 
 
 TIMEOUT_S = 15
-GIB = 1024**3
-MIB = 1024**2
 
 SECTIONS = ("versions", "gpus", "topology", "limits", "backends", "environment", "advice")
 

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from ..errors import QwenDsError, one_line
-from .probes import GIB, MIB, TIMEOUT_S, dist_version  # noqa: F401
+from ..units import GIB, MIB
+from .probes import TIMEOUT_S, dist_version
 
 def _rlimit(which: int) -> tuple[int | None, int | None]:
     import resource

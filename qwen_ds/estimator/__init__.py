@@ -7,10 +7,10 @@ from ..hardware import Cluster
 from ..models.spec import ModelSpec
 from ..plan import Plan, Workload
 from . import activations, buffers, inference, model_states
-from .breakdown import GIB, MemoryBreakdown, Term
+from .breakdown import MemoryBreakdown, Term
 from .layout import Layout, layout
 
-__all__ = ["GIB", "Layout", "MemoryBreakdown", "Term", "estimate", "layout"]
+__all__ = ["Layout", "MemoryBreakdown", "Term", "estimate", "layout"]
 
 
 def estimate(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan) -> MemoryBreakdown:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-GIB = 1024**3
 PHASES = ("persistent", "fwd_bwd", "loss", "recompute", "step", "outside")
 
 

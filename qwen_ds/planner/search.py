@@ -16,9 +16,9 @@ from ..hardware import Cluster
 from ..models.counts import autotp_unsupported
 from ..models.spec import ModelSpec
 from ..plan import Plan, Workload
+from ..units import GIB
 from .throughput import Network, StepTime, step_time
 
-GIB = 1024**3
 FREE_GRAD_ACCUM = (1, 4, 16)
 # (optimizer, params); params-only offload is ZeRO-Inference's layout
 OFFLOADS = (("none", "none"), ("cpu", "none"), ("cpu", "cpu"), ("none", "cpu"), ("nvme", "none"), ("nvme", "nvme"), ("none", "nvme"))

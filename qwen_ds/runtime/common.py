@@ -14,6 +14,8 @@ from typing import Any
 import torch  # noqa: E402
 import torch._dynamo  # noqa: E402,F401
 
+from ..units import GIB  # noqa: E402
+
 # ZeRO-3 leaf modules: gathered whole at their forward (no per-expert fetches, no hangs on experts
 # a rank's tokens skip).
 LEAF_CLASSES = ("Qwen3MoeSparseMoeBlock", "Qwen3NextSparseMoeBlock", "Qwen2MoeSparseMoeBlock", "MixtralSparseMoeBlock")
@@ -135,7 +137,7 @@ def planned_gib(args, key: str) -> str:
         value = read_json(args.plan, "--plan")["memory"][key] if getattr(args, "plan", None) else None
     except (RuntimeFailure, KeyError, TypeError):
         value = None
-    return f"{value / 2**30:.1f} GiB" if isinstance(value, (int, float)) else "unknown (no plan.json)"
+    return f"{value / GIB:.1f} GiB" if isinstance(value, (int, float)) else "unknown (no plan.json)"
 
 
 def oom_report(args, exc: BaseException) -> str:
@@ -148,9 +150,8 @@ def oom_report(args, exc: BaseException) -> str:
             total = torch.cuda.mem_get_info()[1]
         except RuntimeError:
             pass
-    gib = 2**30
-    held = (f"peak allocated {torch.cuda.max_memory_allocated() / gib:.1f} GiB, reserved {torch.cuda.max_memory_reserved() / gib:.1f} GiB"
-            f"{f' of {total / gib:.1f} GiB' if total else ''}" if torch.cuda.is_available() else "no CUDA device")
+    held = (f"peak allocated {torch.cuda.max_memory_allocated() / GIB:.1f} GiB, reserved {torch.cuda.max_memory_reserved() / GIB:.1f} GiB"
+            f"{f' of {total / GIB:.1f} GiB' if total else ''}" if torch.cuda.is_available() else "no CUDA device")
     first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else "CUDA out of memory"
     return (f"GPU out of memory ({first}); {held}; the plan predicted {planned_gib(args, 'gpu_allocated_bytes')} allocated, "
             f"{planned_gib(args, 'gpu_reserved_bytes')} reserved per GPU; check for other processes on the GPU and a --seq-len "
