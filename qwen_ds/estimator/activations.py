@@ -22,6 +22,7 @@ from ..calibration import constant
 from ..models.counts import LayerKind, kind_counts
 from ..models.spec import LINEAR_ATTENTION, MOE, ModelSpec
 from ..plan import Plan
+from ..units import compute_bytes
 from .breakdown import Term
 from .layout import Layout
 
@@ -108,16 +109,12 @@ def layer_bytes(s: ModelSpec, kind: LayerKind, kernels: str) -> tuple[int, int]:
     return 2 * norm_bytes(s, kernels), mixer + mlp
 
 
-def _scale(plan: Plan) -> int:
-    return 2 if plan.precision == "fp32" else 1
-
-
 def activation_terms(s: ModelSpec, lay: Layout, plan: Plan, seq_len: int) -> list[Term]:
     """Per GPU at the activation peak (start of backward) for one micro-batch (x in-flight
     micro-batches on the first pipeline stage under 1F1B)."""
     tokens = plan.micro_batch * seq_len
     in_flight = min(lay.pp, plan.grad_accum) if lay.pp > 1 else 1
-    scale = _scale(plan)
+    scale = compute_bytes(plan.precision) // 2  # layer_bytes counts 16-bit activations
     # per layer kind, times how many layers of the stage have it: no work per layer
     kinds = kind_counts(s, lay.stage_layers)
     per_kind = {}

@@ -14,9 +14,9 @@ from ..calibration import constant
 from ..models.counts import autotp_shards, count_params, persistent_params
 from ..models.spec import ModelSpec
 from ..plan import Plan
+from ..units import compute_bytes
 from .breakdown import Term
 from .layout import Layout
-from .model_states import param_bytes
 
 
 def reduce_buckets(model: ModelSpec, lay: Layout, plan: Plan) -> Term:
@@ -24,7 +24,7 @@ def reduce_buckets(model: ModelSpec, lay: Layout, plan: Plan) -> Term:
     ZeRO-0 (plain DP) all-reduces in DeepSpeed's own allreduce buckets: modelled as one bucket."""
     if lay.dp == 1 and plan.zero_stage < 3:
         return Term("reduce_buckets", 0, "fwd_bwd", "dp 1: no gradient reduction")
-    b = param_bytes(plan.precision)
+    b = compute_bytes(plan.precision)
     rbs = plan.buckets(model.hidden_size)["reduce_bucket_size"]
     n = 2 if (plan.overlap_comm and plan.zero_stage in (1, 2)) else 1
     return Term("reduce_buckets", n * b * rbs, "fwd_bwd", f"{n} x {b} B x reduce_bucket_size {rbs:,}")
@@ -42,7 +42,7 @@ def zero3_gathered_params(model: ModelSpec, lay: Layout, plan: Plan) -> Term:
     registered as a leaf; /tp where AutoTP splits it) plus the prefetch window: b·(L + prefetch_bucket_size)."""
     if plan.zero_stage != 3:
         return Term("zero3_gathered_params", 0, "fwd_bwd", "not ZeRO-3")
-    b = param_bytes(plan.precision)
+    b = compute_bytes(plan.precision)
     largest = largest_gathered_per_rank(model, lay.tp)
     pf = plan.buckets(model.hidden_size)["prefetch_bucket_size"]
     return Term("zero3_gathered_params", b * (largest + pf), "fwd_bwd", f"{b} B x ({largest:,} largest + {pf:,} prefetch)")
@@ -52,7 +52,7 @@ def zero3_gathered_grads(model: ModelSpec, lay: Layout, plan: Plan) -> Term:
     """ZeRO-3 backward: full gradients of the gathered unit before reduce-scatter: b·L (/tp where split)."""
     if plan.zero_stage != 3:
         return Term("zero3_gathered_grads", 0, "fwd_bwd", "not ZeRO-3")
-    b = param_bytes(plan.precision)
+    b = compute_bytes(plan.precision)
     largest = largest_gathered_per_rank(model, lay.tp)
     return Term("zero3_gathered_grads", b * largest, "fwd_bwd", f"{b} B x {largest:,}")
 
@@ -62,7 +62,7 @@ def zero3_persistent_params(model: ModelSpec, lay: Layout, plan: Plan) -> Term:
     b·(sum of small tensors), with their full-size gradients b·(same)."""
     if plan.zero_stage != 3:
         return Term("zero3_persistent_params", 0, "persistent", "not ZeRO-3")
-    b = param_bytes(plan.precision)
+    b = compute_bytes(plan.precision)
     thr = plan.buckets(model.hidden_size)["param_persistence_threshold"]
     n = persistent_params(model, thr) if model.closed_form else 0
     return Term("zero3_persistent_params", 2 * b * n, "persistent", f"2 x {b} B x {n:,} params < {thr:,} elements")

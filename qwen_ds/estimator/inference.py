@@ -12,14 +12,13 @@ from __future__ import annotations
 from ..models.counts import count_params
 from ..models.spec import ModelSpec
 from ..plan import Plan
+from ..units import bytes_per_element, compute_bytes
 from .breakdown import Term
 from .layout import Layout
 
-WEIGHT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1}
-
 
 def kv_bytes_per_token(s: ModelSpec, plan: Plan, tp: int) -> int:
-    dtype = 4 if plan.precision == "fp32" else 2
+    dtype = compute_bytes(plan.precision)
     heads = -(-s.num_kv_heads // tp)
     return 2 * heads * s.head_dim * s.n_full_attention_layers * dtype
 
@@ -27,7 +26,7 @@ def kv_bytes_per_token(s: ModelSpec, plan: Plan, tp: int) -> int:
 def gdn_state_bytes_per_sequence(s: ModelSpec, plan: Plan, tp: int) -> int:
     if not s.n_linear_attention_layers:
         return 0
-    dtype = 4 if plan.precision == "fp32" else 2
+    dtype = compute_bytes(plan.precision)
     kd = s.linear_num_key_heads * s.linear_key_head_dim
     vd = s.linear_num_value_heads * s.linear_value_head_dim
     conv = (2 * kd + vd) * s.linear_conv_kernel * dtype
@@ -36,7 +35,7 @@ def gdn_state_bytes_per_sequence(s: ModelSpec, plan: Plan, tp: int) -> int:
 
 
 def weight_term(s: ModelSpec, lay: Layout, plan: Plan, world: int) -> Term:
-    b = WEIGHT_BYTES[plan.precision]
+    b = bytes_per_element(plan.precision)
     counts = count_params(s)
     if plan.zero_stage == 3 and plan.offload_param != "none":
         largest = counts.largest_gathered
@@ -54,7 +53,7 @@ def inference_terms(s: ModelSpec, lay: Layout, plan: Plan, seq_len: int, new_tok
     batch, ctx = plan.micro_batch, seq_len + new_tokens
     kv = kv_bytes_per_token(s, plan, lay.tp)
     gdn = gdn_state_bytes_per_sequence(s, plan, lay.tp)
-    act_dtype = 4 if plan.precision == "fp32" else 2
+    act_dtype = compute_bytes(plan.precision)
     h = s.hidden_size
     inter = max(s.intermediate_size if "dense" in s.mlp_types else 0,
                 s.experts_per_token * s.moe_intermediate_size + s.shared_expert_intermediate_size if s.n_moe_layers else 0)
@@ -74,7 +73,7 @@ def inference_terms(s: ModelSpec, lay: Layout, plan: Plan, seq_len: int, new_tok
 
 def cpu_terms(s: ModelSpec, plan: Plan, nodes: int) -> list[Term]:
     if plan.zero_stage == 3 and plan.offload_param == "cpu":
-        b = WEIGHT_BYTES[plan.precision]
+        b = bytes_per_element(plan.precision)
         n = count_params(s).total
         return [Term("cpu_weights", -(-b * n // nodes), "persistent", f"{b} B x {n:,} / {nodes} nodes")]
     return []

@@ -14,13 +14,9 @@ offload_optimizer; fp32 grads built per sub-group of ``sub_group_size`` in step(
 from __future__ import annotations
 
 from ..plan import Plan
+from ..units import compute_bytes
 from .breakdown import Term
 from .layout import Layout
-
-
-def param_bytes(precision: str) -> int:
-    """Bytes of a model (compute-copy) parameter: 4 for fp32, else 2 (bf16/fp16; fp8 keeps bf16 weights)."""
-    return 4 if precision == "fp32" else 2
 
 
 def _div(n: int, d: int) -> int:
@@ -29,7 +25,7 @@ def _div(n: int, d: int) -> int:
 
 def params_16bit(lay: Layout, plan: Plan) -> Term:
     """Model parameters on GPU: b·M, /D under ZeRO-3, 0 with offload_param (they live on CPU/NVMe)."""
-    b, m = param_bytes(plan.precision), lay.params_per_mp_rank
+    b, m = compute_bytes(plan.precision), lay.params_per_mp_rank
     if plan.zero_stage == 3 and plan.offload_param != "none":
         return Term("params", 0, "persistent", f"offloaded to {plan.offload_param}")
     if plan.zero_stage == 3:
@@ -42,14 +38,14 @@ def hpz_secondary_params(lay: Layout, plan: Plan) -> Term:
     b·M/hpz, so backward all-gathers stay inside the node (arXiv 2306.10209 §3.2)."""
     if plan.zero_stage != 3 or plan.hpz_partition_size <= 1:
         return Term("hpz_secondary_params", 0, "persistent", "no hpZ")
-    b, m, z = param_bytes(plan.precision), lay.params_per_mp_rank, plan.hpz_partition_size
+    b, m, z = compute_bytes(plan.precision), lay.params_per_mp_rank, plan.hpz_partition_size
     return Term("hpz_secondary_params", _div(b * m, z), "persistent", f"{b} B x {m:,} / hpz {z}")
 
 
 def gradients(lay: Layout, plan: Plan) -> Term:
     """Gradients in the model dtype: full b·M for ZeRO 0/1, b·M/D for ZeRO 2/3; none on GPU when the
     optimizer is offloaded (stage 2/3 copy each reduced partition straight to CPU)."""
-    b, m = param_bytes(plan.precision), lay.params_per_mp_rank
+    b, m = compute_bytes(plan.precision), lay.params_per_mp_rank
     if plan.offload_optimizer != "none" and plan.zero_stage >= 2:
         return Term("gradients", 0, "persistent", "reduced partitions go to CPU (offload_optimizer)")
     if plan.zero_stage >= 2:
@@ -107,7 +103,7 @@ def cpu_terms(lay: Layout, plan: Plan, gpus_per_node: int) -> list[Term]:
         out.append(Term("cpu_optimizer_offload", 16 * part * gpus_per_node, "persistent",
                         f"16 B x {part:,} x {gpus_per_node} ranks"))
     if plan.offload_param == "cpu":
-        b = param_bytes(plan.precision)
+        b = compute_bytes(plan.precision)
         n = _div(lay.params_per_mp_rank, lay.dp)
         out.append(Term("cpu_param_offload", b * n * gpus_per_node, "persistent", f"{b} B x {n:,} x {gpus_per_node} ranks"))
     if plan.offload_param == "nvme":
@@ -129,7 +125,7 @@ def nvme_terms(lay: Layout, plan: Plan, gpus_per_node: int) -> list[Term]:
     if plan.offload_optimizer == "nvme":
         out.append(Term("nvme_optimizer", 16 * part * gpus_per_node, "persistent", f"16 B x {part:,} x {gpus_per_node} ranks"))
     if plan.offload_param == "nvme":
-        b = param_bytes(plan.precision)
+        b = compute_bytes(plan.precision)
         n = _div(lay.params_per_mp_rank, lay.dp)
         out.append(Term("nvme_params", b * n * gpus_per_node, "persistent", f"{b} B x {n:,} x {gpus_per_node} ranks"))
     return out

@@ -11,12 +11,13 @@ Reported through the same StepTime record as training (tokens = generated tokens
 
 from __future__ import annotations
 
-from ..estimator.inference import WEIGHT_BYTES, gdn_state_bytes_per_sequence, kv_bytes_per_token
+from ..estimator.inference import gdn_state_bytes_per_sequence, kv_bytes_per_token
 from ..estimator.layout import layout
 from ..hardware import Cluster
 from ..models.counts import count_params
 from ..models.spec import ModelSpec
 from ..plan import Plan, Workload
+from ..units import bytes_per_element
 from .throughput import GB, Network, StepTime, _collective_s
 
 HBM_EFFICIENCY = 0.75
@@ -33,7 +34,7 @@ def inference_time(model: ModelSpec, cluster: Cluster, workload: Workload, plan:
     # AutoTP splits the projections; every rank computes its tokens' routed experts whole
     active_experts = experts * model.experts_per_token // model.num_experts if experts else 0
     prefill = 2 * batch * prompt * ((active - active_experts) / plan.tp + active_experts) / (peak * net.compute_efficiency)
-    b = WEIGHT_BYTES[plan.precision]
+    b = bytes_per_element(plan.precision)
     touched = 1 - (1 - model.experts_per_token / model.num_experts) ** batch if experts else 0.0
     per_rank = layout(model, cluster, plan).params_per_mp_rank if plan.zero_stage != 3 else c.total
     wbytes = b * (per_rank - experts + experts * touched)

@@ -14,6 +14,7 @@ from ..hardware import Cluster
 from ..models.counts import count_params, fp8_matmul_params
 from ..models.spec import ModelSpec
 from ..plan import Plan, Workload
+from ..units import compute_bytes
 
 GB = 1e9
 
@@ -122,7 +123,7 @@ def step_time(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan
         compute = per_gpu_flops / (peak * eff)
     recompute = compute / 3 if plan.checkpointing else 0.0  # one extra forward = 1/3 of fwd+bwd
     c = count_params(model)
-    b = 4 if plan.precision == "fp32" else 2
+    b = compute_bytes(plan.precision)
     shard = c.total / (plan.tp * plan.pp)  # params of one model-parallel rank's replica
     ga = plan.grad_accum
     # ZeRO traffic per optimizer step (bytes of the full tensor per collective)

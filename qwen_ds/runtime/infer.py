@@ -76,10 +76,10 @@ class FirstTokenTimer:
 
 def planned_weights(plan: dict | None) -> str:
     """' (plan: N)' with the weights per GPU plan.json predicted, in parameters; '' without a plan."""
-    from ..estimator.inference import WEIGHT_BYTES
+    from ..units import bytes_per_element
 
     try:
-        n = plan["memory"]["terms"]["weights"] // WEIGHT_BYTES[plan["plan"]["precision"]]
+        n = plan["memory"]["terms"]["weights"] // bytes_per_element(plan["plan"]["precision"])
     except (TypeError, KeyError):
         return ""
     return f" (plan: {n:,})"
