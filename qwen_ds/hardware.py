@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from .errors import InputError, one_line
+from .errors import InputError, QwenDsError, one_line
+from .units import MIB
 
 _DATA = Path(__file__).resolve().parent / "data" / "gpus.json"
 
@@ -87,6 +89,38 @@ def get_gpu(name: str) -> GPU:
             fields = {f: entry[f] for f in GPU.__dataclass_fields__ if f in entry}
             return GPU(**fields)
     raise InputError(f"--gpu {one_line(name)}: unknown GPU; choose one of {', '.join(gpu_names())} (see `qwen-ds gpus`)")
+
+
+def _family(entry: dict) -> str:
+    # 'H100-SXM' -> 'h100', 'RTX-4090' -> '4090', 'A100-80GB' -> 'a100'
+    parts = entry["name"].lower().split("-")
+    return parts[1] if parts[0] == "rtx" else parts[0]
+
+
+def match_catalog(name: str, memory_mib: int | None) -> tuple[str | None, str | None]:
+    """(catalog name, 'exact' | 'closest') for an nvidia-smi GPU name, or (None, None).
+
+    exact: the name (or without 'NVIDIA '/'Tesla ') is a catalog alias (get_gpu);
+    closest: same family word (e.g. 'A100') and memory within 10 % (e.g. 'NVIDIA A100 80GB PCIe')."""
+    candidates = [name, re.sub(r"^(nvidia|tesla)\s+", "", name.strip(), flags=re.I)]
+    for cand in candidates:
+        try:
+            return get_gpu(cand).name, "exact"
+        except QwenDsError:
+            continue
+    lname = name.lower()
+    fits = []
+    for e in gpu_entries():
+        if not re.search(rf"(?<![a-z0-9]){re.escape(_family(e))}(?![a-z0-9])", lname):
+            continue
+        if memory_mib and abs(memory_mib * MIB - e["memory_bytes"]) > 0.10 * e["memory_bytes"]:
+            continue
+        tokens = e["name"].lower().split("-")[1:]
+        fits.append((sum(t in lname for t in tokens), e["name"]))
+    if fits:
+        fits.sort(key=lambda x: -x[0])
+        return fits[0][1], "closest"
+    return None, None
 
 
 @dataclass(frozen=True)

@@ -25,13 +25,13 @@ from qwen_ds.doctor import (
     env_advice,
     env_context_advice,
     limits_advice,
-    match_catalog,
     parse_gpu_query,
     parse_topology,
     ranges,
     run_cmd,
     versions_advice,
 )
+from qwen_ds.hardware import match_catalog
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import re
 
-from ..errors import QwenDsError
-from ..units import MIB
 from .probes import *  # noqa: F401,F403
 from .probes import TIMEOUT_S
 
@@ -38,40 +36,6 @@ def parse_gpu_query(text: str, fields: str = GPU_QUERY) -> list[dict]:
     return out
 
 
-def _family(entry: dict) -> str:
-    # 'H100-SXM' -> 'h100', 'RTX-4090' -> '4090', 'A100-80GB' -> 'a100'
-    parts = entry["name"].lower().split("-")
-    return parts[1] if parts[0] == "rtx" else parts[0]
-
-
-def match_catalog(name: str, memory_mib: int | None) -> tuple[str | None, str | None]:
-    """(catalog name, 'exact' | 'closest') for an nvidia-smi GPU name, or (None, None).
-
-    exact: the name (or without 'NVIDIA '/'Tesla ') is a catalog alias (get_gpu);
-    closest: same family word (e.g. 'A100') and memory within 10 % (e.g. 'NVIDIA A100 80GB PCIe')."""
-    from ..hardware import get_gpu, gpu_entries
-
-    candidates = [name, re.sub(r"^(nvidia|tesla)\s+", "", name.strip(), flags=re.I)]
-    for cand in candidates:
-        try:
-            return get_gpu(cand).name, "exact"
-        except QwenDsError:
-            continue
-    lname = name.lower()
-    fits = []
-    for e in gpu_entries():
-        if not re.search(rf"(?<![a-z0-9]){re.escape(_family(e))}(?![a-z0-9])", lname):
-            continue
-        if memory_mib and abs(memory_mib * MIB - e["memory_bytes"]) > 0.10 * e["memory_bytes"]:
-            continue
-        tokens = e["name"].lower().split("-")[1:]
-        fits.append((sum(t in lname for t in tokens), e["name"]))
-    if fits:
-        fits.sort(key=lambda x: -x[0])
-        return fits[0][1], "closest"
-    return None, None
-
-
 def precision_support(cc: str | None) -> tuple[bool | None, bool | None]:
     """(bf16, fp8) from compute capability: bf16 needs >= 8.0, fp8 tensor cores >= 8.9."""
     if not cc:
@@ -81,7 +45,7 @@ def precision_support(cc: str | None) -> tuple[bool | None, bool | None]:
 
 
 def describe_gpus(rows: list[dict]) -> list[dict]:
-    from ..hardware import get_gpu
+    from ..hardware import get_gpu, match_catalog
 
     out = []
     for r in rows:

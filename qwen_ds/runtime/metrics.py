@@ -19,11 +19,11 @@ def gpu_peak_tflops(precision: str) -> float | None:
     """Dense peak of this GPU from the catalog, None on CPU or an unknown GPU."""
     if not torch.cuda.is_available():
         return None
-    from ..doctor.gpus import match_catalog
-    from ..hardware import get_gpu
+    from ..hardware import get_gpu, match_catalog
+    from ..units import MIB
 
     props = torch.cuda.get_device_properties(torch.cuda.current_device())
-    name, _how = match_catalog(props.name, props.total_memory // 2**20)
+    name, _how = match_catalog(props.name, props.total_memory // MIB)
     return get_gpu(name).peak_tflops(precision) if name else None
 
 
