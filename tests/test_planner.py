@@ -118,8 +118,7 @@ def test_fp8_speeds_up_only_the_converted_linear_flops():
 
 
 def test_flops_per_token_count_the_tied_head():
-    from qwen_ds.models.counts import count_params
-    from qwen_ds.planner.throughput import model_flops_per_token
+    from qwen_ds.models.counts import count_params, model_flops_per_token
 
     tied, untied = load_model("Qwen3-4B"), load_model("Qwen3-8B")
     for m in (tied, untied):

@@ -1,4 +1,4 @@
-"""Closed-form parameter counts per family (no torch).
+"""Closed-form parameter counts per family and the training FLOPs per token (no torch).
 
 Every layer is listed as its parameter tensors (module path, numel); totals, per-layer splits,
 the largest module ZeRO-3 gathers and the small parameters ZeRO-3 keeps persistent all derive
@@ -289,3 +289,16 @@ def count_params(s: ModelSpec) -> ParamCounts:
     active = embedding + lm_head + h + sum(n * kinds[kind].active for kind, n in per_kind.items())
     largest, name = _largest_gathered(s)
     return ParamCounts(total, active, embedding, lm_head, h, layers, largest, name)
+
+
+def model_flops_per_token(model: ModelSpec, seq_len: int) -> float:
+    """Training FLOPs per token: 6 x active matmul params (embedding lookup excluded, the head
+    included, tied or not) + causal attention scores 6 x 2 x s/2 x q per full-attention layer (fwd 2 matmuls
+    of 2·s·q FLOPs each, halved by the causal mask; backward twice the forward). Gated DeltaNet
+    layers are linear in s and counted through their parameters only."""
+    c = count_params(model)
+    # the head matmul (V x h) runs whether or not its weight is tied to the embedding
+    matmul = c.active - c.embedding - c.lm_head + model.vocab_size * model.hidden_size
+    n_full = model.n_full_attention_layers
+    attention = 6 * 2 * (seq_len / 2) * model.q_dim * n_full
+    return 6 * matmul + attention

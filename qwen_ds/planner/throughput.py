@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from ..errors import finite_number
 from ..hardware import Cluster
-from ..models.counts import count_params, fp8_matmul_params
+from ..models.counts import count_params, fp8_matmul_params, model_flops_per_token
 from ..models.spec import ModelSpec
 from ..plan import Plan, Workload
 from ..units import compute_bytes
@@ -66,19 +66,6 @@ class StepTime:
             "exposed_comm_s": self.exposed_comm_s, "offload_s": self.offload_s, "cpu_optimizer_s": self.cpu_optimizer_s,
             "bubble_factor": self.bubble_factor, "step_s": self.step_s,
         }
-
-
-def model_flops_per_token(model: ModelSpec, seq_len: int) -> float:
-    """Training FLOPs per token: 6 x active matmul params (embedding lookup excluded, the head
-    included, tied or not) + causal attention scores 6 x 2 x s/2 x q per full-attention layer (fwd 2 matmuls
-    of 2·s·q FLOPs each, halved by the causal mask; backward twice the forward). Gated DeltaNet
-    layers are linear in s and counted through their parameters only."""
-    c = count_params(model)
-    # the head matmul (V x h) runs whether or not its weight is tied to the embedding
-    matmul = c.active - c.embedding - c.lm_head + model.vocab_size * model.hidden_size
-    n_full = model.n_full_attention_layers
-    attention = 6 * 2 * (seq_len / 2) * model.q_dim * n_full
-    return 6 * matmul + attention
 
 
 def inter_node_bytes_per_s(cluster: Cluster, net: Network) -> float:

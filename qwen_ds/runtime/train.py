@@ -86,7 +86,7 @@ def train(args: argparse.Namespace) -> int:
     import deepspeed
     import torch
 
-    from ..planner.throughput import model_flops_per_token
+    from ..models.counts import model_flops_per_token
     from .data import TokenFile, synthetic_batch
     from .loss import causal_lm_loss
     from .metrics import StepMeter, append_jsonl, gpu_peak_tflops
