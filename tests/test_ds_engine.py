@@ -21,7 +21,7 @@ from qwen_ds.models import load_model
 from qwen_ds.plan import Plan, Workload
 from qwen_ds.render import render
 from qwen_ds.validate import Context, validate_config
-from qwen_ds.launch.preflight import free_port
+from qwen_ds.launch.ports import free_port
 
 pytestmark = pytest.mark.slow
 

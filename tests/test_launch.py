@@ -18,7 +18,7 @@ from qwen_ds.hostfile import parse_hostfile_text
 from qwen_ds.launch import LaunchRequest, build
 from qwen_ds.launch.envfile import parse_env_items, read_env_file
 from qwen_ds.launch.payload import RankPayload
-from qwen_ds.launch.preflight import free_port
+from qwen_ds.launch.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = str(ROOT / "tests" / "launch_scripts" / "tiny_zero3.py")
@@ -81,7 +81,7 @@ def test_bad_requests(kw, match):
 def test_master_port_auto_picks_a_free_port_on_one_host_only():
     from qwen_ds.errors import InputError
     from qwen_ds.launch.build import parse_master_port
-    from qwen_ds.launch.preflight import port_free
+    from qwen_ds.launch.ports import port_free
 
     one = parse_hostfile_text("localhost slots=2\n", "hf")
     port = parse_master_port("auto", one)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from qwen_ds.launch.preflight import free_port
+from qwen_ds.launch.ports import free_port
 from qwen_ds.launch.remote import Export, export_problem
 
 ROOT = Path(__file__).resolve().parent.parent

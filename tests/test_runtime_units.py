@@ -244,7 +244,7 @@ def test_collective_time_is_what_the_ops_took_not_deepspeeds_running_totals():
     import subprocess
     import sys
 
-    from qwen_ds.launch.preflight import free_port
+    from qwen_ds.launch.ports import free_port
     from qwen_ds.launch.run import clear_shm_buffers
 
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_SIZE": "1",

@@ -92,7 +92,7 @@ def test_every_new_rule_has_a_fixture():
 
 
 def _run_deepspeed(configs: list[dict], tmp_path: Path) -> list[dict]:
-    from qwen_ds.launch.preflight import free_port
+    from qwen_ds.launch.ports import free_port
     from qwen_ds.launch.run import clear_shm_buffers
 
     path = tmp_path / "configs.json"

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from ..errors import InputError, one_line
 from ..hostfile import Hostfile
 from .payload import FLAG, RankPayload
+from .ports import free_port
 from .remote import active_resources
 
 LAUNCHERS = ("pdsh", "openmpi", "mvapich", "slurm", "no-ssh")
@@ -84,8 +85,6 @@ def parse_master_port(value: str, hostfile) -> int:
         if not hostfile.single_host:
             raise InputError(f"--master-port auto: {hostfile.path} has {hostfile.nodes} hosts and every node must use the same "
                              "port; pass a number, e.g. --master-port 29500")
-        from .preflight import free_port
-
         return free_port()
     try:
         return int(text)
