@@ -38,7 +38,7 @@ def site(tmp_path):
     """A working directory, an empty HOME, a marker dir, stand-ins first on PATH, a config, 2 hosts."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for tool in ("pdsh", "ssh"):
+    for tool in ("pdsh", "ssh", "mpirun", "ompi_info", "mpiname", "srun", "sinfo"):
         text = (ROOT / "tests" / "standins" / tool).read_text().replace("#!/usr/bin/env python3", f"#!{PY}", 1)
         (bin_dir / tool).write_text(text)
         (bin_dir / tool).chmod(stat.S_IRWXU)
@@ -144,6 +144,25 @@ def test_a_working_directory_the_shell_would_change_is_refused(site, name):
 def test_mpi_and_slurm_refuse_values_deepspeed_would_quote(site, launcher, line, why):
     (site["work"] / ".deepspeed_env").write_text(line.format(m=site["marks"]) + "\n")
     refused(launch(site, "--dry-run", launcher=launcher), site, f"--launcher {launcher}", why)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["openmpi", "mvapich", "slurm"])
+def test_mpi_and_slurm_launches_deliver_hostile_values_byte_for_byte(site, launcher):
+    """DeepSpeed's real MPI / Slurm runners with stand-in mpirun / srun (argv only, no shell, exports set literally)."""
+    (site["work"] / ".deepspeed_env").write_text("NCCL_QWEN_A=plain/path:1.5@x\n")
+    values = hostile(site["marks"])
+    p = launch(site, launcher=launcher, entry_args=values, env_items=[f"V{i}={v}" for i, v in enumerate(values)])
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert list(site["marks"].iterdir()) == []
+    for rank in (0, 1):
+        got = json.loads((site["out"] / f"rank-{rank}.json").read_text(encoding="utf-8"))
+        assert got["argv"] == values and [got["env"][f"V{i}"] for i in range(len(values))] == values
+        assert got["env"]["NCCL_QWEN_A"] == "plain/path:1.5@x"
+    tool = "srun" if launcher == "slurm" else "mpirun"
+    calls = [json.loads(line) for line in site["log"].read_text().splitlines()]
+    started = [c for c in calls if c["tool"] != "ssh"]  # the runner ssh-checks the first host first
+    assert [c["tool"] for c in started] == [tool] and started[0]["exports"]["NCCL_QWEN_A"] == "plain/path:1.5@x"
 
 
 @pytest.mark.parametrize("launcher", ["openmpi", "mvapich", "slurm"])

@@ -129,7 +129,12 @@ def build(req: LaunchRequest) -> LaunchSpec:
     if req.exclude:
         argv += ["--exclude", req.exclude]
     payload = RankPayload(run_dir=req.run_dir, kind=kind, target=target, args=tuple(args), env=dict(req.env))
-    # the rank wrapper is the "script"; DeepSpeed adds --local_rank=N after it
-    argv += ["--module", "qwen_ds.launch.rank", FLAG, payload.encode()]
     local = no_ssh or len(resources) == 1  # DeepSpeed's runner goes multi-node only for > 1 active host
+    if req.launcher == "slurm" and not local:
+        # DeepSpeed 0.19.8's SlurmRunner ignores --module and runs `python -u SCRIPT`: the module goes in as
+        # the script "-m" (after "--", so the runner's parser takes it as the positional) and its name
+        argv += ["--", "-m", "qwen_ds.launch.rank", FLAG, payload.encode()]
+    else:
+        # the rank wrapper is the "script"; DeepSpeed's launch.py adds --local_rank=N after it
+        argv += ["--module", "qwen_ds.launch.rank", FLAG, payload.encode()]
     return LaunchSpec(tuple(argv), payload, local, master, kind, target, resources)
