@@ -210,3 +210,18 @@ def test_concurrent_launches_from_one_directory_keep_their_own_env_and_touch_no_
             assert (env["A"], env["SECRET"], env["NCCL_KEEP"]) == (str(i), f"s{i}$x", "mine")
     assert sorted(p.name for p in site["work"].iterdir()) == [".deepspeed_env", "ds_config.json", "hostfile"]
     assert (site["work"] / ".deepspeed_env").read_text() == "NCCL_KEEP=mine\n"
+
+
+def test_slurm_gets_the_rank_module_as_dash_m_only_on_its_multi_node_path():
+    from qwen_ds.hostfile import parse_hostfile_text
+    from qwen_ds.launch import LaunchRequest, build
+
+    def argv(text, **kw):
+        hf = parse_hostfile_text(text, "hf")
+        return list(build(LaunchRequest(hostfile=hf, config="c.json", entry=("s.py",), run_dir="/r", launcher="slurm", **kw)).argv)
+
+    multi = argv("w0 slots=2\nw1 slots=2\n")
+    assert multi[multi.index("--") + 1:multi.index("--") + 4] == ["-m", "qwen_ds.launch.rank", "--payload"]
+    assert "--module" not in multi
+    for local in (argv("w0 slots=2\n"), argv("w0 slots=2\nw1 slots=2\n", include="w1")):  # DeepSpeed runs these itself
+        assert local[local.index("--module") + 1] == "qwen_ds.launch.rank" and "--" not in local
