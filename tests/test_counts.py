@@ -15,9 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qwen_ds.models import count_params, load_model, preset_names, spec_from_config
-from qwen_ds.models.counts import (autotp_sharded_params, autotp_shards, fp8_converts, fp8_matmul_params, kind_counts,
-                                   layer_tensors, layers_params, moe_inactive_params, persistent_params)
+from qwen_ds.models.counts import kind_counts, layer_tensors, layers_params, moe_inactive_params
 from qwen_ds.models.spec import MOE
+from qwen_ds.sharding import (autotp_sharded_params, autotp_shards, fp8_converts, fp8_matmul_params, largest_gathered,
+                              persistent_params)
 
 
 @pytest.fixture(autouse=True)
@@ -244,8 +245,8 @@ def test_qwen3_next_80b_exact_values():
     assert spec.n_linear_attention_layers == 36
     assert spec.n_full_attention_layers == 12
     assert spec.n_moe_layers == 48
-    assert c.largest_gathered == NEXT_MOE_BLOCK
-    assert "moe" in c.largest_gathered_name.lower()
+    assert largest_gathered(spec)[0] == NEXT_MOE_BLOCK
+    assert "moe" in largest_gathered(spec)[1].lower()
     kinds = c.by_kind()
     assert kinds["full_attention"] == 12 * NEXT_GATED_ATTN
     assert kinds["linear_attention"] == 36 * NEXT_GDN
@@ -266,7 +267,7 @@ def test_qwen3_next_at_the_10000_layer_bound():
     assert (spec.n_full_attention_layers, spec.n_linear_attention_layers, spec.n_moe_layers) == (2_500, 7_500, 10_000)
     blocks = 2_500 * NEXT_GATED_ATTN + 7_500 * NEXT_GDN + 10_000 * (NEXT_MOE_BLOCK + 2 * 2048)
     assert c.total == 2 * 311_164_928 + 2048 + blocks
-    assert c.largest_gathered == NEXT_MOE_BLOCK
+    assert largest_gathered(spec)[0] == NEXT_MOE_BLOCK
     # a pipeline stage of layers 1000..1999 (250 full attention, 750 linear) counted by bisection
     assert layers_params(spec, range(1_000, 2_000)) == blocks // 10
     assert kind_counts(spec, range(1_000, 2_000)) == {("linear_attention", "moe"): 750, ("full_attention", "moe"): 250}

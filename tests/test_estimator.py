@@ -11,6 +11,7 @@ from qwen_ds.estimator import activations, inference
 from qwen_ds.hardware import Cluster, get_gpu
 from qwen_ds.models import count_params, load_model
 from qwen_ds.plan import Plan, Workload
+from qwen_ds.sharding import largest_gathered
 
 NEXT = "Qwen3-Next-80B-A3B"
 LLAMA70 = "Llama-3.1-70B"
@@ -83,7 +84,7 @@ def test_full_offload_gpu_matches_deepspeed_4L_within_prefetch():
     ds = pytest.importorskip("deepspeed.runtime.zero.stage3")
     m = load_model("Qwen3-8B")
     c = count_params(m)
-    _, gpu_bytes, _ = ds.estimate_zero3_model_states_mem_needs(c.total, c.largest_gathered, num_gpus_per_node=8, num_nodes=1,
+    _, gpu_bytes, _ = ds.estimate_zero3_model_states_mem_needs(c.total, largest_gathered(m)[0], num_gpus_per_node=8, num_nodes=1,
                                                                cpu_offload=True, cpu_offload_params=True, zero_init=True)
     t = terms("Qwen3-8B", "H100-SXM", 1, 8, Plan(offload_optimizer="cpu", offload_param="cpu"))[1]
     pf = int(0.9 * 4096 * 4096)
@@ -97,7 +98,7 @@ def test_zero3_no_offload_matches_deepspeed_apart_from_its_2_extra_bytes():
     ds = pytest.importorskip("deepspeed.runtime.zero.stage3")
     m = load_model("Qwen3-8B")
     c = count_params(m)
-    _, gpu_bytes, _ = ds.estimate_zero3_model_states_mem_needs(c.total, c.largest_gathered, num_gpus_per_node=8, num_nodes=1,
+    _, gpu_bytes, _ = ds.estimate_zero3_model_states_mem_needs(c.total, largest_gathered(m)[0], num_gpus_per_node=8, num_nodes=1,
                                                                cpu_offload=False, cpu_offload_params=False, zero_init=True)
     t = terms("Qwen3-8B", "H100-SXM", 1, 8, Plan())[1]
     ours = (t["params"] + t["gradients"] + t["master_weights_fp32"] + t["optimizer_states"]

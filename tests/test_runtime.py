@@ -228,10 +228,11 @@ def zero_probe_result(stdout: str) -> dict:
 @pytest.mark.parametrize("model", ["tiny-qwen3", "tiny-qwen3-moe"])
 def test_zero3_units_are_what_the_estimator_counts(model, hostfile, tmp_path):
     """Two ZeRO-3 terms against DeepSpeed itself: the parameters it keeps persistent (ds_persist) equal
-    models.counts.persistent_params at the rendered threshold, and the largest all-gather of a step is the
+    sharding.persistent_params at the rendered threshold, and the largest all-gather of a step is the
     estimator's largest gathered unit; an MoE block (a ZeRO-3 leaf) is fetched in one message."""
     from qwen_ds.models import load_model
-    from qwen_ds.models.counts import count_params, layer_tensors, persistent_params
+    from qwen_ds.models.counts import layer_tensors
+    from qwen_ds.sharding import largest_gathered, persistent_params
 
     cfg = gen_train_config(model, hostfile, tmp_path / "cfg")
     p = qwen_ds("launch", "--hostfile", str(hostfile), "--config", str(cfg / "ds_config.json"), "--master-port", "auto",
@@ -243,7 +244,7 @@ def test_zero3_units_are_what_the_estimator_counts(model, hostfile, tmp_path):
     thr = json.loads((cfg / "ds_config.json").read_text())["zero_optimization"]["stage3_param_persistence_threshold"]
     assert got["persist"] == persistent_params(spec, thr)
     gathered = [size // got["elem"] * 2 for size in got["gather_sizes"]]  # bytes of one rank's shard -> elements of 2 ranks
-    assert gathered[0] == count_params(spec).largest_gathered
+    assert gathered[0] == largest_gathered(spec)[0]
     if spec.n_moe_layers:
         block = sum(n for module, n in layer_tensors(spec, 0) if module.startswith("mlp"))
         assert block in gathered

@@ -105,12 +105,12 @@ def test_fp8_converts_every_projection_but_head_router_and_experts():
 
 @pytest.mark.parametrize("name", ["Qwen3-0.6B", "Qwen2.5-7B", "Llama-3.1-8B", "Qwen3-30B-A3B", "Qwen3-Next-80B-A3B"])
 def test_fp8_closed_form_equals_torchao_conversion(name):
-    """The planner's FP8 share (models.counts.fp8_matmul_params) is what the runtime really converts."""
+    """The planner's FP8 share (sharding.fp8_matmul_params) is what the runtime really converts."""
     pytest.importorskip("torchao")
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from qwen_ds.models import load_model
-    from qwen_ds.models.counts import fp8_matmul_params
+    from qwen_ds.sharding import fp8_matmul_params
 
     loaded = load_model(name)
     raw = dict(loaded.config)

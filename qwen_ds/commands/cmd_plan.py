@@ -9,9 +9,9 @@ import click
 
 from ..errors import EXIT_DOES_NOT_FIT
 from ..format import gib, table
-from ..models.counts import autotp_unsupported
 from ..planner import Candidate, Constraints, Network, search, smallest_cluster_without_offload
 from ..planner.search import cpu_mem_bytes
+from ..sharding import autotp_unsupported
 from .options import build_inputs, cluster_options, plan_options
 
 

@@ -11,9 +11,9 @@ reduce-scatter). CUDA context / NCCL / fragmentation constants: data/calibration
 from __future__ import annotations
 
 from ..calibration import constant
-from ..models.counts import autotp_shards, count_params, persistent_params
 from ..models.spec import ModelSpec
 from ..plan import Plan
+from ..sharding import autotp_shards, largest_gathered, persistent_params
 from ..units import compute_bytes
 from .breakdown import Term
 from .layout import Layout
@@ -33,8 +33,8 @@ def reduce_buckets(model: ModelSpec, lay: Layout, plan: Plan) -> Term:
 def largest_gathered_per_rank(model: ModelSpec, tp: int) -> int:
     """The largest unit ZeRO-3 gathers, on one TP rank: split by AutoTP only if it is a projection
     (an MoE block, the embedding or the head stays whole)."""
-    c = count_params(model)
-    return -(-c.largest_gathered // tp) if autotp_shards(c.largest_gathered_name) else c.largest_gathered
+    n, name = largest_gathered(model)
+    return -(-n // tp) if autotp_shards(name) else n
 
 
 def zero3_gathered_params(model: ModelSpec, lay: Layout, plan: Plan) -> Term:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from ..models.counts import count_params
 from ..models.spec import ModelSpec
 from ..plan import Plan
+from ..sharding import largest_gathered
 from ..units import bytes_per_element, compute_bytes
 from .breakdown import Term
 from .layout import Layout
@@ -38,12 +39,12 @@ def weight_term(s: ModelSpec, lay: Layout, plan: Plan, world: int) -> Term:
     b = bytes_per_element(plan.precision)
     counts = count_params(s)
     if plan.zero_stage == 3 and plan.offload_param != "none":
-        largest = counts.largest_gathered
+        largest = largest_gathered(s)[0]
         pf = plan.buckets(s.hidden_size)["prefetch_bucket_size"]
         return Term("weights_live", b * (largest + pf), "persistent", f"{b} B x ({largest:,} largest + {pf:,} prefetch), rest on {plan.offload_param}")
     if plan.zero_stage == 3:
         n = -(-counts.total // world)
-        largest = counts.largest_gathered
+        largest = largest_gathered(s)[0]
         return Term("weights", b * (n + largest), "persistent", f"{b} B x ({counts.total:,} / {world} + {largest:,} gathered)")
     how = f" ({lay.whole_params:,} kept whole by AutoTP, the rest / tp {lay.tp})" if lay.tp > 1 else ""
     return Term("weights", b * lay.params_per_mp_rank, "persistent", f"{b} B x {lay.params_per_mp_rank:,}{how}")

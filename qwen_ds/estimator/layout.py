@@ -6,9 +6,10 @@ from dataclasses import dataclass
 
 from ..errors import InputError
 from ..hardware import Cluster
-from ..models.counts import ParamCounts, autotp_sharded_params, autotp_unsupported, count_params, layers_params
+from ..models.counts import ParamCounts, count_params, layers_params
 from ..models.spec import ModelSpec
 from ..plan import Plan
+from ..sharding import autotp_sharded_params, autotp_unsupported
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Closed-form parameter counts per family and the training FLOPs per token (no torch).
 
-Every layer is listed as its parameter tensors (module path, numel); totals, per-layer splits,
-the largest module ZeRO-3 gathers and the small parameters ZeRO-3 keeps persistent all derive
-from that one list. Formulas: ../shared/reference/qwen-models.md §1-2, each checked against the
+Every layer is listed as its parameter tensors (module path, numel); totals and per-layer splits
+derive from that one list, and so do the DeepSpeed / FP8 rules over it (qwen_ds.sharding: what AutoTP
+splits, what ZeRO-3 gathers and keeps persistent, what FP8 converts). Formulas: ../shared/reference/qwen-models.md §1-2, each checked against the
 meta-device model of transformers (tests/test_counts.py repeats the check for every preset and
 for random small configs).
 Notation: V vocab, h hidden, q = nH*hd, kv = nKV*hd, I intermediate, E experts, k top-k,
@@ -128,7 +128,7 @@ def layer_tensors(s: ModelSpec, i: int) -> tuple[Tensor, ...]:
     return kind_tensors(s, (s.layer_types[i], s.mlp_types[i]))
 
 
-def _sum_tensors(s: ModelSpec, keep: Callable[[str, int], bool], layers: Iterable[int] | None = None) -> int:
+def sum_tensors(s: ModelSpec, keep: Callable[[str, int], bool], layers: Iterable[int] | None = None) -> int:
     """Elements of the tensors ``keep(module, numel)`` selects, over ``layers`` (all by default)."""
     return sum(count * sum(n for module, n in kind_tensors(s, kind) if keep(module, n))
                for kind, count in kind_counts(s, layers).items())
@@ -162,10 +162,6 @@ class ParamCounts:
     lm_head: int
     final_norm: int
     layers: tuple[LayerParams, ...]
-    #: largest unit ZeRO-3 gathers at once: one module's own parameters, or a whole MoE block
-    #: (the runtime registers MoE blocks as ZeRO-3 leaf modules, so they are fetched as one)
-    largest_gathered: int
-    largest_gathered_name: str
 
     @property
     def non_embedding(self) -> int:
@@ -199,77 +195,9 @@ def _kind_params(s: ModelSpec, kind: LayerKind) -> LayerParams:
     return LayerParams(kind[0], kind[1], mixer, mlp, active, norms)
 
 
-def _largest_gathered(s: ModelSpec) -> tuple[int, str]:
-    modules: dict[str, int] = {"embed_tokens": s.vocab_size * s.hidden_size}
-    if not s.tie_embeddings:
-        modules["lm_head"] = s.vocab_size * s.hidden_size
-    for kind in kind_counts(s):
-        per_module: dict[str, int] = {}
-        for module, n in kind_tensors(s, kind):
-            key = "mlp (MoE block)" if kind[1] == MOE and module.startswith("mlp") else module
-            per_module[key] = per_module.get(key, 0) + n
-        for key, n in per_module.items():
-            if n > modules.get(key, 0):
-                modules[key] = n
-    name = max(modules, key=modules.__getitem__)
-    return modules[name], name
-
-
-#: Linear layers the FP8 runtime (torchao float8) keeps in bf16, as module-path suffixes: the output head
-#: (loss precision), MoE routers and the shared-expert gate (tiny, precision-sensitive).
-FP8_KEEP_BF16 = ("lm_head", "mlp.gate", "router", "shared_expert_gate")
-
-
-def linear_projection(module_path: str) -> bool:
-    """A decoder layer's nn.Linear projection (q/k/v/o, gate/up/down, shared expert, in_proj_qkvz/ba,
-    out_proj). Routed experts are fused 3-D tensors in transformers 5, not nn.Linear; routers, norms
-    and conv1d are no projections."""
-    return "proj" in module_path.rsplit(".", 1)[-1] and "experts" not in module_path.split(".")
-
-
-def fp8_converts(module_path: str) -> bool:
-    """Whether the FP8 runtime runs this Linear in float8: every projection but the ones of
-    FP8_KEEP_BF16; torchao leaves the routed experts (and so their FLOPs) in bf16."""
-    return linear_projection(module_path) and not module_path.endswith(FP8_KEEP_BF16)
-
-
-def fp8_matmul_params(s: ModelSpec) -> int:
-    """Parameters per token whose matmuls the FP8 runtime runs in float8 (see fp8_converts)."""
-    return _sum_tensors(s, lambda module, n: fp8_converts(module))
-
-
 def layers_params(s: ModelSpec, layers: Iterable[int] | None = None) -> int:
     """Parameters of these decoder layers (all by default)."""
-    return _sum_tensors(s, lambda module, n: True, layers)
-
-
-def autotp_shards(module_path: str) -> bool:
-    """Whether DeepSpeed's AutoTP (0.19.8, inference and training) splits this tensor over the TP ranks:
-    the Linear projections with their biases. Embedding, lm_head, norms, MoE routers and the routed
-    experts stay whole on every rank: measured on CPU with init_inference (tests/test_runtime.py),
-    e.g. tiny Qwen3-MoE TP 2 keeps all 98,304 expert weights per rank."""
-    return linear_projection(module_path)
-
-
-def autotp_sharded_params(s: ModelSpec, layers: Iterable[int] | None = None) -> int:
-    """Parameters of these decoder layers (all by default) that AutoTP splits (autotp_shards)."""
-    return _sum_tensors(s, lambda module, n: autotp_shards(module), layers)
-
-
-def autotp_unsupported(s: ModelSpec) -> str | None:
-    """Why DeepSpeed's AutoTP cannot run this model with TP > 1, or None."""
-    if s.family == "qwen3_next":
-        return ("DeepSpeed 0.19.8 AutoTP splits the Gated DeltaNet projections but not the layer's head counts, conv1d "
-                "or A_log, so the layer fails in its reshape; use --tp 1 with --zero 3 (weights sharded over the GPUs, "
-                "--offload-param cpu if they still do not fit)")
-    return None
-
-
-def persistent_params(s: ModelSpec, threshold: int) -> int:
-    """Elements of parameter tensors smaller than ``stage3_param_persistence_threshold``: ZeRO-3
-    keeps these unpartitioned on every rank (`partition_parameters.py`, ds_persist)."""
-    small = _sum_tensors(s, lambda module, n: n < threshold)
-    return small + (s.hidden_size if s.hidden_size < threshold else 0)
+    return sum_tensors(s, lambda module, n: True, layers)
 
 
 @lru_cache(maxsize=256)
@@ -280,15 +208,14 @@ def count_params(s: ModelSpec) -> ParamCounts:
     lm_head = 0 if s.tie_embeddings else V * h
     if not s.closed_form:
         total = s.measured_total_params or 0
-        return ParamCounts(total, total, embedding, lm_head, h, (), max(embedding, lm_head), "embed_tokens")
+        return ParamCounts(total, total, embedding, lm_head, h, ())
     per_kind = kind_counts(s)
     kinds = {kind: _kind_params(s, kind) for kind in per_kind}
     # one shared LayerParams per kind: the per-layer tuple holds references, the sums are closed form
     layers = tuple(kinds[kind] for kind in zip(s.layer_types, s.mlp_types))
     total = embedding + lm_head + h + sum(n * kinds[kind].total for kind, n in per_kind.items())
     active = embedding + lm_head + h + sum(n * kinds[kind].active for kind, n in per_kind.items())
-    largest, name = _largest_gathered(s)
-    return ParamCounts(total, active, embedding, lm_head, h, layers, largest, name)
+    return ParamCounts(total, active, embedding, lm_head, h, layers)
 
 
 def model_flops_per_token(model: ModelSpec, seq_len: int) -> float:

@@ -13,9 +13,9 @@ from typing import Iterator
 from ..errors import InputError, finite_positive
 from ..estimator import MemoryBreakdown, estimate
 from ..hardware import Cluster
-from ..models.counts import autotp_unsupported
 from ..models.spec import ModelSpec
 from ..plan import Plan, Workload
+from ..sharding import autotp_unsupported
 from ..units import GIB
 from .throughput import Network, StepTime, step_time
 

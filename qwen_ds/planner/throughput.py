@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 from ..errors import finite_number
 from ..hardware import Cluster
-from ..models.counts import count_params, fp8_matmul_params, model_flops_per_token
+from ..models.counts import count_params, model_flops_per_token
 from ..models.spec import ModelSpec
 from ..plan import Plan, Workload
+from ..sharding import fp8_matmul_params
 from ..units import compute_bytes
 
 GB = 1e9

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..models.counts import FP8_KEEP_BF16
+from ..sharding import FP8_KEEP_BF16
 from .common import RuntimeFailure
 
 

@@ -113,7 +113,7 @@ def infer(args: argparse.Namespace) -> int:
     world, r = world_size(), rank()
     tp = ds_config.get("tensor_parallel", {}).get("tp_size", world)
     if not zero3 and tp > 1:
-        from ..models.counts import autotp_unsupported
+        from ..sharding import autotp_unsupported
 
         why = autotp_unsupported(model_spec(plan, args.model))
         if why:

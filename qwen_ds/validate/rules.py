@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from ..hardware import GPU
-from ..models.counts import autotp_unsupported
 from ..models.spec import ModelSpec
 from ..plan import deepspeed_batch_ranks
+from ..sharding import autotp_unsupported
 from .optim_rules import rule_betas, rule_optimizer_params, rule_optimizer_type, rule_scheduler_params, rule_scheduler_type
 from .problems import Problem, json_path
 

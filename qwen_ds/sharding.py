@@ -1,0 +1,90 @@
+"""What DeepSpeed and torchao FP8 do with a model's parameter tensors: what AutoTP splits over the TP
+ranks, what ZeRO-3 gathers at once and keeps persistent, what the FP8 runtime converts to float8.
+
+models/ knows shapes and counts only; the rules here (DeepSpeed 0.19.8, torchao float8 as the runtime
+uses it) are read off the same tensor lists (models.counts.kind_tensors), so the estimator, the planner,
+validate and the runtime agree on them. No torch.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Iterable
+
+from .models.counts import count_params, kind_counts, kind_tensors, sum_tensors
+from .models.spec import MOE, ModelSpec
+
+
+#: Linear layers the FP8 runtime (torchao float8) keeps in bf16, as module-path suffixes: the output head
+#: (loss precision), MoE routers and the shared-expert gate (tiny, precision-sensitive).
+FP8_KEEP_BF16 = ("lm_head", "mlp.gate", "router", "shared_expert_gate")
+
+
+def linear_projection(module_path: str) -> bool:
+    """A decoder layer's nn.Linear projection (q/k/v/o, gate/up/down, shared expert, in_proj_qkvz/ba,
+    out_proj). Routed experts are fused 3-D tensors in transformers 5, not nn.Linear; routers, norms
+    and conv1d are no projections."""
+    return "proj" in module_path.rsplit(".", 1)[-1] and "experts" not in module_path.split(".")
+
+
+def fp8_converts(module_path: str) -> bool:
+    """Whether the FP8 runtime runs this Linear in float8: every projection but the ones of
+    FP8_KEEP_BF16; torchao leaves the routed experts (and so their FLOPs) in bf16."""
+    return linear_projection(module_path) and not module_path.endswith(FP8_KEEP_BF16)
+
+
+def fp8_matmul_params(s: ModelSpec) -> int:
+    """Parameters per token whose matmuls the FP8 runtime runs in float8 (see fp8_converts)."""
+    return sum_tensors(s, lambda module, n: fp8_converts(module))
+
+
+def autotp_shards(module_path: str) -> bool:
+    """Whether DeepSpeed's AutoTP (0.19.8, inference and training) splits this tensor over the TP ranks:
+    the Linear projections with their biases. Embedding, lm_head, norms, MoE routers and the routed
+    experts stay whole on every rank: measured on CPU with init_inference (tests/test_runtime.py),
+    e.g. tiny Qwen3-MoE TP 2 keeps all 98,304 expert weights per rank."""
+    return linear_projection(module_path)
+
+
+def autotp_sharded_params(s: ModelSpec, layers: Iterable[int] | None = None) -> int:
+    """Parameters of these decoder layers (all by default) that AutoTP splits (autotp_shards)."""
+    return sum_tensors(s, lambda module, n: autotp_shards(module), layers)
+
+
+def autotp_unsupported(s: ModelSpec) -> str | None:
+    """Why DeepSpeed's AutoTP cannot run this model with TP > 1, or None."""
+    if s.family == "qwen3_next":
+        return ("DeepSpeed 0.19.8 AutoTP splits the Gated DeltaNet projections but not the layer's head counts, conv1d "
+                "or A_log, so the layer fails in its reshape; use --tp 1 with --zero 3 (weights sharded over the GPUs, "
+                "--offload-param cpu if they still do not fit)")
+    return None
+
+
+def persistent_params(s: ModelSpec, threshold: int) -> int:
+    """Elements of parameter tensors smaller than ``stage3_param_persistence_threshold``: ZeRO-3
+    keeps these unpartitioned on every rank (`partition_parameters.py`, ds_persist)."""
+    small = sum_tensors(s, lambda module, n: n < threshold)
+    return small + (s.hidden_size if s.hidden_size < threshold else 0)
+
+
+@lru_cache(maxsize=256)
+def largest_gathered(s: ModelSpec) -> tuple[int, str]:
+    """(elements, module) of the largest unit ZeRO-3 gathers at once: one module's own parameters, or a
+    whole MoE block (the runtime registers MoE blocks as ZeRO-3 leaf modules, so they are fetched as one).
+    Without closed-form counts: the embedding or the head."""
+    if not s.closed_form:
+        c = count_params(s)
+        return max(c.embedding, c.lm_head), "embed_tokens"
+    modules: dict[str, int] = {"embed_tokens": s.vocab_size * s.hidden_size}
+    if not s.tie_embeddings:
+        modules["lm_head"] = s.vocab_size * s.hidden_size
+    for kind in kind_counts(s):
+        per_module: dict[str, int] = {}
+        for module, n in kind_tensors(s, kind):
+            key = "mlp (MoE block)" if kind[1] == MOE and module.startswith("mlp") else module
+            per_module[key] = per_module.get(key, 0) + n
+        for key, n in per_module.items():
+            if n > modules.get(key, 0):
+                modules[key] = n
+    name = max(modules, key=modules.__getitem__)
+    return modules[name], name
