@@ -20,20 +20,10 @@ from qwen_ds.plandoc import ABSENT, check_pair, config_digest, differences, pars
 from qwen_ds.render import apply_override, render
 from qwen_ds.validate.plan_from_config import plan_with_edits
 
-from helpers import run_cli
+from helpers import run_cli, tiny_pair
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
-
-
-def tiny_pair(out: Path, zero: int, micro: int) -> Path:
-    hf = out.parent / "hostfile"
-    hf.write_text("localhost slots=2\n")
-    rc, _, err = run_cli("gen-config", "-m", "tiny-qwen3", "-g", "H100-SXM", "--hostfile", str(hf), "--zero", str(zero),
-                         "--micro-batch", str(micro), "--grad-accum", "1", "--checkpointing", "--offload-optimizer", "none",
-                         "--offload-param", "none", "--tp", "1", "--pp", "1", "--seq-len", "32", "-o", str(out))
-    assert rc == 0, err
-    return out
 
 
 def launch(cfg: Path, plan: Path, *extra: str) -> subprocess.CompletedProcess:

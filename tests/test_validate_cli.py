@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import run_cli
+from helpers import run_cli, tiny_pair
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -273,16 +273,6 @@ def test_gen_config_and_validate_never_import_torch_or_deepspeed(tmp_path):
 
 
 # --------------------------------------------------------------------------- --plan: the config must be the plan's
-
-
-def tiny_pair(out: Path, zero: int, micro: int) -> Path:
-    hf = out.parent / "hostfile"
-    hf.write_text("localhost slots=2\n")
-    rc, _, err = run_cli("gen-config", "-m", "tiny-qwen3", "-g", "H100-SXM", "--hostfile", str(hf), "--zero", str(zero),
-                         "--micro-batch", str(micro), "--grad-accum", "1", "--checkpointing", "--offload-optimizer", "none",
-                         "--offload-param", "none", "--tp", "1", "--pp", "1", "--seq-len", "32", "-o", str(out))
-    assert rc == 0, err
-    return out
 
 
 @pytest.fixture
