@@ -10,31 +10,13 @@ from pathlib import Path
 
 import click
 
-from ..errors import EXIT_BAD_INPUT, InputError
+from ..errors import EXIT_BAD_INPUT
 from ..hostfile import read_hostfile
 from ..launch import LAUNCHERS, LaunchRequest, LaunchSpec, build
 from ..launch.build import parse_master_port
 from ..launch.envfile import parse_env_items, rank_env
 from ..launch.payload import FLAG
-from ..launch.remote import deepspeed_exports, home_dir, pdsh_remote_command, remote_problems
-
-
-def remote_command(req: LaunchRequest, spec: LaunchSpec) -> str | None:
-    """On DeepSpeed's multi-node path: refuse (InputError) anything it would paste into a remote shell
-    or an MPI / Slurm argument that would not arrive byte for byte; for pdsh, the exact string each
-    node's shell runs. None on the local paths (no shell involved)."""
-    if spec.local:
-        return None
-    cwd, environ = os.getcwd(), dict(os.environ)
-    exports = deepspeed_exports(environ, cwd, home_dir(environ))
-    problems = remote_problems(req.launcher, exports, cwd, req.python)
-    if problems:
-        more = f" (and {len(problems) - 1} more like it)" if len(problems) > 1 else ""
-        raise InputError(problems[0] + more)
-    if req.launcher != "pdsh":
-        return None
-    return pdsh_remote_command(exports, cwd, req.python, spec.resources, spec.master_addr, req.master_port,
-                               "qwen_ds.launch.rank", [FLAG, spec.payload.encode()])
+from ..launch.remote import check_remote
 
 
 def print_dry_run(spec: LaunchSpec, remote: str | None, problems: list[str], python: str) -> None:
@@ -91,7 +73,7 @@ def command(hostfile, config, plan, launcher, node_rank, include, exclude, maste
                         launcher=launcher, node_rank=node_rank, include=include, exclude=exclude, master_addr=master_addr,
                         master_port=master_port, env=rank_env(user_env))
     spec = build(req)
-    remote = remote_command(req, spec)
+    remote = check_remote(req, spec, dict(os.environ), os.getcwd())
     from ..launch.preflight import preflight
 
     problems = preflight(req, spec)

@@ -16,8 +16,8 @@ What remains is what DeepSpeed adds by itself, and those values are checked here
 
 from __future__ import annotations
 
-import json
 import base64
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ..errors import InputError, one_line
 from .envfile import KEY, deepspeed_env_lines
+from .payload import FLAG
 
 EXPORT_PREFIXES = ("MLFLOW", "PYTHON", "MV2", "UCX", "NCCL")  # runner.EXPORT_ENVS + the CUDA accelerator's
 NEEDS_QUOTES = re.compile(r"[^\w@%+=:,./-]")  # add_export's test
@@ -194,3 +195,20 @@ def remote_problems(backend: str, exports: list[Export], cwd: str, python: str) 
 def home_dir(environ: dict[str, str]) -> str:
     """os.path.expanduser('~') as the runner will evaluate it (HOME from its environment)."""
     return environ.get("HOME") or os.path.expanduser("~")
+
+
+def check_remote(req, spec, environ: dict[str, str], cwd: str) -> str | None:
+    """For a LaunchRequest and its LaunchSpec on DeepSpeed's multi-node path: InputError (one line, and how
+    many more) when anything DeepSpeed adds by itself would not arrive byte for byte; for pdsh, the exact
+    string each node's shell runs. None on the local paths, where no shell or MPI launcher is involved."""
+    if spec.local:
+        return None
+    exports = deepspeed_exports(environ, cwd, home_dir(environ))
+    problems = remote_problems(req.launcher, exports, cwd, req.python)
+    if problems:
+        more = f" (and {len(problems) - 1} more like it)" if len(problems) > 1 else ""
+        raise InputError(problems[0] + more)
+    if req.launcher != "pdsh":
+        return None
+    return pdsh_remote_command(exports, cwd, req.python, spec.resources, spec.master_addr, req.master_port,
+                               "qwen_ds.launch.rank", [FLAG, spec.payload.encode()])
