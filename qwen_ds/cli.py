@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 
 import click
@@ -51,11 +52,20 @@ def cli() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; project errors become a one-line message and their exit code, never a traceback."""
     try:
+        _run(argv)
+    finally:
+        if argv is None:  # a qwen-ds process of its own, not a caller's in-process run: the work is done (or
+            # given up), so a Ctrl-C during interpreter shutdown can change nothing and must not print a traceback
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _run(argv: list[str] | None) -> None:
+    try:
         rc = cli.main(args=argv, prog_name="qwen-ds", standalone_mode=False)
     except QwenDsError as exc:
         click.echo(f"error: {one_line(exc)}", err=True)
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("aborted", err=True)
         sys.exit(1)
     except click.UsageError as exc:  # one line, like every other bad input, naming where help is
