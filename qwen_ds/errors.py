@@ -15,6 +15,12 @@ class QwenDsError(Exception):
     exit_code = EXIT_RUNTIME
 
 
+class DoesNotFit(QwenDsError):
+    """The plan needs more memory than the GPUs have (exit 3)."""
+
+    exit_code = EXIT_DOES_NOT_FIT
+
+
 class InputError(QwenDsError):
     """Bad input: unknown name, malformed file, impossible sizes (exit 2)."""
 

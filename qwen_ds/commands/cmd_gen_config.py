@@ -7,13 +7,12 @@ import copy
 import dataclasses
 import datetime
 import json
-import sys
 from pathlib import Path
 
 import click
 
 from .. import __version__
-from ..errors import EXIT_BAD_INPUT, EXIT_DOES_NOT_FIT
+from ..errors import DoesNotFit, InputError
 from ..estimator import estimate, layout
 from ..format import gib
 from ..plandoc import CONFIG_KEY, DIGEST_KEY, config_digest
@@ -72,13 +71,11 @@ def command(ctx: click.Context, output_dir: str, force: bool, overrides: tuple[s
 
         res = search(model, cluster, workload, plan, cons, net)
         if not res.considered:
-            click.echo(f"error: no plan matches the pinned knobs ({', '.join(f'{k}={v}' for k, v in sorted(pinned.items()))}); "
-                       "pin fewer or see qwen-ds plan", err=True)
-            sys.exit(EXIT_BAD_INPUT)
+            raise InputError(f"no plan matches the pinned knobs ({', '.join(f'{k}={v}' for k, v in sorted(pinned.items()))}); "
+                             "pin fewer or see qwen-ds plan")
         if not res.accepted:
             reasons = "; ".join(f"{f}: {r}" for f, r in res.rejected_families()[:4])
-            click.echo(f"error: no plan fits ({reasons}); see qwen-ds plan", err=True)
-            sys.exit(EXIT_DOES_NOT_FIT)
+            raise DoesNotFit(f"no plan fits ({reasons}); see qwen-ds plan")
         plan = res.accepted[0].plan
         chosen_by = f"planner (best of {res.considered}; pinned: {', '.join(sorted(pinned)) or 'none'})"
     opts = ConfigOptions(lr=lr, warmup_steps=warmup_steps, total_steps=total_steps, gradient_clipping=gradient_clipping,
@@ -94,8 +91,7 @@ def command(ctx: click.Context, output_dir: str, force: bool, overrides: tuple[s
     problems = validate_config(cfg, ctx)
     echo_problems(problems, "ds_config.json")
     if errors(problems):
-        click.echo(f"error: the rendered config has {len(errors(problems))} problem(s); nothing written", err=True)
-        sys.exit(EXIT_BAD_INPUT)
+        raise InputError(f"the rendered config has {len(errors(problems))} problem(s); nothing written")
     # the verdict is for the config as written: knobs --set changed are read back from it
     plan, edited = plan_with_edits(plan, rendered, cfg)
     lay = layout(model, cluster, plan)
@@ -104,10 +100,9 @@ def command(ctx: click.Context, output_dir: str, force: bool, overrides: tuple[s
     if mem.gpu_total_bytes > usable:
         click.echo(render_estimate(model, cluster, workload, plan, lay, mem), err=True)
         by = f" with {_edits(edited)} (--set)" if edited else ""
-        click.echo(f"error: this plan{by} needs {gib(mem.gpu_total_bytes)} GiB per GPU, over the {gib(usable)} GiB usable "
-                   f"(--headroom {cons.headroom:g} of {gib(cluster.gpu.memory_bytes)} GiB); nothing written "
-                   "(change the plan, or see qwen-ds estimate)", err=True)
-        sys.exit(EXIT_DOES_NOT_FIT)
+        raise DoesNotFit(f"this plan{by} needs {gib(mem.gpu_total_bytes)} GiB per GPU, over the {gib(usable)} GiB usable "
+                         f"(--headroom {cons.headroom:g} of {gib(cluster.gpu.memory_bytes)} GiB); nothing written "
+                         "(change the plan, or see qwen-ds estimate)")
     plan_doc = {
         "qwen_ds_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
