@@ -338,15 +338,16 @@ def test_arch_list_suffixes_deepspeed_cannot_parse_are_stripped():
     (None, "w1", {"w0": 8}),
     (None, "w0:0,1", {"w0": 6, "w1": 8}),
 ])
-def test_selected_slots_follow_deepspeed_filters(include, exclude, expected):
-    from qwen_ds.launch.build import selected_slots
+def test_active_resources_follow_deepspeed_filters(include, exclude, expected):
+    from qwen_ds.launch.remote import active_resources
 
-    assert selected_slots(parse_hostfile_text("w0 slots=8\nw1 slots=8\n", "hf"), include, exclude) == expected
+    got = active_resources([("w0", 8), ("w1", 8)], include, exclude)
+    assert {h: len(ids) for h, ids in got.items()} == expected
 
 
 @pytest.mark.parametrize("include,match", [("w9", "not in"), ("w0:8", "slots 0..7"), ("w0:a", "integers")])
 def test_bad_filters(include, match):
-    from qwen_ds.launch.build import selected_slots
+    from qwen_ds.launch.remote import active_resources
 
     with pytest.raises(InputError, match=match):
-        selected_slots(parse_hostfile_text("w0 slots=8\nw1 slots=8\n", "hf"), include, None)
+        active_resources([("w0", 8), ("w1", 8)], include, None)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from ..errors import InputError, one_line
 from ..hostfile import Hostfile
-from .payload import FLAG, RankPayload
+from .payload import FLAG, MODULE, RankPayload
 from .ports import free_port
 from .remote import active_resources
 
@@ -54,12 +54,6 @@ class LaunchSpec:
 
 # what a rendezvous address may be: a host name, IPv4 or IPv6 (it is pasted into remote shells)
 MASTER_ADDR = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*)")
-
-
-def selected_slots(hf: Hostfile, include: str | None, exclude: str | None) -> dict[str, int]:
-    """Slots per host after DeepSpeed's --include / --exclude filter
-    (NODE_SPEC[@NODE_SPEC...], NODE_SPEC = HOST[:SLOT[,SLOT...]])."""
-    return {h: len(ids) for h, ids in active_resources([(h.name, h.slots) for h in hf.hosts], include, exclude).items()}
 
 
 def resolve_entry(entry: tuple[str, ...], config: str, plan: str | None) -> tuple[str, str, list[str]]:
@@ -133,8 +127,8 @@ def build(req: LaunchRequest) -> LaunchSpec:
     if req.launcher == "slurm" and not local:
         # DeepSpeed 0.19.8's SlurmRunner ignores --module and runs `python -u SCRIPT`: the module goes in as
         # the script "-m" (after "--", so the runner's parser takes it as the positional) and its name
-        argv += ["--", "-m", "qwen_ds.launch.rank", FLAG, payload.encode()]
+        argv += ["--", "-m", MODULE, FLAG, payload.encode()]
     else:
         # the rank wrapper is the "script"; DeepSpeed's launch.py adds --local_rank=N after it
-        argv += ["--module", "qwen_ds.launch.rank", FLAG, payload.encode()]
+        argv += ["--module", MODULE, FLAG, payload.encode()]
     return LaunchSpec(tuple(argv), payload, local, master, kind, target, resources)

@@ -18,6 +18,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 FLAG = "--payload"
+MODULE = "qwen_ds.launch.rank"  # the wrapper that decodes it, started by DeepSpeed on every rank
 VERSION = 1
 
 

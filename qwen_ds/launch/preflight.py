@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..plandoc import check_pair, mismatch_line, read_plan_document, unchecked_line
-from .build import BACKEND_BINARY, LaunchRequest, LaunchSpec, selected_slots
+from .build import BACKEND_BINARY, LaunchRequest, LaunchSpec
 from .ports import port_free
 
 
@@ -41,7 +41,7 @@ def preflight(req: LaunchRequest, spec: LaunchSpec, warn: Callable[[str], None] 
             problems.append(mismatch_line(req.config, req.plan, pair))
         elif pair.status == "unchecked":
             warn(unchecked_line(req.config, req.plan))
-    chosen = selected_slots(hf, req.include, req.exclude)
+    chosen = {h: len(ids) for h, ids in spec.resources.items()}  # slots per host after --include / --exclude
     world = sum(chosen.values())
     per_node = set(chosen.values())
     gpn = per_node.pop() if len(per_node) == 1 else None

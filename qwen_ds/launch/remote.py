@@ -25,7 +25,6 @@ from pathlib import Path
 
 from ..errors import InputError, one_line
 from .envfile import KEY, deepspeed_env_lines
-from .payload import FLAG
 
 EXPORT_PREFIXES = ("MLFLOW", "PYTHON", "MV2", "UCX", "NCCL")  # runner.EXPORT_ENVS + the CUDA accelerator's
 NEEDS_QUOTES = re.compile(r"[^\w@%+=:,./-]")  # add_export's test
@@ -210,5 +209,6 @@ def check_remote(req, spec, environ: dict[str, str], cwd: str) -> str | None:
         raise InputError(problems[0] + more)
     if req.launcher != "pdsh":
         return None
+    i = spec.argv.index("--module")  # the runner's script and its arguments, exactly as build() passed them
     return pdsh_remote_command(exports, cwd, req.python, spec.resources, spec.master_addr, req.master_port,
-                               "qwen_ds.launch.rank", [FLAG, spec.payload.encode()])
+                               spec.argv[i + 1], list(spec.argv[i + 2:]))
