@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from .errors import InputError, one_line
 
@@ -111,10 +109,6 @@ def write_text_atomic(path: Path, text: str) -> None:
     except BaseException:
         with_suppress_unlink(tmp)
         raise
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def with_suppress_unlink(path: str) -> None:

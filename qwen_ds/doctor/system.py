@@ -197,12 +197,11 @@ def _read_kv_file(path: Path) -> tuple[dict[str, str], str | None]:
 def deepspeed_env_files(env: Mapping[str, str], home: Path, cwd: Path) -> list[dict]:
     """DeepSpeed's runner reads DS_ENV_FILE (default .deepspeed_env) from ~ then the working directory."""
     from ..launch.envfile import read_env_file
+    from ..launch.remote import env_file_paths
 
-    name = env.get("DS_ENV_FILE", ".deepspeed_env")
     paths: list[Path] = []
-    for base in (home, cwd):
-        p = Path(name) if os.path.isabs(name) else base / name
-        if p.is_file() and p.resolve() not in [q.resolve() for q in paths]:
+    for p in env_file_paths(env, str(cwd), str(home)):  # the files and order launch checks; each one once here
+        if p.resolve() not in [q.resolve() for q in paths]:
             paths.append(p)
     out = []
     for p in paths:

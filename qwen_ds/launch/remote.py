@@ -20,6 +20,7 @@ import base64
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,7 +87,7 @@ def runner_environment(environ: dict[str, str], cwd: str) -> dict[str, str]:
     return env
 
 
-def env_file_paths(environ: dict[str, str], cwd: str, home: str) -> list[Path]:
+def env_file_paths(environ: Mapping[str, str], cwd: str, home: str) -> list[Path]:
     """DEEPSPEED_ENVIRONMENT_PATHS joined with DS_ENV_FILE (default .deepspeed_env), in the order read."""
     name = environ.get("DS_ENV_FILE", ".deepspeed_env")
     return [p for p in (Path(home, name), Path(cwd, name)) if p.is_file()]
