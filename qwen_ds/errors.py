@@ -14,6 +14,11 @@ class QwenDsError(Exception):
 
     exit_code = EXIT_RUNTIME
 
+    def __init__(self, message: str = "", detail: str | None = None) -> None:
+        super().__init__(message)
+        #: what the CLI prints to stderr before the one-line message (e.g. the estimate that did not fit)
+        self.detail = detail
+
 
 class DoesNotFit(QwenDsError):
     """The plan needs more memory than the GPUs have (exit 3)."""

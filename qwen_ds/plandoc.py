@@ -1,116 +1,195 @@
-"""plan.json as gen-config writes it and launch / validate read it.
+"""plan.json: the typed document gen-config writes and launch, validate, the runtime and the
+benchmarks read. ``PlanDocument`` is the only code that reads or writes the file's JSON shape;
+readers take typed fields (``doc.workload.seq_len``, ``doc.plan.loss``), so each default lives once,
+in ``Workload`` / ``Plan``.
 
-plan.json keeps the ds_config.json it was made with (``ds_config``) and that config's digest
-(``ds_config_sha256``), so a reader can tell whether a config is the one its plan was made for and,
-when it is not, which keys differ. Readers get the document through ``read_plan_document``, which
-checks the types of the fields they use: a wrong type is one line naming the field (exit 2), not a
-traceback in whichever reader touched it first. (Issue #12 turns this into a typed PlanDocument.)
+Every field may be absent (a plan.json from an older qwen-ds, or made by hand): an absent section
+reads as ``None`` (model, cluster, memory) or as the planner's defaults (workload, plan). A field
+that is present must have its type: a wrong one is one line naming the field (exit 2), not a
+traceback in whichever reader touched it first. A plan.json of a newer schema is refused.
 """
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from . import __version__
 from .errors import InputError, one_line
-from .plan import INFER_PRECISIONS, LOSS_PATHS, MODES, OFFLOAD
+from .pairing import CONFIG_KEY, DIGEST_KEY, PairCheck, check_pair
+from .plan import INFER_PRECISIONS, KERNELS, LOSS_PATHS, MODES, OFFLOAD, Plan, Workload
 
-DIGEST_KEY = "ds_config_sha256"
-CONFIG_KEY = "ds_config"
+#: 1: the first typed document (gen-config of qwen-ds 0.1.0 after #12); files without the key are
+#: the untyped plan.json of before, read the same way (their extra ``memory.plan`` copy is ignored)
+SCHEMA_VERSION = 1
 FIX = "pass the plan.json gen-config wrote, or regenerate it"
 
 
-def canonical(value: Any) -> Any:
-    """The config as its digest sees it: integral floats as integers (1e9 and 1000000000 are the same
-    value to DeepSpeed, and JSON tools rewrite one as the other); bools stay bools."""
-    if isinstance(value, dict):
-        return {str(k): canonical(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [canonical(v) for v in value]
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
-        return int(value)
-    return value
+def deepspeed_version() -> str:
+    """The installed DeepSpeed's version, else the version the shipped config schema was built from."""
+    from importlib import metadata
 
+    try:
+        return metadata.version("deepspeed")
+    except metadata.PackageNotFoundError:
+        from .validate.schema import schema
 
-def config_digest(cfg: dict[str, Any]) -> str:
-    """sha256 of the canonical JSON text: sort_keys, separators (",", ":"), ASCII, integral floats as integers."""
-    text = json.dumps(canonical(cfg), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(text.encode("ascii")).hexdigest()
-
-
-ABSENT = object()
-
-
-def differences(config: Any, planned: Any) -> list[tuple[str, Any, Any]]:
-    """(dotted path, value in config, value in plan) of every leaf that differs, as the digest sees
-    values; ABSENT where one side has no such key."""
-    return _diff(canonical(config), canonical(planned), "")
-
-
-def _diff(config: Any, planned: Any, path: str) -> list[tuple[str, Any, Any]]:
-    if isinstance(config, dict) and isinstance(planned, dict):
-        out = []
-        for key in list(planned) + [k for k in config if k not in planned]:
-            out += _diff(config.get(key, ABSENT), planned.get(key, ABSENT), f"{path}.{key}" if path else key)
-        return out
-    if config is ABSENT or planned is ABSENT or type(config) is not type(planned) or config != planned:
-        return [(path or "$", config, planned)]
-    return []
-
-
-def _show(value: Any) -> str:
-    if value is ABSENT:
-        return "(absent)"
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    return one_line(text if len(text) <= 60 else text[:57] + "...")
-
-
-def values_text(in_config: Any, in_plan: Any) -> str:
-    return f"config {_show(in_config)}, plan {_show(in_plan)}"
-
-
-def difference_text(diff: tuple[str, Any, Any]) -> str:
-    path, in_config, in_plan = diff
-    return f"{path}: {values_text(in_config, in_plan)}"
+        return str(schema().get("x-deepspeed-version", "unknown"))
 
 
 @dataclass(frozen=True)
-class PairCheck:
-    """Whether a ds_config belongs to a plan.json: ``match``; ``unchecked`` (a plan.json without a
-    digest, from before qwen-ds recorded one); ``mismatch`` with the differing keys (empty when the
-    plan holds a digest but not the config, or a digest that is not its own config's)."""
+class ModelRef:
+    """The model a plan was made for; ``config`` is its config.json, enough to rebuild it."""
 
-    status: str
-    differences: tuple[tuple[str, Any, Any], ...] = ()
-
-
-def check_pair(cfg: dict[str, Any], doc: dict[str, Any]) -> PairCheck:
-    want = doc.get(DIGEST_KEY)
-    if want is None:
-        return PairCheck("unchecked")
-    if config_digest(cfg) == want:
-        return PairCheck("match")
-    stored = doc.get(CONFIG_KEY)
-    return PairCheck("mismatch", tuple(differences(cfg, stored)) if isinstance(stored, dict) else ())
+    name: str = "model"
+    family: str | None = None
+    source: str | None = None
+    config: dict[str, Any] | None = None
 
 
-def mismatch_line(config_name: str, plan_name: str, check: PairCheck, limit: int = 8) -> str:
-    diffs = [difference_text(d) for d in check.differences]
-    if diffs:
-        more = f"; and {len(diffs) - limit} more" if len(diffs) > limit else ""
-        what = "; ".join(diffs[:limit]) + more
-    else:
-        what = f"its {DIGEST_KEY} is not the digest of this config (nor of the {CONFIG_KEY} it keeps)"
-    return (f"{one_line(config_name)} is not the config {one_line(plan_name)} was made with: {what}; "
-            "regenerate both with qwen-ds gen-config (--set for your edits), or pass the plan made with this config")
+@dataclass(frozen=True)
+class ClusterRef:
+    gpu: str | None = None
+    nodes: int | None = None
+    gpus_per_node: int | None = None
+    world_size: int | None = None
+    hostfile: str | None = None
 
 
-def unchecked_line(config_name: str, plan_name: str) -> str:
-    return (f"{one_line(plan_name)} has no {DIGEST_KEY} (written by an older qwen-ds), so it cannot be checked against "
-            f"{one_line(config_name)}; regenerate both with qwen-ds gen-config to get the check")
+@dataclass(frozen=True)
+class PlannedMemory:
+    """What the estimator predicted for the plan, per GPU and per node (bytes)."""
+
+    total_params: int | None = None
+    active_params: int | None = None
+    gpu_memory_bytes: int | None = None
+    gpu_allocated_bytes: int | None = None
+    gpu_reserved_bytes: int | None = None
+    gpu_total_bytes: int | None = None
+    peak_phase: str | None = None
+    cpu_total_bytes_per_node: int | None = None
+    nvme_total_bytes_per_node: int | None = None
+    fits: bool | None = None
+    terms: dict[str, int] = field(default_factory=dict)
+    term_phases: dict[str, str] = field(default_factory=dict)
+    cpu_terms: dict[str, int] = field(default_factory=dict)
+    nvme_terms: dict[str, int] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, total_params: int, active_params: int, b: Any) -> "PlannedMemory":
+        """From an estimator MemoryBreakdown and the model's parameter counts."""
+        return cls(total_params=total_params, active_params=active_params, gpu_memory_bytes=b.gpu_memory_bytes,
+                   gpu_allocated_bytes=b.gpu_allocated_bytes, gpu_reserved_bytes=b.gpu_reserved_bytes,
+                   gpu_total_bytes=b.gpu_total_bytes, peak_phase=b.peak_phase,
+                   cpu_total_bytes_per_node=b.cpu_total_bytes_per_node, nvme_total_bytes_per_node=b.nvme_total_bytes_per_node,
+                   fits=b.fits, terms=b.terms_dict(), term_phases={t.name: t.phase for t in b.gpu_terms},
+                   cpu_terms={t.name: t.bytes for t in b.cpu_terms}, nvme_terms={t.name: t.bytes for t in b.nvme_terms},
+                   notes=tuple(b.notes))
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "notes": list(self.notes)}
+
+
+@dataclass(frozen=True)
+class PlanDocument:
+    """plan.json. ``dp`` is the data-parallel degree the plan was laid out with; ``ds_config`` the
+    config as written (after --set) and ``ds_config_sha256`` its digest (see qwen_ds/pairing.py)."""
+
+    model: ModelRef | None = None
+    cluster: ClusterRef | None = None
+    workload: Workload = field(default_factory=Workload)
+    plan: Plan = field(default_factory=Plan)
+    dp: int | None = None
+    fp8_recipe: dict[str, Any] | None = None
+    overrides: tuple[str, ...] = ()
+    chosen_by: str | None = None
+    memory: PlannedMemory | None = None
+    launch_command: tuple[str, ...] = ()
+    ds_config_sha256: str | None = None
+    ds_config: dict[str, Any] | None = None
+    qwen_ds_version: str | None = None
+    created: str | None = None
+    deepspeed_version: str | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    # ------------------------------------------------------------------ writing
+
+    def to_json(self) -> dict[str, Any]:
+        """The file's JSON object; sections that are None are left out."""
+        out: dict[str, Any] = {"schema_version": self.schema_version, "qwen_ds_version": self.qwen_ds_version,
+                               "created": self.created, "deepspeed_version": self.deepspeed_version}
+        if self.model is not None:
+            out["model"] = dataclasses.asdict(self.model)
+        if self.cluster is not None:
+            out["cluster"] = dataclasses.asdict(self.cluster)
+        out["workload"] = dataclasses.asdict(self.workload)
+        out["plan"] = {**dataclasses.asdict(self.plan), **({"dp": self.dp} if self.dp is not None else {})}
+        out.update(fp8_recipe=self.fp8_recipe, overrides=list(self.overrides), chosen_by=self.chosen_by)
+        if self.memory is not None:
+            out["memory"] = self.memory.to_json()
+        out["launch"] = {"command": list(self.launch_command)}
+        if self.ds_config_sha256 is not None:
+            out[DIGEST_KEY] = self.ds_config_sha256
+        if self.ds_config is not None:
+            out[CONFIG_KEY] = self.ds_config
+        return out
+
+    def to_bytes(self) -> bytes:
+        return (json.dumps(self.to_json(), indent=2) + "\n").encode("utf-8")
+
+    # ------------------------------------------------------------------ reading
+
+    @classmethod
+    def from_json(cls, doc: Any, where: str = "plan.json") -> "PlanDocument":
+        """The document from the file's JSON object; InputError naming ``where`` and the field."""
+        check_fields(doc, where)
+        version = doc.get("schema_version", SCHEMA_VERSION)
+        if version > SCHEMA_VERSION:
+            raise InputError(f"{where}: schema_version {version} is from a newer qwen-ds (this one, {__version__}, reads up to "
+                             f"{SCHEMA_VERSION}); upgrade qwen-ds, or regenerate the plan with this one")
+        try:
+            workload = _build(Workload, doc.get("workload"))
+            plan = _build(Plan, doc.get("plan"))
+        except InputError as exc:  # Plan / Workload name CLI flags; here the file is what says it
+            raise InputError(f"{where}: {exc}; {FIX}") from None
+        section = doc.get("plan") or {}
+        launch = doc.get("launch") or {}
+        return cls(
+            model=_build(ModelRef, doc["model"]) if "model" in doc else None,
+            cluster=_build(ClusterRef, doc["cluster"]) if "cluster" in doc else None,
+            workload=workload, plan=plan, dp=section.get("dp"),
+            fp8_recipe=doc.get("fp8_recipe"), overrides=tuple(doc.get("overrides", ())), chosen_by=doc.get("chosen_by"),
+            memory=_memory(doc["memory"]) if "memory" in doc else None,
+            launch_command=tuple(launch.get("command", ())),
+            ds_config_sha256=doc.get(DIGEST_KEY), ds_config=doc.get(CONFIG_KEY),
+            qwen_ds_version=doc.get("qwen_ds_version"), created=doc.get("created"),
+            deepspeed_version=doc.get("deepspeed_version"), schema_version=version,
+        )
+
+    # ------------------------------------------------------------------ uses
+
+    def check_config(self, cfg: dict[str, Any]) -> PairCheck:
+        """Whether ``cfg`` is the config this plan was made with."""
+        return check_pair(cfg, self.ds_config_sha256, self.ds_config)
+
+    @property
+    def wants_fp8(self) -> bool:
+        return bool(self.fp8_recipe) or self.plan.precision == "fp8"
+
+
+def _build(cls: type, section: dict[str, Any] | None) -> Any:
+    """``cls`` from the section's keys that are its fields (others ignored); absent fields take ``cls``'s defaults."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in (section or {}).items() if k in names})
+
+
+def _memory(section: dict[str, Any]) -> PlannedMemory:
+    mem = _build(PlannedMemory, section)
+    return dataclasses.replace(mem, notes=tuple(mem.notes))
 
 
 # --------------------------------------------------------------------------- field types
@@ -124,6 +203,10 @@ def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _opt(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: v is None or check(v)
+
+
 def _one_of(values: tuple) -> Callable[[Any], bool]:
     return lambda v: isinstance(v, str) and v in values
 
@@ -132,42 +215,76 @@ def _is(*types: type) -> Callable[[Any], bool]:
     return lambda v: isinstance(v, types) and not (isinstance(v, bool) and bool not in types)
 
 
-#: dotted path -> (check, what it must be). Readers default every field that is absent (older or
-#: hand-made plan.json files); a field that is present must have its type.
+def _dict_of(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, dict) and all(check(x) for x in v.values())
+
+
+def _list_of_str(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+_POS = (_int(1), "a positive integer")
+_STR = (_is(str), "a string")
+_OPT_STR = (_opt(_is(str)), "a string or null")
+_OBJ = (_is(dict), "an object")
+_NUM = (_number, "a number")
+
+#: dotted path -> (check, what it must be). Every field that a reader uses, with its type; a field
+#: that is absent takes its default, one that is present must pass.
 FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "model": (_is(dict), "an object"),
-    "model.name": (_is(str), "a string"),
-    "model.config": (_is(dict), "an object (the model's config.json)"),
-    "cluster": (_is(dict), "an object"),
-    "cluster.gpu": (_is(str), "a string"),
-    "cluster.nodes": (_int(1), "a positive integer"),
-    "cluster.gpus_per_node": (_int(1), "a positive integer"),
-    "cluster.world_size": (_int(1), "a positive integer"),
-    "cluster.hostfile": (lambda v: v is None or isinstance(v, str), "a string or null"),
-    "workload": (_is(dict), "an object"),
+    "schema_version": (_int(0), "a non-negative integer"),
+    "qwen_ds_version": _OPT_STR, "created": _OPT_STR, "deepspeed_version": _OPT_STR, "chosen_by": _OPT_STR,
+    "model": _OBJ,
+    "model.name": _STR,
+    "model.family": _OPT_STR,
+    "model.source": _OPT_STR,
+    "model.config": (_opt(_is(dict)), "an object (the model's config.json)"),
+    "cluster": _OBJ,
+    "cluster.gpu": _OPT_STR,
+    "cluster.nodes": _POS,
+    "cluster.gpus_per_node": _POS,
+    "cluster.world_size": _POS,
+    "cluster.hostfile": _OPT_STR,
+    "workload": _OBJ,
     "workload.mode": (_one_of(MODES), f"one of {', '.join(MODES)}"),
-    "workload.seq_len": (_int(1), "a positive integer"),
+    "workload.seq_len": _POS,
     "workload.new_tokens": (_int(0), "an integer >= 0"),
-    "plan": (_is(dict), "an object"),
+    "workload.optimizer": _STR,
+    "plan": _OBJ,
     "plan.zero_stage": (lambda v: _int(0)(v) and v <= 3, "0, 1, 2 or 3"),
     "plan.offload_optimizer": (_one_of(OFFLOAD), f"one of {', '.join(OFFLOAD)}"),
     "plan.offload_param": (_one_of(OFFLOAD), f"one of {', '.join(OFFLOAD)}"),
-    "plan.tp": (_int(1), "a positive integer"),
-    "plan.pp": (_int(1), "a positive integer"),
-    "plan.dp": (_int(1), "a positive integer"),
-    "plan.micro_batch": (_int(1), "a positive integer"),
-    "plan.grad_accum": (_int(1), "a positive integer"),
+    "plan.tp": _POS,
+    "plan.pp": _POS,
+    "plan.dp": _POS,
+    "plan.micro_batch": _POS,
+    "plan.grad_accum": _POS,
     "plan.checkpointing": (_is(bool), "true or false"),
     "plan.precision": (_one_of(INFER_PRECISIONS), f"one of {', '.join(INFER_PRECISIONS)}"),
     "plan.loss": (_one_of(LOSS_PATHS), f"one of {', '.join(LOSS_PATHS)}"),
-    "fp8_recipe": (lambda v: v is None or isinstance(v, dict), "an object or null"),
-    "overrides": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
-    "memory": (_is(dict), "an object"),
-    "memory.gpu_total_bytes": (_number, "a number"),
-    "memory.gpu_allocated_bytes": (_number, "a number"),
-    "memory.gpu_reserved_bytes": (_number, "a number"),
-    "memory.cpu_total_bytes_per_node": (_number, "a number"),
-    "memory.terms": (lambda v: isinstance(v, dict) and all(_number(x) for x in v.values()), "an object of numbers"),
+    "plan.kernels": (_one_of(KERNELS), f"one of {', '.join(KERNELS)}"),
+    "plan.overlap_comm": (_is(bool), "true or false"),
+    **{f"plan.{k}": (_opt(_int(0)), "an integer >= 0 or null") for k in (
+        "reduce_bucket_size", "allgather_bucket_size", "prefetch_bucket_size", "param_persistence_threshold")},
+    **{f"plan.{k}": (_int(0), "an integer >= 0") for k in ("max_live_parameters", "max_reuse_distance", "sub_group_size")},
+    "plan.hpz_partition_size": _POS,
+    "plan.quantized_weights": (_is(bool), "true or false"),
+    "plan.quantized_gradients": (_is(bool), "true or false"),
+    "fp8_recipe": (_opt(_is(dict)), "an object or null"),
+    "overrides": (_list_of_str, "a list of strings"),
+    "memory": _OBJ,
+    **{f"memory.{k}": (_opt(_number), "a number or null") for k in (
+        "total_params", "active_params", "gpu_memory_bytes", "gpu_allocated_bytes", "gpu_reserved_bytes", "gpu_total_bytes",
+        "cpu_total_bytes_per_node", "nvme_total_bytes_per_node")},
+    "memory.peak_phase": _OPT_STR,
+    "memory.fits": (_opt(_is(bool)), "true, false or null"),
+    "memory.terms": (_dict_of(_number), "an object of numbers"),
+    "memory.term_phases": (_dict_of(_is(str)), "an object of strings"),
+    "memory.cpu_terms": (_dict_of(_number), "an object of numbers"),
+    "memory.nvme_terms": (_dict_of(_number), "an object of numbers"),
+    "memory.notes": (_list_of_str, "a list of strings"),
+    "launch": _OBJ,
+    "launch.command": (_list_of_str, "a list of strings"),
     DIGEST_KEY: (lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None, "64 lowercase hex digits"),
     CONFIG_KEY: (_is(dict), "an object (the ds_config.json the plan was made with)"),
 }
@@ -184,26 +301,30 @@ def check_fields(doc: Any, where: str) -> None:
             raise InputError(f"{where}: {path} is {_show(node[key])} ({_json_type(node[key])}); it must be {expected}; {FIX}")
 
 
+def _show(value: Any) -> str:
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return one_line(text if len(text) <= 60 else text[:57] + "...")
+
+
 def _json_type(v: Any) -> str:
     if v is None:
         return "null"
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "an object"}.get(
-        type(v), type(v).__name__)
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "an object"}
+    return names.get(type(v), type(v).__name__)
 
 
-def parse_plan_text(text: str, where: str) -> dict[str, Any]:
+def parse_plan_text(text: str, where: str) -> PlanDocument:
     try:
         doc = json.loads(text)
     except RecursionError:
         raise InputError(f"{where}: nested too deeply to be a plan.json; {FIX}") from None
     except ValueError as exc:  # JSONDecodeError, or an integer literal past Python's digit limit
         raise InputError(f"{where}: not JSON ({one_line(exc)[:100]}); {FIX}") from None
-    check_fields(doc, where)
-    return doc
+    return PlanDocument.from_json(doc, where)
 
 
-def read_plan_document(path: str, flag: str = "--plan") -> dict[str, Any]:
-    """plan.json, its fields' types checked; every problem is an InputError naming ``flag`` and the path."""
+def read_plan_document(path: str, flag: str = "--plan") -> PlanDocument:
+    """plan.json as a PlanDocument; every problem is an InputError naming ``flag`` and the path."""
     from .fileio import read_text
 
     text = read_text(path, flag, FIX)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from qwen_ds.plandoc import config_digest
+from qwen_ds.pairing import config_digest
 from qwen_ds.render import default_template_dir
 from qwen_ds.validate import is_inference_config
 

@@ -16,7 +16,8 @@ from qwen_ds.errors import InputError
 from qwen_ds.hardware import Cluster, get_gpu
 from qwen_ds.models import load_model
 from qwen_ds.plan import Plan, Workload
-from qwen_ds.plandoc import ABSENT, check_pair, config_digest, differences, parse_plan_text
+from qwen_ds.pairing import ABSENT, config_digest, differences
+from qwen_ds.plandoc import PlanDocument, parse_plan_text
 from qwen_ds.render import apply_override, render
 from qwen_ds.validate.plan_from_config import plan_with_edits
 
@@ -103,6 +104,10 @@ def test_differences_name_dotted_paths_and_absent_keys():
         ("train_micro_batch_size_per_gpu", 1, 2), ("bf16", {"enabled": True}, ABSENT)]
 
 
+def check_pair(cfg: dict, doc: dict):
+    return PlanDocument.from_json(doc).check_config(cfg)
+
+
 def test_check_pair_statuses():
     cfg = {"train_batch_size": 16}
     assert check_pair(cfg, {}).status == "unchecked"
@@ -117,8 +122,8 @@ def test_check_pair_statuses():
 def test_parse_plan_text_accepts_what_gen_config_writes_and_older_plans(tmp_path):
     z2 = tiny_pair(tmp_path / "z2", 2, 1)
     doc = parse_plan_text((z2 / "plan.json").read_text(), "plan.json")
-    assert doc["plan"]["zero_stage"] == 2
-    assert parse_plan_text("{}", "plan.json") == {}  # every field may be absent
+    assert doc.plan.zero_stage == 2 and doc.cluster.world_size == 2
+    assert parse_plan_text("{}", "plan.json") == PlanDocument()  # every field may be absent
     with pytest.raises(InputError, match=r"^plan.json: workload.seq_len is 0 \(an integer\); it must be a positive integer; "):
         parse_plan_text(json.dumps({"workload": {"seq_len": 0}}), "plan.json")
 

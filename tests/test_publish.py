@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from qwen_ds.plandoc import config_digest
+from qwen_ds.pairing import config_digest
 from qwen_ds.publish import LOCK_NAME
 
 ROOT = Path(__file__).resolve().parent.parent

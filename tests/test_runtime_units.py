@@ -11,7 +11,7 @@ pytest.importorskip("transformers")
 
 from qwen_ds.runtime.common import RuntimeFailure  # noqa: E402
 from qwen_ds.runtime.data import TokenFile, synthetic_batch  # noqa: E402
-from qwen_ds.runtime.fp8 import apply_fp8, fp8_filter, wants_fp8  # noqa: E402
+from qwen_ds.runtime.fp8 import apply_fp8, fp8_filter  # noqa: E402
 from qwen_ds.runtime.loss import causal_lm_loss  # noqa: E402
 from qwen_ds.runtime.metrics import StepMeter  # noqa: E402
 
@@ -79,7 +79,11 @@ def test_fp8_is_refused_on_gpus_before_ada(monkeypatch):
     so torch.cuda's answers are replaced; without CUDA the recipe runs emulated on CPU (test_fp8.py)."""
     from qwen_ds.runtime.fp8 import check_fp8_device
 
-    assert wants_fp8({"fp8_recipe": {"recipe": "tensorwise"}}) and not wants_fp8({"plan": {"precision": "bf16"}})
+    from qwen_ds.plandoc import PlanDocument
+
+    assert PlanDocument.from_json({"fp8_recipe": {"recipe": "tensorwise"}}).wants_fp8
+    assert PlanDocument.from_json({"plan": {"precision": "fp8"}}).wants_fp8
+    assert not PlanDocument.from_json({"plan": {"precision": "bf16"}}).wants_fp8
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA A100-SXM4-80GB")

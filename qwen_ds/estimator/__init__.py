@@ -13,8 +13,9 @@ from .layout import Layout, layout
 __all__ = ["Layout", "MemoryBreakdown", "Term", "estimate", "layout"]
 
 
-def estimate(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan) -> MemoryBreakdown:
-    lay = layout(model, cluster, plan)
+def estimate(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan, lay: Layout | None = None) -> MemoryBreakdown:
+    """``lay``: the plan's layout when the caller has it (``layout(model, cluster, plan)``)."""
+    lay = lay or layout(model, cluster, plan)
     gpn = cluster.gpus_per_node
     if workload.mode == "infer":
         gpu = inference.inference_terms(model, lay, plan, workload.seq_len, workload.new_tokens, cluster.world_size)

@@ -9,12 +9,13 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from ..plandoc import check_pair, mismatch_line, read_plan_document, unchecked_line
+from ..pairing import mismatch_line, unchecked_line
+from ..plandoc import PlanDocument, read_plan_document
 from .build import BACKEND_BINARY, LaunchRequest, LaunchSpec
 from .ports import port_free
 
 
-def read_plan(path: str | None) -> dict | None:
+def read_plan(path: str | None) -> PlanDocument | None:
     """plan.json with the types of its fields checked (InputError, one line), or None without --plan."""
     return read_plan_document(path, "--plan") if path else None
 
@@ -32,11 +33,10 @@ def preflight(req: LaunchRequest, spec: LaunchSpec, warn: Callable[[str], None] 
     problems: list[str] = []
     hf = req.hostfile
     plan = read_plan(req.plan)
-    planned = plan.get("plan", {}) if plan else {}
-    pp = planned.get("pp", 1)
+    pp = plan.plan.pp if plan else 1
     cfg = read_config(req.config)
     if plan is not None:
-        pair = check_pair(cfg, plan)
+        pair = plan.check_config(cfg)
         if pair.status == "mismatch":
             problems.append(mismatch_line(req.config, req.plan, pair))
         elif pair.status == "unchecked":
@@ -49,13 +49,13 @@ def preflight(req: LaunchRequest, spec: LaunchSpec, warn: Callable[[str], None] 
     for p in validate_config(cfg, ctx):
         if p.severity == "error":
             problems.append(f"{req.config}: {p.path}: {p.message}")
-    if plan:
-        cl = plan.get("cluster", {})
-        if gpn is not None and cl.get("gpus_per_node") not in (None, gpn):
-            problems.append(f"{req.plan}: planned for {cl['gpus_per_node']} GPUs per node but {hf.path} (after filters) gives {gpn}; "
+    cl = plan.cluster if plan is not None else None
+    if cl is not None:
+        if gpn is not None and cl.gpus_per_node not in (None, gpn):
+            problems.append(f"{req.plan}: planned for {cl.gpus_per_node} GPUs per node but {hf.path} (after filters) gives {gpn}; "
                             "regenerate the plan with --hostfile")
-        if cl.get("world_size") not in (None, world):
-            problems.append(f"{req.plan}: planned for {cl['world_size']} GPUs but {hf.path} (after filters) has {world}; "
+        if cl.world_size not in (None, world):
+            problems.append(f"{req.plan}: planned for {cl.world_size} GPUs but {hf.path} (after filters) has {world}; "
                             "regenerate the plan with --hostfile")
     if spec.entry_kind == "script":
         if not Path(spec.entry_target).is_file():
@@ -71,7 +71,7 @@ def preflight(req: LaunchRequest, spec: LaunchSpec, warn: Callable[[str], None] 
         if not found:
             hint = " (the built-in runtime needs the [runtime] extra)" if spec.entry_kind == "builtin" else ""
             problems.append(f"entry module {spec.entry_target} cannot be imported{hint}")
-    if planned.get("precision") == "fp8" and spec.entry_kind == "builtin" and importlib.util.find_spec("torchao") is None:
+    if plan is not None and plan.plan.precision == "fp8" and spec.entry_kind == "builtin" and importlib.util.find_spec("torchao") is None:
         problems.append(f"{req.plan} is an FP8 plan and the built-in runtime needs torchao for it: pip install 'qwen-ds[fp8]'")
     if importlib.util.find_spec("deepspeed") is None:
         problems.append("deepspeed is not installed: pip install 'qwen-ds[runtime]'")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from ..errors import InputError, finite_positive
-from ..estimator import MemoryBreakdown, estimate
+from ..estimator import Layout, MemoryBreakdown, estimate, layout
 from ..hardware import Cluster
 from ..models.spec import ModelSpec
 from ..plan import Plan, Workload
@@ -53,7 +53,11 @@ def cpu_mem_bytes(gib: float | None) -> int | None:
 
 @dataclass(frozen=True)
 class Candidate:
+    """A plan the search weighed: its layout and memory (as estimate computes them), its step time
+    when it fits, else the reason it was rejected."""
+
     plan: Plan
+    layout: Layout
     memory: MemoryBreakdown
     time: StepTime | None
     reason: str | None  # None = accepted
@@ -145,18 +149,19 @@ def candidates(model: ModelSpec, cluster: Cluster, workload: Workload, base: Pla
 
 
 def evaluate(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan, c: Constraints, net: Network) -> Candidate:
-    mem = estimate(model, cluster, workload, plan)
+    lay = layout(model, cluster, plan)
+    mem = estimate(model, cluster, workload, plan, lay)
     usable = int(cluster.gpu.memory_bytes * c.headroom)
     if mem.gpu_total_bytes > usable:
-        return Candidate(plan, mem, None, f"{mem.gpu_total_bytes / GIB:.1f} GiB > {usable / GIB:.1f} GiB usable per GPU "
+        return Candidate(plan, lay, mem, None, f"{mem.gpu_total_bytes / GIB:.1f} GiB > {usable / GIB:.1f} GiB usable per GPU "
                                           f"({c.headroom:.0%} of {cluster.gpu.name})")
     if c.cpu_mem_per_node is not None and mem.cpu_total_bytes_per_node > c.cpu_mem_per_node:
-        return Candidate(plan, mem, None, f"CPU {mem.cpu_total_bytes_per_node / GIB:.0f} GiB > {c.cpu_mem_per_node / GIB:.0f} GiB per node")
+        return Candidate(plan, lay, mem, None, f"CPU {mem.cpu_total_bytes_per_node / GIB:.0f} GiB > {c.cpu_mem_per_node / GIB:.0f} GiB per node")
     if workload.mode == "infer":
         from .inference_time import inference_time
 
-        return Candidate(plan, mem, inference_time(model, cluster, workload, plan, net), None)
-    return Candidate(plan, mem, step_time(model, cluster, workload, plan, net), None)
+        return Candidate(plan, lay, mem, inference_time(model, cluster, workload, plan, net), None)
+    return Candidate(plan, lay, mem, step_time(model, cluster, workload, plan, net), None)
 
 
 def search(model: ModelSpec, cluster: Cluster, workload: Workload, base: Plan, c: Constraints | None = None,

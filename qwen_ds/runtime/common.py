@@ -3,11 +3,10 @@ HF model the way ZeRO-3 needs it, and rank-0 printing."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # DeepSpeed's zero.Init patches torch.Tensor.__new__; dynamo imported later inside it fails with
 # "Signature mismatch ... tensor_pynew" (reference/deepspeed.md §6): import it first.
@@ -15,6 +14,9 @@ import torch  # noqa: E402
 import torch._dynamo  # noqa: E402,F401
 
 from ..units import GIB  # noqa: E402
+
+if TYPE_CHECKING:
+    from ..plandoc import PlanDocument
 
 # ZeRO-3 leaf modules: gathered whole at their forward (no per-expert fetches, no hangs on experts
 # a rank's tokens skip).
@@ -42,22 +44,22 @@ def log0(*args: Any) -> None:
         print(*args, flush=True)
 
 
-def read_json(path: str, what: str) -> dict:
+def read_config_and_plan(args: Any) -> tuple[dict, PlanDocument | None]:
+    """ds_config.json and plan.json as this rank reads them (bounded reads, the plan's fields typed).
+    launch checked the pair before starting, but every rank reads the files again later: a
+    gen-config --force into the same directory in between would give this rank a config its plan
+    (and its memory estimate) was not made for."""
+    from ..errors import InputError
+    from ..pairing import mismatch_line
+    from ..plandoc import read_plan_document
+    from ..validate.parse import read_config
+
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise RuntimeFailure(f"{what} {path}: {exc}") from None
-
-
-def read_config_and_plan(args: Any) -> tuple[dict, dict | None]:
-    """ds_config.json and plan.json as this rank reads them. launch checked the pair before starting,
-    but every rank reads the files again later: a gen-config --force into the same directory in
-    between would give this rank a config its plan (and its memory estimate) was not made for."""
-    from ..plandoc import check_pair, mismatch_line
-
-    ds_config = read_json(args.config, "--config")
-    plan = read_json(args.plan, "--plan") if args.plan else None
-    check = check_pair(ds_config, plan) if isinstance(plan, dict) else None
+        ds_config = read_config(args.config)
+        plan = read_plan_document(args.plan, "--plan") if args.plan else None
+    except InputError as exc:
+        raise RuntimeFailure(str(exc)) from None
+    check = plan.check_config(ds_config) if plan is not None else None
     if check is not None and check.status == "mismatch":
         raise RuntimeFailure(mismatch_line(args.config, args.plan, check))
     return ds_config, plan
@@ -133,10 +135,14 @@ def run_entry(fn, args) -> int:
 
 def planned_gib(args, key: str) -> str:
     """A memory figure of the run's plan.json (``memory.<key>``) in GiB, or 'unknown' without a plan."""
+    from ..errors import InputError
+    from ..plandoc import read_plan_document
+
     try:
-        value = read_json(args.plan, "--plan")["memory"][key] if getattr(args, "plan", None) else None
-    except (RuntimeFailure, KeyError, TypeError):
-        value = None
+        doc = read_plan_document(args.plan, "--plan") if getattr(args, "plan", None) else None
+    except InputError:
+        doc = None
+    value = getattr(doc.memory, key, None) if doc is not None and doc.memory is not None else None
     return f"{value / GIB:.1f} GiB" if isinstance(value, (int, float)) else "unknown (no plan.json)"
 
 
@@ -158,25 +164,25 @@ def oom_report(args, exc: BaseException) -> str:
             "or --loss differing from the plan, else regenerate it with a lower --headroom (e.g. 0.85) or a smaller --micro-batch")
 
 
-def model_source(plan: dict | None, model_arg: str | None) -> dict:
+def model_source(plan: PlanDocument | None, model_arg: str | None) -> dict:
     """The model's config.json fields: from --model (preset / config.json / HF dir), else the plan's."""
     if model_arg:
         from ..models import load_model
 
         return dict(load_model(model_arg).config)
-    if plan and isinstance(plan.get("model", {}).get("config"), dict):
-        return dict(plan["model"]["config"])
+    if plan is not None and plan.model is not None and plan.model.config is not None:
+        return dict(plan.model.config)
     raise RuntimeFailure("no model: pass --plan plan.json (from qwen-ds gen-config) or --model")
 
 
-def model_spec(plan: dict | None, model_arg: str | None):
+def model_spec(plan: PlanDocument | None, model_arg: str | None):
     """qwen-ds's ModelSpec of the model the run builds (FLOPs, AutoTP support)."""
     from ..models.spec import spec_from_config
 
     return spec_from_config(model_source(plan, model_arg), name="model")
 
 
-def model_config(plan: dict | None, model_arg: str | None):
+def model_config(plan: PlanDocument | None, model_arg: str | None):
     """HF config of the model the run builds (see model_source)."""
     from transformers import AutoConfig
 

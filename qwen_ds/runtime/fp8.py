@@ -12,10 +12,6 @@ from ..sharding import FP8_KEEP_BF16
 from .common import RuntimeFailure
 
 
-def wants_fp8(plan: dict | None) -> bool:
-    return bool(plan and (plan.get("fp8_recipe") or plan.get("plan", {}).get("precision") == "fp8"))
-
-
 def fp8_filter(module: torch.nn.Module, fqn: str) -> bool:
     """torchao module_filter_fn: Linear layers whose dims suit FP8 GEMMs (multiples of 16)."""
     if not isinstance(module, torch.nn.Linear) or fqn.endswith(FP8_KEEP_BF16):

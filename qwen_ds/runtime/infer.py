@@ -15,6 +15,10 @@ import argparse
 import json
 import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..plandoc import PlanDocument
 
 from .common import RuntimeFailure, exit_process, model_spec, run_entry, build_model, init_distributed, log0, model_config, rank, read_config_and_plan, torch_dtype, world_size
 
@@ -74,15 +78,13 @@ class FirstTokenTimer:
         pass
 
 
-def planned_weights(plan: dict | None) -> str:
+def planned_weights(plan: PlanDocument | None) -> str:
     """' (plan: N)' with the weights per GPU plan.json predicted, in parameters; '' without a plan."""
     from ..units import bytes_per_element
 
-    try:
-        n = plan["memory"]["terms"]["weights"] // bytes_per_element(plan["plan"]["precision"])
-    except (TypeError, KeyError):
+    if plan is None or plan.memory is None or "weights" not in plan.memory.terms:
         return ""
-    return f" (plan: {n:,})"
+    return f" (plan: {plan.memory.terms['weights'] // bytes_per_element(plan.plan.precision):,})"
 
 
 def main(argv=None) -> int:
@@ -99,7 +101,7 @@ def infer(args: argparse.Namespace) -> int:
     device = init_distributed()
     hf_config = model_config(plan, args.model)
     hf_config.use_cache = True
-    new_tokens = args.max_new_tokens or (plan or {}).get("workload", {}).get("new_tokens") or 32
+    new_tokens = args.max_new_tokens or (plan.workload.new_tokens if plan else 0) or 32
     prompts = read_prompts(args.prompts)
     tok = None
     if any("prompt" in p for p in prompts):

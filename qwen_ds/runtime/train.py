@@ -97,16 +97,17 @@ def train(args: argparse.Namespace) -> int:
     if args.comm_profile_every > 0:
         ds_config.setdefault("comms_logger", {"enabled": True, "verbose": False, "prof_all": True, "debug": False})
     hf_config = model_config(plan, args.model)
-    seq = args.seq_len or (plan or {}).get("workload", {}).get("seq_len") or 2048
-    loss_path = args.loss or (plan or {}).get("plan", {}).get("loss") or "chunked"
-    if loss_path == "hf" and (plan or {}).get("plan", {}).get("loss") == "hf":
+    # without a plan.json: the runtime's own defaults (a short synthetic run), named in --help
+    seq = args.seq_len or (plan.workload.seq_len if plan else 2048)
+    loss_path = args.loss or (plan.plan.loss if plan else "chunked")
+    if loss_path == "hf" and plan and plan.plan.loss == "hf":
         log0("note: plan uses the plain HF loss (full fp32 logits); --loss chunked saves that memory")
-    checkpointing = (plan or {}).get("plan", {}).get("checkpointing", False)
+    checkpointing = plan.plan.checkpointing if plan else False
     model, keep = build_model(hf_config, ds_config, args.weights, args.seed, for_training=True)
-    from .fp8 import apply_fp8, check_fp8_device, fp8_share, wants_fp8
+    from .fp8 import apply_fp8, check_fp8_device, fp8_share
 
-    if wants_fp8(plan):
-        converted = apply_fp8(model, plan.get("fp8_recipe"))
+    if plan is not None and plan.wants_fp8:
+        converted = apply_fp8(model, plan.fp8_recipe)
         log0(f"FP8: {converted} Linear layers converted to torchao float8 training on {check_fp8_device()} "
              f"({fp8_share(model):.0%} of the matmul weights; the head, routers and fused MoE experts stay bf16)")
     if checkpointing:
