@@ -68,6 +68,7 @@ def qwen_ds(*args, timeout=None) -> subprocess.CompletedProcess:
 def run_case(case, work: Path, gpu: str, steps: int, timeout: float, include: str | None = None) -> dict:
     name, preset, layers, gpus, zero, oo, micro, seq, ckpt, loss = case
     from qwen_ds.models import load_model
+    from qwen_ds.plandoc import read_plan_document
 
     spec = load_model(preset)
     model_arg = preset
@@ -88,7 +89,7 @@ def run_case(case, work: Path, gpu: str, steps: int, timeout: float, include: st
                 "--precision", "bf16", "-o", str(out), "--force")
     if p.returncode != 0:
         return {"case": name, "error": "gen-config: " + p.stderr.strip()[-400:]}
-    plan = json.loads((out / "plan.json").read_text())
+    plan = read_plan_document(str(out / "plan.json"))
     metrics = out / "metrics.jsonl"
     metrics.unlink(missing_ok=True)
     t0 = time.time()
@@ -100,11 +101,11 @@ def run_case(case, work: Path, gpu: str, steps: int, timeout: float, include: st
     except subprocess.TimeoutExpired:
         return {"case": name, "error": f"timeout after {timeout:.0f} s"}
     wall = time.time() - t0
-    mem = plan["memory"]
+    mem = plan.memory
     rec = {"case": name, "model": spec.name if not layers else f"{spec.name}-L{layers}", "gpus": gpus, "zero": zero,
            "offload_optimizer": oo, "micro_batch": micro, "seq_len": seq, "checkpointing": ckpt, "loss": loss,
-           "pred_allocated": mem["gpu_allocated_bytes"], "pred_reserved": mem["gpu_reserved_bytes"], "pred_total": mem["gpu_total_bytes"],
-           "pred_terms": mem["terms"], "wall_s": round(wall, 1)}
+           "pred_allocated": mem.gpu_allocated_bytes, "pred_reserved": mem.gpu_reserved_bytes, "pred_total": mem.gpu_total_bytes,
+           "pred_terms": mem.terms, "wall_s": round(wall, 1)}
     if p.returncode != 0 or not metrics.exists():
         tail = (p.stdout + p.stderr).strip().splitlines()[-12:]
         oom = any("OutOfMemory" in line or "out of memory" in line for line in tail)
