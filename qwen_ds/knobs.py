@@ -58,7 +58,8 @@ SEARCHED = tuple(k.name for k in KNOBS if k.searched)
 @dataclass(frozen=True)
 class DsKey:
     """A Plan field a DeepSpeed config holds as one number: where (first key found wins), and the
-    value DeepSpeed 0.19.8 uses when the config does not say. ``stage3``: read only under ZeRO-3."""
+    value DeepSpeed 0.19.8 uses when the config does not say. ``stage3``: DeepSpeed reads it only
+    under ZeRO-3 (below, the field keeps the Plan's default)."""
 
     name: str
     keys: tuple[str, ...]
@@ -73,11 +74,11 @@ DS_KEYS: tuple[DsKey, ...] = (
     DsKey("reduce_bucket_size", ("zero_optimization.reduce_bucket_size",), 500_000_000),
     DsKey("allgather_bucket_size", ("zero_optimization.allgather_bucket_size",), 500_000_000),
     DsKey("prefetch_bucket_size", ("zero_optimization.stage3_prefetch_bucket_size", "zero_optimization.prefetch_bucket_size"),
-          50_000_000),
+          50_000_000, stage3=True),
     DsKey("param_persistence_threshold", ("zero_optimization.stage3_param_persistence_threshold",
-                                          "zero_optimization.param_persistence_threshold"), 100_000),
-    DsKey("max_live_parameters", ("zero_optimization.stage3_max_live_parameters",), 1_000_000_000),
-    DsKey("max_reuse_distance", ("zero_optimization.stage3_max_reuse_distance",), 1_000_000_000),
+                                          "zero_optimization.param_persistence_threshold"), 100_000, stage3=True),
+    DsKey("max_live_parameters", ("zero_optimization.stage3_max_live_parameters",), 1_000_000_000, stage3=True),
+    DsKey("max_reuse_distance", ("zero_optimization.stage3_max_reuse_distance",), 1_000_000_000, stage3=True),
     DsKey("sub_group_size", ("zero_optimization.sub_group_size",), 1_000_000_000),
     DsKey("hpz_partition_size", ("zero_optimization.zero_hpz_partition_size",), 1, stage3=True),
 )

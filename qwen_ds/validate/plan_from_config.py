@@ -49,7 +49,8 @@ def plan_from_config(cfg: dict[str, Any], *, pp: int = 1, checkpointing: bool = 
         d = block.get("device", "none") if isinstance(block, dict) else "none"
         return d if d in ("none", "cpu", "nvme") else "none"
 
-    numbers = {k.name: _ds_number(cfg, k) if stage == 3 or not k.stage3 else k.ds_default for k in DS_KEYS}
+    defaults = {f.name: f.default for f in dataclasses.fields(Plan)}
+    numbers = {k.name: _ds_number(cfg, k) if stage == 3 or not k.stage3 else defaults[k.name] for k in DS_KEYS}
     for name in ("micro_batch", "grad_accum", "tp", "hpz_partition_size"):
         numbers[name] = max(numbers[name], 1)
     return Plan(
