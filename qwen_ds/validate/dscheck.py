@@ -41,10 +41,13 @@ def deepspeed_problems(cfg: dict[str, Any], world_size: int, inference: bool) ->
                 import deepspeed.comm as dist
                 from deepspeed.runtime.config import DeepSpeedConfig
 
-                with mock.patch.object(dist, "get_rank", return_value=0), mock.patch.object(dist, "get_world_size", return_value=world_size):
+                with mock.patch.object(dist, "get_rank", return_value=0), \
+                        mock.patch.object(dist, "get_world_size", return_value=world_size):
                     DeepSpeedConfig(dict(cfg))
-    except Exception as exc:  # DeepSpeed raises AssertionError, ValueError, ValidationError, DeepSpeedConfigError, TypeError
-        return [Problem("$", f"DeepSpeed's own parser refuses it: {type(exc).__name__}: {one_line(exc)[:400]}", "deepspeed")]
+    except Exception as exc:  # DeepSpeed raises AssertionError, ValueError, ValidationError, DeepSpeedConfigError,
+        # TypeError
+        return [Problem("$", f"DeepSpeed's own parser refuses it: {type(exc).__name__}: {one_line(exc)[:400]}",
+                        "deepspeed")]
     finally:
         if old is None:
             os.environ.pop("DS_ACCELERATOR", None)
@@ -53,7 +56,8 @@ def deepspeed_problems(cfg: dict[str, Any], world_size: int, inference: bool) ->
     return []
 
 
-def deepspeed_problems_subprocess(cfg: dict[str, Any], world_size: int, inference: bool, timeout: float = 180) -> list[Problem]:
+def deepspeed_problems_subprocess(cfg: dict[str, Any], world_size: int, inference: bool,
+                                  timeout: float = 180) -> list[Problem]:
     """Run deepspeed_problems in a child process: validate itself never imports torch/deepspeed."""
     import json
     import subprocess
@@ -64,11 +68,13 @@ def deepspeed_problems_subprocess(cfg: dict[str, Any], world_size: int, inferenc
         proc = subprocess.run([sys.executable, "-m", "qwen_ds.validate.dscheck"], input=payload, capture_output=True,
                               text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return [Problem("$", f"DeepSpeed's parser did not answer within {timeout:.0f} s; rerun with --no-deepspeed", "deepspeed", "warning")]
+        return [Problem("$", f"DeepSpeed's parser did not answer within {timeout:.0f} s; rerun with --no-deepspeed",
+                        "deepspeed", "warning")]
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("QWEN_DS_PROBLEMS=")]
     if proc.returncode != 0 or not lines:
         tail = one_line(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}")
-        return [Problem("$", f"could not run DeepSpeed's parser ({tail[:200]}); rerun with --no-deepspeed", "deepspeed", "warning")]
+        return [Problem("$", f"could not run DeepSpeed's parser ({tail[:200]}); rerun with --no-deepspeed", "deepspeed",
+                        "warning")]
     return [Problem(**p) for p in json.loads(lines[-1].split("=", 1)[1])]
 
 

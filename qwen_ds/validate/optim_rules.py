@@ -10,8 +10,9 @@ import difflib
 import json
 from typing import TYPE_CHECKING, Any
 
-from .ds_signatures import (ADAM_CONFIG_KEYS, DEEPSPEED_OPTIMIZERS, OPTIMIZER_KWARGS, PASSED_BY_DEEPSPEED, POSITIVE_WARMUP,
-                            SCHEDULER_KWARGS, SCHEDULERS_NEEDING_OBJECTS, TORCH_OPTIM, scheduler_paths, short, torch_optimizers)
+from .ds_signatures import (ADAM_CONFIG_KEYS, DEEPSPEED_OPTIMIZERS, OPTIMIZER_KWARGS, PASSED_BY_DEEPSPEED,
+                            POSITIVE_WARMUP, SCHEDULER_KWARGS, SCHEDULERS_NEEDING_OBJECTS, TORCH_OPTIM, scheduler_paths,
+                            short, torch_optimizers)
 from .problems import Problem
 
 if TYPE_CHECKING:  # rules.py imports this module to list its rules
@@ -45,14 +46,18 @@ def _close(name: str, names: list[str]) -> str:
 
 
 def rule_optimizer_type(cfg: dict[str, Any], ctx: Context) -> list[Problem]:
-    """deepspeed.initialize asserts the type is one of its own optimizers (any case) or a torch.optim class (exact case)."""
+    """deepspeed.initialize asserts the type is one of its own optimizers (any case) or a torch.optim class
+    (exact case)."""
     kind, _ = _block(cfg, "optimizer")
-    if not isinstance(kind, str) or kind == "auto" or kind.lower() in DEEPSPEED_OPTIMIZERS or kind in torch_optimizers():
+    if (not isinstance(kind, str) or kind == "auto" or kind.lower() in DEEPSPEED_OPTIMIZERS
+            or kind in torch_optimizers()):
         return []
     names = list(DEEPSPEED_OPTIMIZERS.values()) + sorted(torch_optimizers())
-    return [Problem("$.optimizer.type", f"optimizer '{kind}' is not one DeepSpeed knows (deepspeed.initialize: 'not a supported "
-                    f"DeepSpeed Optimizer'); use one of DeepSpeed's {', '.join(DEEPSPEED_OPTIMIZERS.values())} (any case) "
-                    f"or a torch.optim class, exact case (SGD, RMSprop, ...){_close(kind, names)}", "optimizer_type")]
+    return [Problem("$.optimizer.type",
+                    f"optimizer '{kind}' is not one DeepSpeed knows (deepspeed.initialize: 'not a supported "
+                    f"DeepSpeed Optimizer'); use one of DeepSpeed's {', '.join(DEEPSPEED_OPTIMIZERS.values())} (any "
+                    f"case) or a torch.optim class, exact case (SGD, RMSprop, ...){_close(kind, names)}",
+                    "optimizer_type")]
 
 
 def _optimizer_class(kind: str, params: dict[str, Any], cpu: bool) -> tuple[str, frozenset[str]] | None:
@@ -68,7 +73,8 @@ def _optimizer_class(kind: str, params: dict[str, Any], cpu: bool) -> tuple[str,
     own = {"adagrad": ("deepspeed.ops.adagrad.DeepSpeedCPUAdagrad", TORCH_OPTIM + "Adagrad"),
            "lion": ("deepspeed.ops.lion.DeepSpeedCPULion", "deepspeed.ops.lion.FusedLion"),
            "lamb": ("deepspeed.ops.lamb.FusedLamb", "deepspeed.ops.lamb.FusedLamb")}
-    path = own[low][0 if cpu else 1] if low in own else None if low in DEEPSPEED_OPTIMIZERS else torch_optimizers().get(kind)
+    path = (own[low][0 if cpu else 1] if low in own
+            else None if low in DEEPSPEED_OPTIMIZERS else torch_optimizers().get(kind))
     return (path, frozenset(OPTIMIZER_KWARGS[path])) if path else None
 
 
@@ -79,27 +85,29 @@ def rule_optimizer_params(cfg: dict[str, Any], ctx: Context) -> list[Problem]:
     found = _optimizer_class(kind, params, _cpu_optimizer(cfg)) if isinstance(kind, str) else None
     out = []
     if "max_grad_norm" in params:
-        out.append(Problem("$.optimizer.params.max_grad_norm", "max_grad_norm: deepspeed.initialize refuses it as an optimizer "
+        out.append(Problem("$.optimizer.params.max_grad_norm",
+                           "max_grad_norm: deepspeed.initialize refuses it as an optimizer "
                            "param (ValueError); set the top-level gradient_clipping instead", "optimizer_params"))
     if found is None:
         return out
     path, allowed = found
     for key in sorted(set(params) - allowed - {"max_grad_norm"}):
-        out.append(Problem(f"$.optimizer.params.{key}", f"'{key}' is not an argument of {short(path)} (what DeepSpeed builds for "
-                           f"'{kind}' here), so deepspeed.initialize raises TypeError; accepted: {', '.join(sorted(allowed))}"
-                           f"{_close(key, sorted(allowed))}", "optimizer_params"))
+        out.append(Problem(f"$.optimizer.params.{key}", f"'{key}' is not an argument of {short(path)} (what DeepSpeed "
+                           f"builds for '{kind}' here), so deepspeed.initialize raises TypeError; accepted: "
+                           f"{', '.join(sorted(allowed))}{_close(key, sorted(allowed))}", "optimizer_params"))
     return out
 
 
 def rule_betas(cfg: dict[str, Any], ctx: Context) -> list[Problem]:
-    """Adam-family optimizers unpack betas into (beta1, beta2) at the first step; bias correction divides by 1 - beta^t."""
+    """Adam-family optimizers unpack betas into (beta1, beta2) at the first step; bias correction divides by
+    1 - beta^t."""
     betas = _block(cfg, "optimizer")[1].get("betas")
     if betas is None or betas == "auto" or (isinstance(betas, list) and "auto" in betas):
         return []  # rule_auto explains "auto"
     if isinstance(betas, list) and len(betas) == 2 and all(_number(b) and 0 <= b < 1 for b in betas):
         return []
-    return [Problem("$.optimizer.params.betas", f"betas {json.dumps(betas)} must be two numbers in [0, 1), e.g. [0.9, 0.95]: "
-                    "DeepSpeed accepts the config and fails at the first optimizer step", "betas")]
+    return [Problem("$.optimizer.params.betas", f"betas {json.dumps(betas)} must be two numbers in [0, 1), e.g. [0.9, "
+                    "0.95]: DeepSpeed accepts the config and fails at the first optimizer step", "betas")]
 
 
 def rule_scheduler_type(cfg: dict[str, Any], ctx: Context) -> list[Problem]:
@@ -108,13 +116,15 @@ def rule_scheduler_type(cfg: dict[str, Any], ctx: Context) -> list[Problem]:
     if not isinstance(kind, str) or kind == "auto" or kind in scheduler_paths():
         return []
     if kind in SCHEDULERS_NEEDING_OBJECTS:
-        return [Problem("$.scheduler.type", f"scheduler '{kind}' takes Python objects (functions or other schedulers) that a "
-                        "JSON config cannot hold; build it in your script and pass lr_scheduler= to deepspeed.initialize",
+        return [Problem("$.scheduler.type", f"scheduler '{kind}' takes Python objects (functions or other schedulers) "
+                        "that a JSON config cannot hold; build it in your script and pass lr_scheduler= to "
+                        "deepspeed.initialize",
                         "scheduler_type")]
     own = [short(p) for p in SCHEDULER_KWARGS if not p.startswith("torch.")]
-    return [Problem("$.scheduler.type", f"scheduler '{kind}' is not one DeepSpeed knows (deepspeed.initialize: 'does not "
-                    f"recognize LR scheduler'); use one of DeepSpeed's {', '.join(own)} or a torch.optim.lr_scheduler class, "
-                    f"exact case{_close(kind, sorted(scheduler_paths()))}", "scheduler_type")]
+    return [Problem("$.scheduler.type",
+                    f"scheduler '{kind}' is not one DeepSpeed knows (deepspeed.initialize: 'does not "
+                    f"recognize LR scheduler'); use one of DeepSpeed's {', '.join(own)} or a torch.optim.lr_scheduler "
+                    f"class, exact case{_close(kind, sorted(scheduler_paths()))}", "scheduler_type")]
 
 
 def rule_scheduler_params(cfg: dict[str, Any], ctx: Context) -> list[Problem]:
@@ -126,13 +136,13 @@ def rule_scheduler_params(cfg: dict[str, Any], ctx: Context) -> list[Problem]:
         return []
     required, optional = SCHEDULER_KWARGS[path]
     allowed = sorted(required + optional)
-    out = [Problem(f"$.scheduler.params.{key}", f"'{key}' is not an argument of {kind}, so deepspeed.initialize raises TypeError; "
-                   f"accepted: {', '.join(allowed)}{_close(key, allowed)}", "scheduler_params")
+    out = [Problem(f"$.scheduler.params.{key}", f"'{key}' is not an argument of {kind}, so deepspeed.initialize raises "
+                   f"TypeError; accepted: {', '.join(allowed)}{_close(key, allowed)}", "scheduler_params")
            for key in sorted(set(params) - set(allowed))]
     out += [Problem("$.scheduler.params", f"{kind} needs '{key}' (deepspeed.initialize raises TypeError without it)",
                     "scheduler_params") for key in required if key not in params]
     steps = params.get("warmup_num_steps")
     if kind in POSITIVE_WARMUP and steps is not None and steps != "auto" and not (type(steps) is int and steps >= 1):
-        out.append(Problem("$.scheduler.params.warmup_num_steps", f"warmup_num_steps {json.dumps(steps)} must be an integer >= 1: "
-                           f"{kind} raises ValueError on anything else", "scheduler_params"))
+        out.append(Problem("$.scheduler.params.warmup_num_steps", f"warmup_num_steps {json.dumps(steps)} must be an "
+                           f"integer >= 1: {kind} raises ValueError on anything else", "scheduler_params"))
     return out

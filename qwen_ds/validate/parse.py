@@ -51,7 +51,8 @@ HJSON_LIMIT = 2**20
 def _parse_hjson(text: str, where: str, json_err: json.JSONDecodeError) -> Any:
     if len(text) > HJSON_LIMIT:
         raise InputError(f"{where} line {json_err.lineno}: malformed JSON ({json_err.msg}); fix that line "
-                         f"(hjson - comments, trailing commas - is tried only up to {HJSON_LIMIT // 2**20} MiB)") from None
+                         f"(hjson - comments, trailing commas - is tried only up to {HJSON_LIMIT // 2**20} "
+                         "MiB)") from None
     try:
         import hjson
     except ImportError:
@@ -68,7 +69,8 @@ def _parse_hjson(text: str, where: str, json_err: json.JSONDecodeError) -> Any:
         hline = getattr(exc, "lineno", None)
         lines = f"line {json_err.lineno}" if hline in (None, json_err.lineno) else \
             f"line {json_err.lineno} as JSON ({json_err.msg}), line {hline} as hjson"
-        raise InputError(f"{where} {lines}: neither JSON nor hjson ({one_line(getattr(exc, 'msg', exc))[:120]}); fix that line") from None
+        raise InputError(f"{where} {lines}: neither JSON nor hjson ({one_line(getattr(exc, 'msg', exc))[:120]}); fix "
+                         "that line") from None
 
 
 def _plain(value: Any) -> Any:

@@ -17,7 +17,8 @@ from ..hardware import GPU
 from ..models.spec import ModelSpec
 from ..plan import deepspeed_batch_ranks
 from ..sharding import autotp_unsupported
-from .optim_rules import rule_betas, rule_optimizer_params, rule_optimizer_type, rule_scheduler_params, rule_scheduler_type
+from .optim_rules import (rule_betas, rule_optimizer_params, rule_optimizer_type, rule_scheduler_params,
+                          rule_scheduler_type)
 from .problems import Problem, json_path
 
 # 0.19.7 / 0.19.8 reject these keys (runtime/config.py _REMOVED_*_CONFIG_KEYS, reference §1.10)
@@ -103,7 +104,8 @@ def rule_auto(cfg: dict[str, Any], ctx: Context) -> list[Problem]:
     for path, value in _walk(cfg):
         if value == "auto":
             top = len(path) == 1
-            effect = "DeepSpeed crashes on it at the top level" if top else "DeepSpeed silently drops it and uses its default"
+            effect = ("DeepSpeed crashes on it at the top level" if top
+                      else "DeepSpeed silently drops it and uses its default")
             out.append(Problem(json_path(path), f'"auto" is filled only by the HF Trainer / Accelerate; {effect}; '
                                f"write the value{_auto_hint(path, ctx)} or let qwen-ds gen-config compute it", "auto"))
     return out
@@ -121,46 +123,53 @@ def rule_batch(cfg: dict[str, Any], ctx: Context) -> list[Problem]:
     DP = world / (tp x pp). Two of the three suffice: DeepSpeed derives the third by floor division."""
     if is_inference_config(cfg):
         return []
-    tbs, mbs, ga = _int(cfg, "train_batch_size"), _int(cfg, "train_micro_batch_size_per_gpu"), _int(cfg, "gradient_accumulation_steps")
+    tbs, mbs, ga = (_int(cfg, "train_batch_size"), _int(cfg, "train_micro_batch_size_per_gpu"),
+                    _int(cfg, "gradient_accumulation_steps"))
     out = []
-    for key, v in (("train_batch_size", tbs), ("train_micro_batch_size_per_gpu", mbs), ("gradient_accumulation_steps", ga)):
+    for key, v in (("train_batch_size", tbs), ("train_micro_batch_size_per_gpu", mbs),
+                   ("gradient_accumulation_steps", ga)):
         if v is not None and v <= 0:
             out.append(Problem(f"$.{key}", f"{key} = {v} must be > 0", "batch"))
     if out:
         return out
     if tbs is None and mbs is None:
         if "train_batch_size" not in cfg and "train_micro_batch_size_per_gpu" not in cfg:
-            return [Problem("$", "neither train_batch_size nor train_micro_batch_size_per_gpu is set; DeepSpeed needs one of them", "batch")]
+            return [Problem("$", "neither train_batch_size nor train_micro_batch_size_per_gpu is set; DeepSpeed needs "
+                            "one of them", "batch")]
         return []
     if ctx.world_size is None:
         if None not in (tbs, mbs, ga) and tbs % (mbs * ga):
-            return [Problem("$.train_batch_size", f"train_batch_size {tbs} is not a multiple of micro {mbs} x grad_accum {ga}", "batch")]
+            return [Problem("$.train_batch_size",
+                            f"train_batch_size {tbs} is not a multiple of micro {mbs} x grad_accum {ga}", "batch")]
         return []
     tpb = cfg.get("tensor_parallel")
     tp = tpb.get("autotp_size", 1) if isinstance(tpb, dict) else 1
     tp = tp if isinstance(tp, int) and not isinstance(tp, bool) and tp >= 1 else 1
     if ctx.world_size % (tp * ctx.pp):
-        return [Problem("$.tensor_parallel.autotp_size", f"tp {tp} x pp {ctx.pp} does not divide the {ctx.world_size} GPUs", "batch")]
+        return [Problem("$.tensor_parallel.autotp_size",
+                        f"tp {tp} x pp {ctx.pp} does not divide the {ctx.world_size} GPUs", "batch")]
     sp = cfg.get("sequence_parallel_size", 1)
     sp = sp if isinstance(sp, int) and not isinstance(sp, bool) and sp >= 1 else 1
     if ctx.world_size % (sp * ctx.pp):
-        return [Problem("$.sequence_parallel_size", f"sequence_parallel_size {sp} x pp {ctx.pp} does not divide the {ctx.world_size} GPUs", "batch")]
+        return [Problem("$.sequence_parallel_size", f"sequence_parallel_size {sp} x pp {ctx.pp} does not divide the "
+                        f"{ctx.world_size} GPUs", "batch")]
     dp = deepspeed_batch_ranks(ctx.world_size, ctx.pp, sp)
-    detail = f"world {ctx.world_size} / (sequence parallel {sp} x pp {ctx.pp}) = {dp} ranks in DeepSpeed's batch equation"
+    detail = (f"world {ctx.world_size} / (sequence parallel {sp} x pp {ctx.pp}) = {dp} ranks in DeepSpeed's "
+              "batch equation")
     if tbs is not None and mbs is not None and ga is not None:
         if tbs != mbs * ga * dp:
-            return [Problem("$.train_batch_size", f"train_batch_size {tbs} != micro {mbs} x grad_accum {ga} x dp {dp} = {mbs * ga * dp} ({detail}); "
-                            f"set it to {mbs * ga * dp}", "batch")]
+            return [Problem("$.train_batch_size", f"train_batch_size {tbs} != micro {mbs} x grad_accum {ga} x dp {dp} "
+                            f"= {mbs * ga * dp} ({detail}); set it to {mbs * ga * dp}", "batch")]
     elif tbs is not None and mbs is not None:
         g = tbs // (mbs * dp)
         if g < 1 or g * mbs * dp != tbs:
-            return [Problem("$.train_batch_size", f"train_batch_size {tbs} is not micro {mbs} x dp {dp} x an integer grad_accum ({detail}); "
-                            f"use a multiple of {mbs * dp}", "batch")]
+            return [Problem("$.train_batch_size", f"train_batch_size {tbs} is not micro {mbs} x dp {dp} x an integer "
+                            f"grad_accum ({detail}); use a multiple of {mbs * dp}", "batch")]
     elif tbs is not None and ga is not None:
         m = tbs // (ga * dp)
         if m < 1 or m * ga * dp != tbs:
-            return [Problem("$.train_batch_size", f"train_batch_size {tbs} is not grad_accum {ga} x dp {dp} x an integer micro batch ({detail}); "
-                            f"use a multiple of {ga * dp}", "batch")]
+            return [Problem("$.train_batch_size", f"train_batch_size {tbs} is not grad_accum {ga} x dp {dp} x an "
+                            f"integer micro batch ({detail}); use a multiple of {ga * dp}", "batch")]
     return []
 
 
@@ -169,7 +178,8 @@ def rule_offload_param_stage(cfg: dict[str, Any], ctx: Context) -> list[Problem]
     z, stage = _zero(cfg), _stage(cfg)
     op = z.get("offload_param")
     if isinstance(op, dict) and op.get("device", "none") not in ("none", None) and stage is not None and stage < 3:
-        return [Problem("$.zero_optimization.offload_param", f"offload_param needs stage 3 (stage is {stage}); DeepSpeed would silently "
+        return [Problem("$.zero_optimization.offload_param",
+                        f"offload_param needs stage 3 (stage is {stage}); DeepSpeed would silently "
                         "keep the params on GPU: set stage 3 or remove offload_param", "offload_param_stage")]
     return []
 
@@ -180,7 +190,8 @@ def rule_nvme_path(cfg: dict[str, Any], ctx: Context) -> list[Problem]:
     for key in ("offload_param", "offload_optimizer"):
         block = _zero(cfg).get(key)
         if isinstance(block, dict) and block.get("device") == "nvme" and not block.get("nvme_path"):
-            out.append(Problem(f"$.zero_optimization.{key}.nvme_path", f'{key}.device "nvme" needs nvme_path (a directory on a local '
+            out.append(Problem(f"$.zero_optimization.{key}.nvme_path",
+                               f'{key}.device "nvme" needs nvme_path (a directory on a local '
                                "NVMe drive of every node); DeepSpeed only fails later, in zero.Init", "nvme_path"))
     return out
 
@@ -190,8 +201,8 @@ def rule_pipeline_stage(cfg: dict[str, Any], ctx: Context) -> list[Problem]:
     stage = _stage(cfg)
     if stage is not None and stage >= 2 and (ctx.pp > 1 or isinstance(cfg.get("pipeline"), dict)):
         why = f"--pp {ctx.pp}" if ctx.pp > 1 else "a pipeline block"
-        return [Problem("$.zero_optimization.stage", f"stage {stage} with {why}: DeepSpeed's pipeline engine allows only ZeRO 0 or 1; "
-                        "use stage 1 or drop pipeline parallelism", "pipeline_stage")]
+        return [Problem("$.zero_optimization.stage", f"stage {stage} with {why}: DeepSpeed's pipeline engine allows "
+                        "only ZeRO 0 or 1; use stage 1 or drop pipeline parallelism", "pipeline_stage")]
     return []
 
 
@@ -202,13 +213,15 @@ def rule_hpz(cfg: dict[str, Any], ctx: Context) -> list[Problem]:
     out = []
     if isinstance(hpz, int) and hpz > 1:
         if _stage(cfg) != 3:
-            out.append(Problem("$.zero_optimization.zero_hpz_partition_size", "hpZ (zero_hpz_partition_size > 1) needs stage 3", "hpz"))
+            out.append(Problem("$.zero_optimization.zero_hpz_partition_size",
+                               "hpZ (zero_hpz_partition_size > 1) needs stage 3", "hpz"))
         if ctx.world_size and ctx.world_size % hpz:
-            out.append(Problem("$.zero_optimization.zero_hpz_partition_size", f"zero_hpz_partition_size {hpz} does not divide the "
-                               f"{ctx.world_size} GPUs; use a divisor, usually the GPUs per node", "hpz"))
+            out.append(Problem("$.zero_optimization.zero_hpz_partition_size", f"zero_hpz_partition_size {hpz} does not "
+                               f"divide the {ctx.world_size} GPUs; use a divisor, usually the GPUs per node", "hpz"))
         elif ctx.gpus_per_node and hpz > ctx.gpus_per_node:
-            out.append(Problem("$.zero_optimization.zero_hpz_partition_size", f"zero_hpz_partition_size {hpz} spans nodes "
-                               f"({ctx.gpus_per_node} GPUs per node): the secondary copy is meant to stay inside a node", "hpz", "warning"))
+            out.append(Problem("$.zero_optimization.zero_hpz_partition_size", f"zero_hpz_partition_size {hpz} spans "
+                               f"nodes ({ctx.gpus_per_node} GPUs per node): the secondary copy is meant to stay inside "
+                               "a node", "hpz", "warning"))
     return out
 
 
@@ -219,15 +232,17 @@ def rule_precision_hw(cfg: dict[str, Any], ctx: Context) -> list[Problem]:
         return []
     bf16 = _enabled(cfg, "bf16") or _enabled(cfg, "bfloat16") or cfg.get("dtype") in ("bf16", "bfloat16")
     if bf16 and not gpu.bf16:
-        path = "$.dtype" if cfg.get("dtype") in ("bf16", "bfloat16") else "$.bfloat16.enabled" if _enabled(cfg, "bfloat16") else "$.bf16.enabled"
-        return [Problem(path, f"bf16 on {gpu.name} (compute capability {gpu.compute_capability} < 8.0): no bf16 tensor cores; "
-                        "use fp16 with dynamic loss scaling", "precision_hw")]
+        path = ("$.dtype" if cfg.get("dtype") in ("bf16", "bfloat16")
+                else "$.bfloat16.enabled" if _enabled(cfg, "bfloat16") else "$.bf16.enabled")
+        return [Problem(path, f"bf16 on {gpu.name} (compute capability {gpu.compute_capability} < 8.0): no bf16 tensor "
+                        "cores; use fp16 with dynamic loss scaling", "precision_hw")]
     return []
 
 
 def rule_fp16_and_bf16(cfg: dict[str, Any], ctx: Context) -> list[Problem]:
     if _enabled(cfg, "fp16") and (_enabled(cfg, "bf16") or _enabled(cfg, "bfloat16")):
-        return [Problem("$.fp16.enabled", "fp16 and bf16 are both enabled; DeepSpeed asserts on this: keep one", "fp16_and_bf16")]
+        return [Problem("$.fp16.enabled", "fp16 and bf16 are both enabled; DeepSpeed asserts on this: keep one",
+                        "fp16_and_bf16")]
     return []
 
 
@@ -240,7 +255,8 @@ def rule_loss_scale(cfg: dict[str, Any], ctx: Context) -> list[Problem]:
     for key in ("loss_scale_window", "min_loss_scale"):
         v = fp16.get(key)
         if isinstance(v, (int, float)) and not isinstance(v, bool) and v <= 0:
-            out.append(Problem(f"$.fp16.{key}", f"{key} = {v} must be > 0 with dynamic loss scaling (loss_scale 0)", "loss_scale"))
+            out.append(Problem(f"$.fp16.{key}", f"{key} = {v} must be > 0 with dynamic loss scaling (loss_scale 0)",
+                               "loss_scale"))
     return out
 
 
@@ -248,7 +264,8 @@ def rule_removed_keys(cfg: dict[str, Any], ctx: Context) -> list[Problem]:
     out = [Problem(f"$.{k}", f"'{k}' was removed in DeepSpeed {v}, which now refuses the config; delete it", "removed")
            for k, v in REMOVED_TOP_LEVEL.items() if k in cfg]
     z = _zero(cfg)
-    out += [Problem(f"$.zero_optimization.{k}", f"'{k}' was removed in DeepSpeed {v}, which now refuses the config; delete it", "removed")
+    out += [Problem(f"$.zero_optimization.{k}",
+                    f"'{k}' was removed in DeepSpeed {v}, which now refuses the config; delete it", "removed")
             for k, v in REMOVED_ZERO.items() if k in z]
     return out
 
@@ -264,7 +281,8 @@ def rule_unknown_top_level(cfg: dict[str, Any], ctx: Context) -> list[Problem]:
             continue
         close = difflib.get_close_matches(key, sorted(known), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else "; remove it or check the DeepSpeed docs"
-        out.append(Problem(f"$.{key}", f"unknown top-level key '{key}': DeepSpeed ignores it silently{hint}", "unknown_key"))
+        out.append(Problem(f"$.{key}", f"unknown top-level key '{key}': DeepSpeed ignores it silently{hint}",
+                           "unknown_key"))
     return out
 
 
@@ -272,13 +290,15 @@ def rule_offload_ratio(cfg: dict[str, Any], ctx: Context) -> list[Problem]:
     oo = _zero(cfg).get("offload_optimizer")
     ratio = oo.get("ratio") if isinstance(oo, dict) else None
     if isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and ratio < 1 and _stage(cfg) != 3:
-        return [Problem("$.zero_optimization.offload_optimizer.ratio", f"partial offload (ratio {ratio} < 1) needs stage 3", "offload_ratio")]
+        return [Problem("$.zero_optimization.offload_optimizer.ratio",
+                        f"partial offload (ratio {ratio} < 1) needs stage 3", "offload_ratio")]
     return []
 
 
 def rule_compute_grad_norm(cfg: dict[str, Any], ctx: Context) -> list[Problem]:
     if _zero(cfg).get("compute_grad_norm") is False and _stage(cfg) not in (1, 2):
-        return [Problem("$.zero_optimization.compute_grad_norm", "compute_grad_norm false is allowed only with stage 1 or 2", "compute_grad_norm")]
+        return [Problem("$.zero_optimization.compute_grad_norm",
+                        "compute_grad_norm false is allowed only with stage 1 or 2", "compute_grad_norm")]
     return []
 
 
@@ -290,15 +310,17 @@ def rule_offload_optimizer_type(cfg: dict[str, Any], ctx: Context) -> list[Probl
         return []
     kind = str(opt.get("type", "")).lower()
     if kind and kind not in OFFLOAD_OPTIMIZERS:
-        return [Problem("$.optimizer.type", f"optimizer '{opt.get('type')}' has no DeepSpeed CPU implementation for offload_optimizer; "
-                        "use AdamW (DeepSpeedCPUAdam), Adagrad or Lion", "offload_optimizer_type")]
+        return [Problem("$.optimizer.type", f"optimizer '{opt.get('type')}' has no DeepSpeed CPU implementation for "
+                        "offload_optimizer; use AdamW (DeepSpeedCPUAdam), Adagrad or Lion", "offload_optimizer_type")]
     return []
 
 
 def rule_zeropp_stage(cfg: dict[str, Any], ctx: Context) -> list[Problem]:
     z = _zero(cfg)
-    if (z.get("zero_quantized_weights") is True or z.get("zero_quantized_nontrainable_weights") is True) and _stage(cfg) != 3:
-        return [Problem("$.zero_optimization.zero_quantized_weights", "ZeRO++ quantized weights (qwZ) need stage 3", "zeropp_stage")]
+    if ((z.get("zero_quantized_weights") is True or z.get("zero_quantized_nontrainable_weights") is True)
+            and _stage(cfg) != 3):
+        return [Problem("$.zero_optimization.zero_quantized_weights", "ZeRO++ quantized weights (qwZ) need stage 3",
+                        "zeropp_stage")]
     return []
 
 
@@ -324,8 +346,10 @@ def rule_non_finite(cfg: dict[str, Any], ctx: Context) -> list[Problem]:
     """Python's json (and so DeepSpeed's loader) reads NaN / Infinity; DeepSpeed then trains on them: a
     NaN lr turns every weight NaN (the warmup schedulers' first lr is warmup_min_lr, so at step 2),
     a NaN gradient_clipping turns clipping off (NaN > 0 is false)."""
-    return [Problem(json_path(path), f"{_json_literal(v)} is not a number DeepSpeed can use: it reads it without complaint and "
-                    "trains on it (a NaN lr turns every weight NaN within two steps); write a finite value", "non_finite")
+    return [Problem(json_path(path),
+                    f"{_json_literal(v)} is not a number DeepSpeed can use: it reads it without complaint and "
+                    "trains on it (a NaN lr turns every weight NaN within two steps); write a finite value",
+                    "non_finite")
             for path, v in _walk(cfg) if isinstance(v, float) and not math.isfinite(v)]
 
 
@@ -333,8 +357,9 @@ def rule_gradient_clipping(cfg: dict[str, Any], ctx: Context) -> list[Problem]:
     """DeepSpeed clips only when gradient_clipping > 0: a negative value silently means no clipping."""
     v = cfg.get("gradient_clipping")
     if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0:
-        return [Problem("$.gradient_clipping", f"gradient_clipping {v} < 0: DeepSpeed does not refuse it but silently turns "
-                        "clipping off (it clips only when > 0); write 0 for no clipping or a positive max norm", "gradient_clipping")]
+        return [Problem("$.gradient_clipping", f"gradient_clipping {v} < 0: DeepSpeed does not refuse it but silently "
+                        "turns clipping off (it clips only when > 0); write 0 for no clipping or a positive max norm",
+                        "gradient_clipping")]
     return []
 
 
@@ -342,8 +367,8 @@ RULES: tuple[Callable[[dict[str, Any], Context], list[Problem]], ...] = (
     rule_auto, rule_batch, rule_offload_param_stage, rule_nvme_path, rule_pipeline_stage, rule_hpz,
     rule_precision_hw, rule_fp16_and_bf16, rule_loss_scale, rule_removed_keys, rule_unknown_top_level,
     rule_offload_ratio, rule_compute_grad_norm, rule_offload_optimizer_type, rule_zeropp_stage, rule_autotp_model,
-    rule_non_finite, rule_gradient_clipping, rule_optimizer_type, rule_optimizer_params, rule_betas, rule_scheduler_type,
-    rule_scheduler_params,
+    rule_non_finite, rule_gradient_clipping, rule_optimizer_type, rule_optimizer_params, rule_betas,
+    rule_scheduler_type, rule_scheduler_params,
 )
 
 

@@ -38,11 +38,13 @@ def _message(err) -> str:
     inst = err.instance
     if err.validator == "type" and isinstance(inst, float) and not math.isfinite(inst):
         return f"{inst} is not a number DeepSpeed accepts here; write a finite value"
-    if err.validator == "type" and isinstance(inst, float) and not inst.is_integer() and "integer" in str(err.validator_value):
+    if (err.validator == "type" and isinstance(inst, float) and not inst.is_integer()
+            and "integer" in str(err.validator_value)):
         return (f"{inst} is not an integer; DeepSpeed >= 0.15 refuses fractional floats for int fields "
                 f"(pydantic int_from_float): write {int(inst)}")
     if err.validator == "additionalProperties":
-        return f"{err.message}; DeepSpeed refuses unknown keys in this block or ignores them silently: check the spelling"
+        return (f"{err.message}; DeepSpeed refuses unknown keys in this block or ignores them silently: check the "
+                "spelling")
     if err.validator == "enum":
         return f"{json.dumps(inst)} is not one of {', '.join(json.dumps(v) for v in err.validator_value)}"
     return err.message
