@@ -19,12 +19,26 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from ..errors import one_line
-from .gpus import *  # noqa: F401,F403  (the package's public names, as before the split)
-from .probes import *  # noqa: F401,F403
-from .system import *  # noqa: F401,F403
-from .topology import *  # noqa: F401,F403
-from .probes import SECTIONS  # noqa: F401
+from .gpus import GPU_QUERY, GPU_QUERY_OLD, describe_gpus, parse_gpu_query, precision_support
+from .probes import (FLA_BAD_TRITON, SECTIONS, TIMEOUT_S, CmdResult, Runner, dist_version, module_present, run_cmd,
+                     torch_probe, versions, versions_advice, vtuple)
+from .system import (BACKENDS, DEPRECATED_NCCL, ENV_NAMES, ENV_PREFIXES, NOFILE_MIN, SHM_MIN, backends, backends_advice,
+                     deepspeed_env_files, env_advice, env_context_advice, environment, limits, limits_advice,
+                     nccl_conf_files, watched)
 from .system import _bytes  # noqa: F401  (used by the doctor command)
+from .topology import LINK_CLASSES, analyse_topology, classify_link, parse_topology, ranges, topology_advice
+
+# the package's public names, as before the split into gpus / probes / system / topology
+__all__ = [
+    "GPU_QUERY", "GPU_QUERY_OLD", "describe_gpus", "parse_gpu_query", "precision_support",
+    "FLA_BAD_TRITON", "SECTIONS", "TIMEOUT_S", "CmdResult", "Runner", "dist_version", "module_present", "run_cmd",
+    "torch_probe", "versions", "versions_advice", "vtuple",
+    "BACKENDS", "DEPRECATED_NCCL", "ENV_NAMES", "ENV_PREFIXES", "NOFILE_MIN", "SHM_MIN", "backends", "backends_advice",
+    "deepspeed_env_files", "env_advice", "env_context_advice", "environment", "limits", "limits_advice",
+    "nccl_conf_files", "watched",
+    "LINK_CLASSES", "analyse_topology", "classify_link", "parse_topology", "ranges", "topology_advice",
+    "collect", "gpus_section", "topology_section",
+]
 
 
 def _guard(fn: Callable[[], dict], what: str) -> dict:
@@ -69,7 +83,8 @@ def topology_section(run: Runner) -> dict:
 
 
 def collect(run: Runner = run_cmd, env: Mapping[str, str] | None = None, probe: Callable[..., dict] = torch_probe,
-            which: Callable[[str], str | None] = shutil.which, home: Path | None = None, cwd: Path | None = None) -> dict:
+            which: Callable[[str], str | None] = shutil.which, home: Path | None = None,
+            cwd: Path | None = None) -> dict:
     """Every section, each guarded: {versions, gpus, topology, limits, backends, environment, advice}."""
     env = os.environ if env is None else env
     holder: dict = {}
@@ -98,7 +113,8 @@ def collect(run: Runner = run_cmd, env: Mapping[str, str] | None = None, probe: 
         try:
             advice += fn()
         except Exception as exc:
-            advice.append({"level": "info", "section": sec, "message": f"advice skipped: {type(exc).__name__}: {one_line(exc)[:200]}"})
+            advice.append({"level": "info", "section": sec,
+                           "message": f"advice skipped: {type(exc).__name__}: {one_line(exc)[:200]}"})
     for name, sec in (("gpus", gpus), ("versions", vers), ("limits", lim), ("backends", back), ("environment", envsec)):
         if "error" in sec and set(sec) == {"error"}:
             advice.append({"level": "info", "section": name, "message": sec["error"]})

@@ -6,7 +6,6 @@ import csv
 import re
 
 from .probes import *  # noqa: F401,F403
-from .probes import TIMEOUT_S
 
 GPU_QUERY = "index,name,memory.total,compute_cap,driver_version"
 GPU_QUERY_OLD = "index,name,memory.total,driver_version"  # drivers before compute_cap existed

@@ -50,7 +50,8 @@ def run_cmd(argv: list[str], timeout: float = TIMEOUT_S) -> CmdResult:
     if proc.returncode != 0:
         lines = (proc.stderr or proc.stdout or "").strip().splitlines()
         msg = one_line(lines[0]) if lines else ""
-        return CmdResult(False, proc.stdout, f"{' '.join(argv[:2])}: exit {proc.returncode}" + (f": {msg[:200]}" if msg else ""))
+        return CmdResult(False, proc.stdout,
+                         f"{' '.join(argv[:2])}: exit {proc.returncode}" + (f": {msg[:200]}" if msg else ""))
     return CmdResult(True, proc.stdout)
 
 
@@ -113,7 +114,8 @@ def torch_probe(devices: bool = False) -> dict:
             if isinstance(v, tuple):
                 info["nccl"] = ".".join(str(x) for x in v[:3])
             elif isinstance(v, int):  # old torch: 2708 or 21903
-                info["nccl"] = f"{v // 1000}.{v % 1000 // 100}.{v % 100}" if v < 10000 else f"{v // 10000}.{v % 10000 // 100}.{v % 100}"
+                info["nccl"] = (f"{v // 1000}.{v % 1000 // 100}.{v % 100}" if v < 10000
+                                else f"{v // 10000}.{v % 10000 // 100}.{v % 100}")
         except Exception:
             info["nccl"] = None
     if devices and info["cuda_available"]:
@@ -145,8 +147,9 @@ def versions(torch_info: dict, driver: str | None, driver_error: str | None) -> 
                                                   "CUDA build, no usable GPU" if t["imported"] else ""))
     put("torch CUDA", t["cuda"] or t["hip"], "" if t["cuda"] or t["hip"] else
         ("CPU-only torch" if t["imported"] else "torch not importable" if t["installed"] else "no torch"))
-    put("NCCL (torch)", t["nccl"], "" if t["nccl"] else ("needs a CUDA build of torch" if t["imported"] and not t["cuda"] else
-                                                      "not reported" if t["imported"] else "no torch"))
+    put("NCCL (torch)", t["nccl"],
+        "" if t["nccl"] else ("needs a CUDA build of torch" if t["imported"] and not t["cuda"] else
+                              "not reported" if t["imported"] else "no torch"))
     put("deepspeed", dist_version("deepspeed"))
     put("transformers", dist_version("transformers"))
     put("NVIDIA driver", driver, "" if driver else (driver_error or "not seen"))
@@ -186,8 +189,8 @@ def versions_advice(vers: dict, torch_info: dict, gpus: list[dict], nvidia_smi_e
     if dsv is None:
         add("info", "deepspeed is not installed: plans and configs can be made, not run (pip install deepspeed).")
     elif tv and dsv >= (0, 17, 5) and tv < (2, 4, 0):
-        add("warn", f"deepspeed {vers['deepspeed']['version']} with torch {torch_info['installed']}: deepspeed >= 0.17.5 "
-                    "fails to import with torch < 2.4 (deepspeedai/DeepSpeed#7514).")
+        add("warn", f"deepspeed {vers['deepspeed']['version']} with torch {torch_info['installed']}: deepspeed >= "
+                    "0.17.5 fails to import with torch < 2.4 (deepspeedai/DeepSpeed#7514).")
     if gpus and torch_info.get("imported") and not torch_info.get("cuda_available"):
         why = "it is a CPU-only build" if not (torch_info.get("cuda") or torch_info.get("hip")) else \
               f"its CUDA {torch_info.get('cuda')} may need a newer driver than {gpus[0].get('driver') or 'this one'}"
@@ -202,9 +205,10 @@ def versions_advice(vers: dict, torch_info: dict, gpus: list[dict], nvidia_smi_e
     hopper = any(c.split(".")[0] == "9" for c in ccs)
     bad_triton = tri is not None and FLA_BAD_TRITON[0] <= tri < FLA_BAD_TRITON[1]
     if fla and bad_triton and not tl:
-        msg = (f"flash-linear-attention with triton {triton}: on Hopper (sm_90) FLA refuses to train with Triton >= 3.4.0 "
-               "and < 3.7.1 (its gated chunk backward, used by Qwen3-Next's Gated DeltaNet, raises RuntimeError: wrong "
-               "results, fla-org/flash-linear-attention#640). Upgrade triton to >= 3.7.1 or pip install tilelang.")
+        msg = (f"flash-linear-attention with triton {triton}: on Hopper (sm_90) FLA refuses to train with Triton >= "
+               "3.4.0 and < 3.7.1 (its gated chunk backward, used by Qwen3-Next's Gated DeltaNet, raises RuntimeError: "
+               "wrong results, fla-org/flash-linear-attention#640). Upgrade triton to >= 3.7.1 or pip install "
+               "tilelang.")
         if hopper:
             add("warn", msg)
         elif not gpus:

@@ -10,7 +10,7 @@ from typing import Callable, Mapping
 
 from ..errors import QwenDsError, one_line
 from ..units import GIB, MIB
-from .probes import TIMEOUT_S, dist_version
+from .probes import dist_version
 
 def _rlimit(which: int) -> tuple[int | None, int | None]:
     import resource
@@ -58,7 +58,8 @@ def limits(shm_path: str = "/dev/shm") -> dict:
         out["nofile"] = {"error": one_line(exc)}
     try:
         st = os.statvfs(shm_path)
-        out["shm"] = {"path": shm_path, "total_bytes": st.f_blocks * st.f_frsize, "free_bytes": st.f_bavail * st.f_frsize}
+        out["shm"] = {"path": shm_path, "total_bytes": st.f_blocks * st.f_frsize,
+                      "free_bytes": st.f_bavail * st.f_frsize}
     except OSError as exc:
         out["shm"] = {"path": shm_path, "error": f"{shm_path}: {one_line(exc.strerror or exc)}"}
     try:
@@ -100,9 +101,10 @@ def limits_advice(lim: dict) -> list[dict]:
     ml = lim.get("memlock", {})
     if "error" not in ml and ml.get("soft_bytes") is not None:
         add("warn", f"memlock (ulimit -l) is {_bytes(ml['soft_bytes'])}: pinned-memory offload (DeepSpeed offload "
-                    "pin_memory defaults to true since 0.19.5; DS_PIN_MEMORY_BACKEND=native uses mlock) and InfiniBand/RDMA "
-                    "memory registration can fail under it. Use `ulimit -l unlimited` (docker: --ulimit memlock=-1; "
-                    "hosts: /etc/security/limits.conf), or set pin_memory: false in offload_optimizer/offload_param.")
+                    "pin_memory defaults to true since 0.19.5; DS_PIN_MEMORY_BACKEND=native uses mlock) and "
+                    "InfiniBand/RDMA memory registration can fail under it. Use `ulimit -l unlimited` (docker: "
+                    "--ulimit memlock=-1; hosts: /etc/security/limits.conf), or set pin_memory: false in "
+                    "offload_optimizer/offload_param.")
     nf = lim.get("nofile", {})
     if "error" not in nf and nf.get("soft") is not None and nf["soft"] < NOFILE_MIN:
         target = "65536" if nf.get("hard") is None or nf["hard"] >= 65536 else str(nf["hard"])
@@ -151,13 +153,15 @@ def backends_advice(b: dict) -> list[dict]:
     have = {k for k, v in b.items() if v.get("path") or v.get("version")}
     if not have & {"pdsh", "mpirun", "srun"}:
         add("info", "No multi-node launcher backend (pdsh, mpirun, srun): one host works as is; for several, install "
-                    "pdsh (+ passwordless ssh) or start `qwen-ds launch --launcher no-ssh --node-rank N` on every node.")
+                    "pdsh (+ passwordless ssh) or start `qwen-ds launch --launcher no-ssh --node-rank N` on every "
+                    "node.")
     if "pdsh" in have and "ssh" not in have:
         add("warn", "pdsh is installed but ssh is not: DeepSpeed's pdsh backend runs PDSH_RCMD_TYPE=ssh.")
     if have & {"mpirun", "srun"} and "mpi4py" not in have:
         found = " / ".join(sorted(have & {"mpirun", "srun"}))
         add("info", f"{found} found but mpi4py is not installed: DeepSpeed's openmpi / mvapich / slurm backends start "
-                    "the script directly and deepspeed.init_distributed() needs mpi4py to find ranks (pip install mpi4py).")
+                    "the script directly and deepspeed.init_distributed() needs mpi4py to find ranks (pip install "
+                    "mpi4py).")
     return adv
 
 
@@ -248,13 +252,16 @@ def env_advice(variables: Mapping[str, str], source: str = "environment") -> lis
                     "intra-node traffic that cannot use P2P falls back to slower paths. It is a workaround for a small "
                     "/dev/shm (fix that with --shm-size / --ipc=host), not a timeout fix: unset it.")
     if "NCCL_BLOCKING_WAIT" in v:
-        add("warn", f"NCCL_BLOCKING_WAIT={v['NCCL_BLOCKING_WAIT']}{where}: deprecated name of TORCH_NCCL_BLOCKING_WAIT, "
+        add("warn",
+            f"NCCL_BLOCKING_WAIT={v['NCCL_BLOCKING_WAIT']}{where}: deprecated name of TORCH_NCCL_BLOCKING_WAIT, "
                     "which makes wait() block and raise on timeout; it does not lengthen the timeout. Set the timeout "
-                    "with init_process_group(timeout=...) / deepspeed.init_distributed(timeout=...) / DEEPSPEED_TIMEOUT "
-                    "(minutes), and debug hangs with NCCL_DEBUG=INFO, TORCH_NCCL_DUMP_ON_TIMEOUT, TORCH_NCCL_DESYNC_DEBUG.")
+                    "with init_process_group(timeout=...) / deepspeed.init_distributed(timeout=...) / "
+                    "DEEPSPEED_TIMEOUT (minutes), and debug hangs with NCCL_DEBUG=INFO, TORCH_NCCL_DUMP_ON_TIMEOUT, "
+                    "TORCH_NCCL_DESYNC_DEBUG.")
     if v.get("TORCH_NCCL_BLOCKING_WAIT", "").lower() in _TRUE:
-        add("info", f"TORCH_NCCL_BLOCKING_WAIT={v['TORCH_NCCL_BLOCKING_WAIT']}{where}: waits raise on timeout instead of "
-                    "hanging; the timeout itself is init_process_group(timeout=...) (DeepSpeed: DEEPSPEED_TIMEOUT minutes).")
+        add("info", f"TORCH_NCCL_BLOCKING_WAIT={v['TORCH_NCCL_BLOCKING_WAIT']}{where}: waits raise on timeout instead "
+                    "of hanging; the timeout itself is init_process_group(timeout=...) (DeepSpeed: DEEPSPEED_TIMEOUT "
+                    "minutes).")
     for old, new in DEPRECATED_NCCL.items():
         if old != "NCCL_BLOCKING_WAIT" and old in v:
             add("info", f"{old}{where}: deprecated name; PyTorch reads {new} first.")
@@ -264,7 +271,8 @@ def env_advice(variables: Mapping[str, str], source: str = "environment") -> lis
     if v.get("NCCL_IB_DISABLE", "").lower() in _TRUE:
         add("warn", f"NCCL_IB_DISABLE={v['NCCL_IB_DISABLE']}{where}: inter-node traffic uses TCP sockets instead of "
                     "InfiniBand/RoCE.")
-    if "PYTORCH_ALLOC_CONF" in v and "PYTORCH_CUDA_ALLOC_CONF" in v and v["PYTORCH_ALLOC_CONF"] != v["PYTORCH_CUDA_ALLOC_CONF"]:
+    if ("PYTORCH_ALLOC_CONF" in v and "PYTORCH_CUDA_ALLOC_CONF" in v
+            and v["PYTORCH_ALLOC_CONF"] != v["PYTORCH_CUDA_ALLOC_CONF"]):
         add("info", f"PYTORCH_ALLOC_CONF and PYTORCH_CUDA_ALLOC_CONF differ{where}: PyTorch uses PYTORCH_ALLOC_CONF.")
     return adv
 
@@ -279,15 +287,15 @@ def env_context_advice(env_set: Mapping[str, str], gpu_count: int, ds_files: lis
     acc = env_set.get("DS_ACCELERATOR")
     nccl = [k for k in env_set if k.startswith("NCCL_")]
     if gpu_count == 0 and nccl and acc != "cuda":
-        add("warn", f"{', '.join(nccl[:4])}{'...' if len(nccl) > 4 else ''} set on a host without GPUs: DeepSpeed's runner "
-                    "then detects the CPU accelerator and does NOT forward NCCL_* to the nodes. Set DS_ACCELERATOR=cuda "
-                    "on this launching host or put them in .deepspeed_env.")
+        add("warn", f"{', '.join(nccl[:4])}{'...' if len(nccl) > 4 else ''} set on a host without GPUs: DeepSpeed's "
+                    "runner then detects the CPU accelerator and does NOT forward NCCL_* to the nodes. Set "
+                    "DS_ACCELERATOR=cuda on this launching host or put them in .deepspeed_env.")
     if acc and acc != "cuda" and gpu_count > 0:
         add("warn", f"DS_ACCELERATOR={acc} while {gpu_count} NVIDIA GPU(s) are present: DeepSpeed will not use them.")
     if "CUDA_VISIBLE_DEVICES" in env_set:
         add("info", f"CUDA_VISIBLE_DEVICES={env_set['CUDA_VISIBLE_DEVICES']}: the deepspeed launcher turns it into "
-                    "--include localhost:<ids> on one host, and ignores it when --include/--exclude/--num_gpus/--num_nodes "
-                    "are given.")
+                    "--include localhost:<ids> on one host, and ignores it when "
+                    "--include/--exclude/--num_gpus/--num_nodes are given.")
     for f in ds_files:
         if f["error"]:
             add("warn", f"{f['path']}: {f['error']}")

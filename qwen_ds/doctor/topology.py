@@ -186,8 +186,8 @@ def topology_advice(a: dict, cls: Callable[[int, int], str]) -> list[dict]:
     tp = a["max_tp_on_nvlink"]
     if len(domains) == 1 and domains[0]["full_mesh"]:
         d = domains[0]
-        add("ok", f"{'Both' if n == 2 else f'All {n}'} GPUs are NVLink all-to-all (NV{d['min_nvlinks']}): TP/EP up to {n} stays on NVLink; "
-                  f"across nodes keep TP <= {n} and use ZeRO-3 hpZ = {n} (gen-config --hpz {n}).")
+        add("ok", f"{'Both' if n == 2 else f'All {n}'} GPUs are NVLink all-to-all (NV{d['min_nvlinks']}): TP/EP up to "
+                  f"{n} stays on NVLink; across nodes keep TP <= {n} and use ZeRO-3 hpZ = {n} (gen-config --hpz {n}).")
     elif len(domains) == 1:
         missing = [(x, y) for i, x in enumerate(gpus) for y in gpus[i + 1:] if cls(x, y) != "nvlink"]
         ex = ", ".join(f"{x}-{y}" for x, y in missing[:3])
@@ -204,12 +204,14 @@ def topology_advice(a: dict, cls: Callable[[int, int], str]) -> list[dict]:
         listed = ", ".join(names[:-1]) + " and " + names[-1]
         add("warn", f"GPUs {listed} are only connected through {_LINK_WORDS.get(best, best)}: "
                     f"keep TP (and EP) inside an NVLink domain (TP <= {tp})"
-                    + (f", prefer ZeRO with hpZ = {size} (gen-config --hpz {size}) so weight all-gathers stay inside a domain."
+                    + (f", prefer ZeRO with hpZ = {size} (gen-config --hpz {size}) so weight all-gathers stay "
+                       "inside a domain."
                        if len(sizes) == 1 and n % size == 0 else "."))
     else:
         worst = max((cls(x, y) for i, x in enumerate(gpus) for y in gpus[i + 1:]),
                     key=lambda c: LINK_CLASSES.index(c) if c in LINK_CLASSES else -1)
-        add("warn", f"No NVLink between GPUs: all GPU-to-GPU traffic is PCIe (worst path: {_LINK_WORDS.get(worst, worst)}). "
+        add("warn",
+            f"No NVLink between GPUs: all GPU-to-GPU traffic is PCIe (worst path: {_LINK_WORDS.get(worst, worst)}). "
                     "TP > 1 puts two all-reduces per layer on PCIe: prefer TP = 1 with ZeRO (overlap_comm) or PP.")
     socket_groups = a["socket_groups"]
     if len(socket_groups) > 1 and not (len(domains) == 1):
