@@ -126,12 +126,15 @@ def activation_terms(s: ModelSpec, lay: Layout, plan: Plan, seq_len: int) -> lis
         kept = 2 * s.hidden_size * n_layers * tokens * in_flight * scale
         largest = max(per_kind.values())
         return [
-            Term("activations_checkpoints", kept, "fwd_bwd", f"2h x {n_layers} layers x {tokens:,} tokens x {in_flight} in flight"),
-            Term("activations_recompute", largest * tokens * scale, "recompute", f"one layer {largest:,} B/token x {tokens:,} tokens"),
+            Term("activations_checkpoints", kept, "fwd_bwd",
+                 f"2h x {n_layers} layers x {tokens:,} tokens x {in_flight} in flight"),
+            Term("activations_recompute", largest * tokens * scale, "recompute",
+                 f"one layer {largest:,} B/token x {tokens:,} tokens"),
         ]
     per_token = sum(n * per_kind[kind] for kind, n in kinds.items())
     total = per_token * tokens * in_flight * scale
-    return [Term("activations", total, "fwd_bwd", f"{per_token:,} B/token over {n_layers} layers x {tokens:,} tokens x {in_flight} in flight")]
+    return [Term("activations", total, "fwd_bwd",
+                 f"{per_token:,} B/token over {n_layers} layers x {tokens:,} tokens x {in_flight} in flight")]
 
 
 def loss_terms(s: ModelSpec, lay: Layout, plan: Plan, seq_len: int) -> list[Term]:
@@ -145,7 +148,8 @@ def loss_terms(s: ModelSpec, lay: Layout, plan: Plan, seq_len: int) -> list[Term
     V, tokens = s.vocab_size, plan.micro_batch * seq_len
     bwd = int(constant("loss_backward_transient_per_vocab"))
     hb = head_bytes(s, plan.kernels)
-    final_norm = Term("final_norm_and_head", hb * tokens, "fwd_bwd", f"{hb:,} B/token (norm, lm_head input, ids, labels) x {tokens:,} tokens")
+    final_norm = Term("final_norm_and_head", hb * tokens, "fwd_bwd",
+                      f"{hb:,} B/token (norm, lm_head input, ids, labels) x {tokens:,} tokens")
     if plan.loss == "chunked":
         c = min(tokens, int(constant("loss_chunk_tokens")))
         return [final_norm, Term("loss_chunk", (6 + bwd) * V * c, "loss", f"{6 + bwd}V x {c:,} chunk tokens, V={V:,}")]

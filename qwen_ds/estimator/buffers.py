@@ -45,7 +45,8 @@ def zero3_gathered_params(model: ModelSpec, lay: Layout, plan: Plan) -> Term:
     b = compute_bytes(plan.precision)
     largest = largest_gathered_per_rank(model, lay.tp)
     pf = plan.buckets(model.hidden_size)["prefetch_bucket_size"]
-    return Term("zero3_gathered_params", b * (largest + pf), "fwd_bwd", f"{b} B x ({largest:,} largest + {pf:,} prefetch)")
+    return Term("zero3_gathered_params", b * (largest + pf), "fwd_bwd",
+                f"{b} B x ({largest:,} largest + {pf:,} prefetch)")
 
 
 def zero3_gathered_grads(model: ModelSpec, lay: Layout, plan: Plan) -> Term:

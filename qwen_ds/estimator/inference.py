@@ -41,11 +41,13 @@ def weight_term(s: ModelSpec, lay: Layout, plan: Plan, world: int) -> Term:
     if plan.zero_stage == 3 and plan.offload_param != "none":
         largest = largest_gathered(s)[0]
         pf = plan.buckets(s.hidden_size)["prefetch_bucket_size"]
-        return Term("weights_live", b * (largest + pf), "persistent", f"{b} B x ({largest:,} largest + {pf:,} prefetch), rest on {plan.offload_param}")
+        return Term("weights_live", b * (largest + pf), "persistent",
+                    f"{b} B x ({largest:,} largest + {pf:,} prefetch), rest on {plan.offload_param}")
     if plan.zero_stage == 3:
         n = -(-counts.total // world)
         largest = largest_gathered(s)[0]
-        return Term("weights", b * (n + largest), "persistent", f"{b} B x ({counts.total:,} / {world} + {largest:,} gathered)")
+        return Term("weights", b * (n + largest), "persistent",
+                    f"{b} B x ({counts.total:,} / {world} + {largest:,} gathered)")
     how = f" ({lay.whole_params:,} kept whole by AutoTP, the rest / tp {lay.tp})" if lay.tp > 1 else ""
     return Term("weights", b * lay.params_per_mp_rank, "persistent", f"{b} B x {lay.params_per_mp_rank:,}{how}")
 
@@ -57,7 +59,8 @@ def inference_terms(s: ModelSpec, lay: Layout, plan: Plan, seq_len: int, new_tok
     act_dtype = compute_bytes(plan.precision)
     h = s.hidden_size
     inter = max(s.intermediate_size if "dense" in s.mlp_types else 0,
-                s.experts_per_token * s.moe_intermediate_size + s.shared_expert_intermediate_size if s.n_moe_layers else 0)
+                s.experts_per_token * s.moe_intermediate_size + s.shared_expert_intermediate_size
+                if s.n_moe_layers else 0)
     # prefill: one layer's transients alive at a time (residual, MLP gate/up/act) + last-token logits
     # AutoTP splits dense MLPs over the TP ranks; routed experts stay whole, so every rank runs them all
     mlp_tp = 1 if s.n_moe_layers else lay.tp
@@ -67,7 +70,8 @@ def inference_terms(s: ModelSpec, lay: Layout, plan: Plan, seq_len: int, new_tok
         weight_term(s, lay, plan, world),
         Term("kv_cache", kv * batch * ctx, "persistent", f"{kv:,} B/token x {batch} seq x {ctx:,} tokens"),
         Term("gdn_state", gdn * batch, "persistent", f"{gdn:,} B/seq x {batch} seq"),
-        Term("prefill_activations", prefill, "fwd_bwd", f"{act_dtype} B x {batch * seq_len:,} tokens x (3h + 3I/{mlp_tp}), I={inter:,}"),
+        Term("prefill_activations", prefill, "fwd_bwd",
+             f"{act_dtype} B x {batch * seq_len:,} tokens x (3h + 3I/{mlp_tp}), I={inter:,}"),
         Term("logits", logits, "fwd_bwd", f"fp32 last-token logits {batch} x V {s.vocab_size:,}"),
     ]
 

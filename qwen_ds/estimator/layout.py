@@ -39,14 +39,17 @@ def layout(model: ModelSpec, cluster: Cluster, plan: Plan) -> Layout:
             f"({cluster.nodes} nodes x {cluster.gpus_per_node}); choose degrees whose product divides {world}"
         )
     if tp > cluster.gpus_per_node:
-        raise InputError(f"--tp {tp} exceeds --gpus-per-node {cluster.gpus_per_node}; keep tensor parallelism inside a node")
+        raise InputError(f"--tp {tp} exceeds --gpus-per-node {cluster.gpus_per_node}; keep tensor parallelism inside a "
+                         "node")
     if model.num_heads % tp:
-        raise InputError(f"--tp {tp} does not divide the {model.num_heads} attention heads of {model.name}; choose a divisor")
+        raise InputError(f"--tp {tp} does not divide the {model.num_heads} attention heads of {model.name}; choose a "
+                         "divisor")
     why = autotp_unsupported(model) if tp > 1 else None
     if why:
         raise InputError(f"--tp {tp}: {why}")
     if plan.hpz_partition_size > 1 and world % plan.hpz_partition_size:
-        raise InputError(f"--hpz {plan.hpz_partition_size} does not divide the {world} GPUs; use a divisor (usually --gpus-per-node)")
+        raise InputError(f"--hpz {plan.hpz_partition_size} does not divide the {world} GPUs; use a divisor (usually "
+                         "--gpus-per-node)")
     if model.num_layers % pp:
         raise InputError(f"--pp {pp} does not divide the {model.num_layers} layers of {model.name}; choose a divisor")
     counts: ParamCounts = count_params(model)
@@ -67,4 +70,5 @@ def layout(model: ModelSpec, cluster: Cluster, plan: Plan) -> Layout:
         split = max(0, n - counts.embedding - counts.lm_head - counts.final_norm)
     else:
         split = autotp_sharded_params(model, idx)
-    return Layout(world // (tp * pp), tp, pp, n - split + -(-split // tp), per, idx, stage == 0, stage == pp - 1, n - split)
+    return Layout(world // (tp * pp), tp, pp, n - split + -(-split // tp), per, idx, stage == 0, stage == pp - 1,
+                  n - split)

@@ -3,7 +3,8 @@
 M = parameters one model-parallel rank owns (Layout.params_per_mp_rank), D = data-parallel degree.
 Bytes per parameter (ZeRO paper, arXiv 1910.02054 §3; DeepSpeed `estimate_zero{2,3}_model_states_mem_needs`):
 16-bit params 2, 16-bit grads 2, fp32 master 4, Adam m and v 4+4; fp32 training: params 4, grads 4,
-Adam 8, and under ZeRO >= 1 still a cloned fp32 master partition 4 (measured on CPU). FP8 compute keeps bf16 model states (TE / torchao keep bf16 masters).
+Adam 8, and under ZeRO >= 1 still a cloned fp32 master partition 4 (measured on CPU). FP8 compute keeps
+bf16 model states (TE / torchao keep bf16 masters).
 Partitioning: ZeRO-1 optimizer states + master, ZeRO-2 also grads, ZeRO-3 also params.
 Read from DeepSpeed 0.19.8: stage 0 bf16 (grad_accum_dtype = model dtype) -> FP16_Optimizer with an
 fp32 flat master copy; stage 1/2 -> stage_1_and_2.py (fp32 partition, fp32 grad partition made in
@@ -90,7 +91,8 @@ def step_fp32_grads(lay: Layout, plan: Plan) -> Term:
 
 
 def gpu_terms(lay: Layout, plan: Plan) -> list[Term]:
-    return [params_16bit(lay, plan), hpz_secondary_params(lay, plan), gradients(lay, plan), master_weights(lay, plan), optimizer_states(lay, plan), step_fp32_grads(lay, plan)]
+    return [params_16bit(lay, plan), hpz_secondary_params(lay, plan), gradients(lay, plan), master_weights(lay, plan),
+            optimizer_states(lay, plan), step_fp32_grads(lay, plan)]
 
 
 def cpu_terms(lay: Layout, plan: Plan, gpus_per_node: int) -> list[Term]:
@@ -105,7 +107,8 @@ def cpu_terms(lay: Layout, plan: Plan, gpus_per_node: int) -> list[Term]:
     if plan.offload_param == "cpu":
         b = compute_bytes(plan.precision)
         n = _div(lay.params_per_mp_rank, lay.dp)
-        out.append(Term("cpu_param_offload", b * n * gpus_per_node, "persistent", f"{b} B x {n:,} x {gpus_per_node} ranks"))
+        out.append(Term("cpu_param_offload", b * n * gpus_per_node, "persistent",
+                        f"{b} B x {n:,} x {gpus_per_node} ranks"))
     if plan.offload_param == "nvme":
         # offload_param buffer_count 5 x buffer_size 1e8 elements, pinned, per rank
         out.append(Term("cpu_nvme_param_buffers", 5 * 100_000_000 * 2 * gpus_per_node, "persistent",
@@ -123,7 +126,8 @@ def nvme_terms(lay: Layout, plan: Plan, gpus_per_node: int) -> list[Term]:
     out = []
     part = _opt_partition(lay, plan)
     if plan.offload_optimizer == "nvme":
-        out.append(Term("nvme_optimizer", 16 * part * gpus_per_node, "persistent", f"16 B x {part:,} x {gpus_per_node} ranks"))
+        out.append(Term("nvme_optimizer", 16 * part * gpus_per_node, "persistent",
+                        f"16 B x {part:,} x {gpus_per_node} ranks"))
     if plan.offload_param == "nvme":
         b = compute_bytes(plan.precision)
         n = _div(lay.params_per_mp_rank, lay.dp)

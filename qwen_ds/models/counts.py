@@ -2,9 +2,9 @@
 
 Every layer is listed as its parameter tensors (module path, numel); totals and per-layer splits
 derive from that one list, and so do the DeepSpeed / FP8 rules over it (qwen_ds.sharding: what AutoTP
-splits, what ZeRO-3 gathers and keeps persistent, what FP8 converts). Formulas: ../shared/reference/qwen-models.md §1-2, each checked against the
-meta-device model of transformers (tests/test_counts.py repeats the check for every preset and
-for random small configs).
+splits, what ZeRO-3 gathers and keeps persistent, what FP8 converts). Formulas:
+../shared/reference/qwen-models.md §1-2, each checked against the meta-device model of transformers
+(tests/test_counts.py repeats the check for every preset and for random small configs).
 Notation: V vocab, h hidden, q = nH*hd, kv = nKV*hd, I intermediate, E experts, k top-k,
 Im moe_intermediate, Is shared_expert_intermediate, kd = nk*dk, vd = nv*dv, Kc conv kernel.
 """
@@ -27,7 +27,8 @@ def attention_tensors(s: ModelSpec) -> list[Tensor]:
     """Dense / GQA attention: q h*q, k and v h*kv, o q*h; Qwen3 q/k RMSNorm hd each;
     biases: Qwen2 always on q/k/v (not o), Llama/Qwen3 with attention_bias on q/k/v/o."""
     h, q, kv, hd = s.hidden_size, s.q_dim, s.kv_dim, s.head_dim
-    t = [("self_attn.q_proj", h * q), ("self_attn.k_proj", h * kv), ("self_attn.v_proj", h * kv), ("self_attn.o_proj", q * h)]
+    t = [("self_attn.q_proj", h * q), ("self_attn.k_proj", h * kv), ("self_attn.v_proj", h * kv),
+         ("self_attn.o_proj", q * h)]
     if s.family == "qwen2" or s.attention_bias:
         t += [("self_attn.q_proj", q), ("self_attn.k_proj", kv), ("self_attn.v_proj", kv)]
     if s.family != "qwen2" and s.attention_bias:
@@ -40,7 +41,8 @@ def attention_tensors(s: ModelSpec) -> list[Tensor]:
 def gated_attention_tensors(s: ModelSpec) -> list[Tensor]:
     """Qwen3-Next full attention: q_proj emits query and sigmoid gate (h*2q), k/v h*kv, o q*h, q/k norms hd."""
     h, q, kv, hd = s.hidden_size, s.q_dim, s.kv_dim, s.head_dim
-    t = [("self_attn.q_proj", h * 2 * q), ("self_attn.k_proj", h * kv), ("self_attn.v_proj", h * kv), ("self_attn.o_proj", q * h)]
+    t = [("self_attn.q_proj", h * 2 * q), ("self_attn.k_proj", h * kv), ("self_attn.v_proj", h * kv),
+         ("self_attn.o_proj", q * h)]
     if s.attention_bias:
         t += [("self_attn.q_proj", 2 * q), ("self_attn.k_proj", kv), ("self_attn.v_proj", kv), ("self_attn.o_proj", h)]
     return t + [("self_attn.q_norm", hd), ("self_attn.k_norm", hd)]
@@ -103,7 +105,8 @@ def kind_counts(s: ModelSpec, layers: Iterable[int] | None = None) -> dict[Layer
     if layers is None:
         return dict(s.layer_kinds)
     if isinstance(layers, range) and layers.step == 1:  # a pipeline stage: bisect, no per-layer work
-        found = ((kind, bisect_left(pos, layers.stop) - bisect_left(pos, layers.start)) for kind, pos in s.kind_positions.items())
+        found = ((kind, bisect_left(pos, layers.stop) - bisect_left(pos, layers.start))
+                 for kind, pos in s.kind_positions.items())
         return {kind: n for kind, n in found if n}
     idx = tuple(layers)
     return dict(Counter(zip(map(s.layer_types.__getitem__, idx), map(s.mlp_types.__getitem__, idx))))

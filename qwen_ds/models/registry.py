@@ -48,13 +48,17 @@ def _read_config(path: Path) -> dict[str, Any]:
     try:
         cfg = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise InputError(f"{one_line(path)} line {exc.lineno}: malformed JSON ({exc.msg}); fix the file or pass another --model") from None
+        raise InputError(f"{one_line(path)} line {exc.lineno}: malformed JSON ({exc.msg}); fix the file or pass "
+                         "another --model") from None
     except RecursionError:
-        raise InputError(f"{one_line(path)}: nested too deeply to be a model config; pass a config.json to --model") from None
+        raise InputError(f"{one_line(path)}: nested too deeply to be a model config; pass a config.json to "
+                         "--model") from None
     except ValueError as exc:  # e.g. an integer literal longer than Python's digit limit
-        raise InputError(f"{one_line(path)}: {one_line(exc).split(';')[0][:120]}; a config.json holds ordinary numbers") from None
+        raise InputError(f"{one_line(path)}: {one_line(exc).split(';')[0][:120]}; a config.json holds ordinary "
+                         "numbers") from None
     if not isinstance(cfg, dict):
-        raise InputError(f"{one_line(path)}: expected a JSON object with model_type, hidden_size, ...; pass a config.json to --model")
+        raise InputError(f"{one_line(path)}: expected a JSON object with model_type, hidden_size, ...; pass a "
+                         "config.json to --model")
     return cfg
 
 
@@ -116,7 +120,8 @@ def _with_counts(spec: ModelSpec) -> ModelSpec:
         return spec
     from .meta import meta_param_count  # imports transformers only for unknown families
 
-    return dataclasses.replace(spec, measured_total_params=meta_param_count(spec.config, where=spec.source or spec.name))
+    return dataclasses.replace(spec,
+                               measured_total_params=meta_param_count(spec.config, where=spec.source or spec.name))
 
 
 @lru_cache(maxsize=64)
@@ -133,11 +138,14 @@ def load_model(model: str) -> ModelSpec:
     if mode is not None and stat.S_ISDIR(mode):
         cfg_path = path / "config.json"
         if _stat_mode(cfg_path, model) is None:
-            raise InputError(f"--model {one_line(model)}: directory has no config.json; pass an HF model directory or a config.json file")
+            raise InputError(f"--model {one_line(model)}: directory has no config.json; pass an HF model directory or "
+                             "a config.json file")
         return _with_counts(spec_from_config(_read_config(cfg_path), name=path.name, source=str(cfg_path)))
     # anything else that exists goes to the reader, which refuses /dev/zero, FIFOs and oversized files
     if mode is not None or model.endswith(".json"):
-        return _with_counts(spec_from_config(_read_config(path), name=path.stem if path.name != "config.json" else path.parent.name or "model", source=str(path)))
+        return _with_counts(spec_from_config(
+            _read_config(path), name=path.stem if path.name != "config.json" else path.parent.name or "model",
+            source=str(path)))
     if model.count("/") == 1 and not model.startswith((".", "/")):
         cfg_path = find_in_hf_cache(model)
         if cfg_path is None:
@@ -147,8 +155,8 @@ def load_model(model: str) -> ModelSpec:
             )
         return _with_counts(spec_from_config(_read_config(cfg_path), name=model.split("/")[1], source=str(cfg_path)))
     raise InputError(
-        f"--model {one_line(model)}: unknown model; use a preset ({', '.join(preset_names()[:6])}, ... see `qwen-ds models`), "
-        "a config.json path, an HF model directory, or an HF id in the local cache"
+        f"--model {one_line(model)}: unknown model; use a preset ({', '.join(preset_names()[:6])}, ... see `qwen-ds "
+        "models`), a config.json path, an HF model directory, or an HF id in the local cache"
     )
 
 

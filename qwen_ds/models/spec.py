@@ -133,18 +133,21 @@ _MAX_OTHER = 1 << 16
 def _get(cfg: Mapping[str, Any], key: str, default: Any = None, *, where: str) -> Any:
     value = cfg.get(key, default)
     if value is None:
-        raise InputError(f"{where}: config has no '{key}' (needed for a {cfg.get('model_type')} model); add it to the config.json")
+        raise InputError(f"{where}: config has no '{key}' (needed for a {cfg.get('model_type')} model); add it to the "
+                         "config.json")
     return value
 
 
-def _positive_int(cfg: Mapping[str, Any], key: str, default: Any = None, *, where: str, allow_zero: bool = False) -> int:
+def _positive_int(cfg: Mapping[str, Any], key: str, default: Any = None, *, where: str,
+                  allow_zero: bool = False) -> int:
     value = _get(cfg, key, default, where=where)
     if (isinstance(value, bool) or not isinstance(value, (int, float))
             or (isinstance(value, float) and (not math.isfinite(value) or not value.is_integer()))):
         raise InputError(f"{where}: '{key}' = {value!r} is not an integer; fix it in the config.json")
     value = int(value)
     if value < 0 or (value == 0 and not allow_zero):
-        raise InputError(f"{where}: '{key}' = {value} must be {'>= 0' if allow_zero else '> 0'}; fix it in the config.json")
+        raise InputError(f"{where}: '{key}' = {value} must be {'>= 0' if allow_zero else '> 0'}; fix it in the "
+                         "config.json")
     limit = _MAX.get(key, _MAX_OTHER)
     if value > limit:
         shown = f"{value:,}" if value < 10**18 else f"a {len(str(value))}-digit number"
@@ -158,7 +161,8 @@ def _layer_types(cfg: Mapping[str, Any], family: str, num_layers: int, where: st
     given = cfg.get("layer_types")
     if given:
         if not isinstance(given, list):
-            raise InputError(f"{where}: 'layer_types' must be a list of {num_layers} layer types; fix it in the config.json")
+            raise InputError(f"{where}: 'layer_types' must be a list of {num_layers} layer types; fix it in the "
+                             "config.json")
         types = tuple(given)
         if len(types) != num_layers or any(t not in (FULL_ATTENTION, LINEAR_ATTENTION) for t in types):
             raise InputError(
@@ -178,7 +182,8 @@ def _mlp_types(cfg: Mapping[str, Any], family: str, num_layers: int, where: str)
     step = _positive_int(cfg, "decoder_sparse_step", 1, where=where)
     only = cfg.get("mlp_only_layers") or []
     if not isinstance(only, list) or any(isinstance(i, bool) or not isinstance(i, int) for i in only):
-        raise InputError(f"{where}: 'mlp_only_layers' = {only!r} must be a list of layer indexes; fix it in the config.json")
+        raise InputError(f"{where}: 'mlp_only_layers' = {only!r} must be a list of layer indexes; fix it in the "
+                         "config.json")
     only = set(only)
     return tuple(
         MOE if (i not in only and experts > 0 and (i + 1) % step == 0) else DENSE for i in range(num_layers)
@@ -257,6 +262,7 @@ def spec_from_config(cfg: Mapping[str, Any], *, name: str, source: str = "") -> 
             linear_conv_kernel=_positive_int(cfg, "linear_conv_kernel_dim", where=where),
         )
     if DENSE in common["mlp_types"] and common["intermediate_size"] == 0:
-        raise InputError(f"{where}: 'intermediate_size' is missing or 0 but the model has dense MLP layers; fix the config.json")
+        raise InputError(f"{where}: 'intermediate_size' is missing or 0 but the model has dense MLP layers; fix the "
+                         "config.json")
     return ModelSpec(**common)
 

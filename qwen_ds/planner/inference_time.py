@@ -33,7 +33,8 @@ def inference_time(model: ModelSpec, cluster: Cluster, workload: Workload, plan:
     experts = routed_expert_params(model)
     # AutoTP splits the projections; every rank computes its tokens' routed experts whole
     active_experts = experts * model.experts_per_token // model.num_experts if experts else 0
-    prefill = 2 * batch * prompt * ((active - active_experts) / plan.tp + active_experts) / (peak * net.compute_efficiency)
+    prefill = (2 * batch * prompt * ((active - active_experts) / plan.tp + active_experts)
+               / (peak * net.compute_efficiency))
     b = bytes_per_element(plan.precision)
     touched = 1 - (1 - model.experts_per_token / model.num_experts) ** batch if experts else 0.0
     per_rank = layout(model, cluster, plan).params_per_mp_rank if plan.zero_stage != 3 else c.total
@@ -42,7 +43,8 @@ def inference_time(model: ModelSpec, cluster: Cluster, workload: Workload, plan:
         # every forward gathers all weights from the other ranks, then reads what the step touches
         gather = _collective_s(b * c.total, cluster, cluster.world_size, net)
         prefill += gather
-        read = wbytes + batch * (kv_bytes_per_token(model, plan, 1) * (prompt + new / 2) + gdn_state_bytes_per_sequence(model, plan, 1))
+        read = wbytes + batch * (kv_bytes_per_token(model, plan, 1) * (prompt + new / 2)
+                                 + gdn_state_bytes_per_sequence(model, plan, 1))
         per_step = gather + read / (gpu.hbm_gbps * GB * HBM_EFFICIENCY)
     elif plan.zero_stage == 3:
         # every forward streams the weights from CPU (or NVMe) over PCIe
@@ -53,7 +55,8 @@ def inference_time(model: ModelSpec, cluster: Cluster, workload: Workload, plan:
         prefill += per_step
     else:
         ctx = prompt + new / 2
-        read = wbytes + batch * (kv_bytes_per_token(model, plan, plan.tp) * ctx + gdn_state_bytes_per_sequence(model, plan, plan.tp))
+        read = wbytes + batch * (kv_bytes_per_token(model, plan, plan.tp) * ctx
+                                 + gdn_state_bytes_per_sequence(model, plan, plan.tp))
         per_step = read / (gpu.hbm_gbps * GB * HBM_EFFICIENCY)
         if plan.tp > 1:
             per_step += 2 * model.num_layers * TP_ALLREDUCE_LATENCY_S
@@ -67,4 +70,5 @@ def inference_time(model: ModelSpec, cluster: Cluster, workload: Workload, plan:
 
 def routed_expert_params(model: ModelSpec) -> int:
     """Parameters of all routed experts (3 x E x Im x h per MoE layer); 0 for dense models."""
-    return 3 * model.num_experts * model.moe_intermediate_size * model.hidden_size * model.n_moe_layers if model.n_moe_layers else 0
+    return (3 * model.num_experts * model.moe_intermediate_size * model.hidden_size * model.n_moe_layers
+            if model.n_moe_layers else 0)

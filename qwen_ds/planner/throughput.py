@@ -81,7 +81,8 @@ def _collective_s(nbytes: float, cluster: Cluster, group: int, net: Network) -> 
         return 0.0
     gpu = cluster.gpu
     frac = (group - 1) / group
-    nvlink = gpu.nvlink_gbps / 2 * net.nvlink_efficiency * GB if gpu.nvlink_gbps else gpu.pcie_gbps * net.pcie_efficiency * GB
+    nvlink = (gpu.nvlink_gbps / 2 * net.nvlink_efficiency * GB if gpu.nvlink_gbps
+              else gpu.pcie_gbps * net.pcie_efficiency * GB)
     t = nbytes * frac / nvlink
     if cluster.nodes > 1 and group > cluster.gpus_per_node:
         gpn = cluster.gpus_per_node
@@ -90,7 +91,8 @@ def _collective_s(nbytes: float, cluster: Cluster, group: int, net: Network) -> 
     return t
 
 
-def step_time(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan, net: Network | None = None) -> StepTime:
+def step_time(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan,
+              net: Network | None = None) -> StepTime:
     net = net or Network()
     gpu = cluster.gpu
     world = cluster.world_size
@@ -119,7 +121,8 @@ def step_time(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan
         comm = ga * (2 * _collective_s(b * shard, cluster, dp, net) + _collective_s(b * shard, cluster, dp, net))
         if plan.hpz_partition_size > 1:  # backward all-gather stays in the node
             comm -= ga * _collective_s(b * shard, cluster, dp, net)
-            comm += ga * _collective_s(b * shard, Cluster(gpu, 1, plan.hpz_partition_size), plan.hpz_partition_size, net)
+            comm += ga * _collective_s(b * shard, Cluster(gpu, 1, plan.hpz_partition_size), plan.hpz_partition_size,
+                                       net)
         if plan.quantized_weights:
             comm *= 0.75
     elif plan.zero_stage == 2:
