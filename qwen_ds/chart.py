@@ -62,11 +62,12 @@ def chart_format(path: str, force: bool) -> str:
     supported = FigureCanvasBase.get_supported_filetypes()
     fmt = Path(path).suffix[1:].lower() or "png"
     if fmt not in supported:
-        raise InputError(f"--chart {one_line(path)}: matplotlib cannot write .{one_line(fmt)} files; end the name with one of "
-                         f"{', '.join('.' + k for k in sorted(supported))}")
+        raise InputError(f"--chart {one_line(path)}: matplotlib cannot write .{one_line(fmt)} files; end the name with "
+                         f"one of {', '.join('.' + k for k in sorted(supported))}")
     parent = Path(path).parent
     if not parent.is_dir():
-        raise InputError(f"--chart {one_line(path)}: {one_line(parent)} is not a directory; create it or choose another --chart")
+        raise InputError(f"--chart {one_line(path)}: {one_line(parent)} is not a directory; create it or choose "
+                         "another --chart")
     check_targets(parent, [Path(path).name], force, "--chart")
     return fmt
 
@@ -88,7 +89,8 @@ def memory_chart(cands, cluster: Cluster, headroom: float, path: str, force: boo
     ax.axhline(cap, color="black", linewidth=1.5, label=f"{cluster.gpu.name} {cap:.0f} GiB")
     ax.axhline(cap * headroom, color="black", linestyle="--", linewidth=1, label=f"usable ({headroom:.0%})")
     ax.set_ylabel("GiB per GPU")
-    ax.set_title(f"qwen-ds plan: memory per GPU of the top plans ({cluster.nodes} x {cluster.gpus_per_node} {cluster.gpu.name})")
+    ax.set_title(f"qwen-ds plan: memory per GPU of the top plans ({cluster.nodes} x {cluster.gpus_per_node} "
+                 f"{cluster.gpu.name})")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     plt.setp(ax.get_xticklabels(), fontsize=8)
     fig.tight_layout()

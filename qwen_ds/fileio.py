@@ -1,4 +1,5 @@
-"""Config reads bounded in size and kind; writes that never leave a half-written file and never overwrite without --force."""
+"""Config reads bounded in size and kind; writes that never leave a half-written file and never overwrite
+without --force."""
 
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ def read_bytes_bounded(path: str | Path, what: str, fix: str, limit: int = CONFI
         if not stat.S_ISREG(st.st_mode):
             raise InputError(f"{where}: {_file_kind(st.st_mode)}, not a regular file; {fix}")
         if st.st_size > limit:
-            raise InputError(f"{where}: {st.st_size / 2**20:.1f} MiB is over the {_mib(limit)} limit for a config file; {fix}")
+            raise InputError(f"{where}: {st.st_size / 2**20:.1f} MiB is over the {_mib(limit)} limit for a config "
+                             f"file; {fix}")
         data = _read_at_most(fd, limit + 1)
     except OSError as exc:
         raise InputError(f"{where}: cannot read it ({one_line(exc.strerror or exc)}); {fix}") from None

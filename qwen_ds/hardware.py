@@ -88,7 +88,8 @@ def get_gpu(name: str) -> GPU:
         if key == entry["name"].lower() or key in entry.get("aliases", ()):
             fields = {f: entry[f] for f in GPU.__dataclass_fields__ if f in entry}
             return GPU(**fields)
-    raise InputError(f"--gpu {one_line(name)}: unknown GPU; choose one of {', '.join(gpu_names())} (see `qwen-ds gpus`)")
+    raise InputError(f"--gpu {one_line(name)}: unknown GPU; choose one of {', '.join(gpu_names())} (see `qwen-ds "
+                     "gpus`)")
 
 
 def _family(entry: dict) -> str:

@@ -57,7 +57,8 @@ class Hostfile:
         """Slots per node; InputError when nodes differ (the planner assumes one shape)."""
         if not self.equal_slots:
             detail = ", ".join(f"{h.name}={h.slots} (line {h.line})" for h in self.hosts)
-            raise InputError(f"{self.path}: nodes have different slot counts ({detail}); give every node the same slots=")
+            raise InputError(f"{self.path}: nodes have different slot counts ({detail}); give every node the same "
+                             "slots=")
         return self.hosts[0].slots
 
     @property
@@ -138,17 +139,18 @@ def read_hostfile(path: str | Path) -> Hostfile:
     """Read as DeepSpeed's fetch_hostfile does (text mode, locale encoding), so the same bytes give the same lines."""
     encoding = locale.getpreferredencoding(False)
     if Path(path).exists() and not Path(path).is_file():  # /dev/zero would fill memory, a FIFO would block
-        raise InputError(f"--hostfile {one_line(path)}: not a regular file (DeepSpeed ignores such a hostfile and runs on "
-                         "this host only); pass a hostfile")
+        raise InputError(f"--hostfile {one_line(path)}: not a regular file (DeepSpeed ignores such a hostfile and runs "
+                         "on this host only); pass a hostfile")
     try:
         with open(path, "r", encoding=encoding) as fh:
             lines = fh.readlines()
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        raise InputError(f"--hostfile {one_line(path)}: cannot read it ({one_line(reason)}); pass a readable hostfile") from None
+        raise InputError(f"--hostfile {one_line(path)}: cannot read it ({one_line(reason)}); pass a readable "
+                         "hostfile") from None
     except UnicodeDecodeError as exc:
-        raise InputError(f"--hostfile {one_line(path)}: not {encoding} text (byte {exc.object[exc.start]:#04x} at offset "
-                         f"{exc.start}), which DeepSpeed cannot read either; save it as {encoding}") from None
+        raise InputError(f"--hostfile {one_line(path)}: not {encoding} text (byte {exc.object[exc.start]:#04x} at "
+                         f"offset {exc.start}), which DeepSpeed cannot read either; save it as {encoding}") from None
     return parse_hostfile_lines(lines, str(path))
 
 
@@ -185,7 +187,8 @@ def expand_slurm_nodelist(nodelist: str) -> list[str]:
                 if not (_NUMBER.fullmatch(lo) and _NUMBER.fullmatch(hi)) or int(lo) > int(hi):
                     raise InputError(f"SLURM_JOB_NODELIST {_show(nodelist)!r}: bad range {_show(rng)!r}")
                 if int(hi) - int(lo) >= MAX_NODES:
-                    raise InputError(f"SLURM_JOB_NODELIST {_show(nodelist)!r}: range {rng} is more than {MAX_NODES} hosts")
+                    raise InputError(f"SLURM_JOB_NODELIST {_show(nodelist)!r}: range {rng} is more than {MAX_NODES} "
+                                     "hosts")
                 width = len(lo)
                 vals = [str(v).zfill(width) for v in range(int(lo), int(hi) + 1)]
             else:
@@ -193,7 +196,8 @@ def expand_slurm_nodelist(nodelist: str) -> list[str]:
             for v in vals:
                 out.extend(expand(pre + v + post))
                 if len(out) > MAX_NODES:  # checked while expanding: 'a[1-99999]b[1-99999]' must not fill memory
-                    raise InputError(f"SLURM_JOB_NODELIST {_show(nodelist)!r}: more than {MAX_NODES} hosts; check the ranges")
+                    raise InputError(f"SLURM_JOB_NODELIST {_show(nodelist)!r}: more than {MAX_NODES} hosts; check the "
+                                     "ranges")
         return out
 
     hosts = [h for item in split_top(nodelist.strip()) for h in expand(item)]

@@ -6,10 +6,10 @@ fsync it -> rename them in order", so of concurrent writers without --force exac
 the others see its files and stop; with --force the last one wins whole. SIGINT / SIGTERM / SIGHUP
 are held back while the lock is held: one that comes before the first rename stops the publish and
 leaves the old set, one that comes later is delivered after the last rename, so an interrupt leaves
-the old set or the new set, and no temp or lock file. Two renames are still two steps for a reader that opens the files in between
-(or after a SIGKILL or a crash between them): gen-config renames plan.json first and plan.json
-records the digest of its config, so that mix is a new plan beside an old config, which launch and
-validate --plan refuse.
+the old set or the new set, and no temp or lock file. Two renames are still two steps for a reader
+that opens the files in between (or after a SIGKILL or a crash between them): gen-config renames
+plan.json first and plan.json records the digest of its config, so that mix is a new plan beside an
+old config, which launch and validate --plan refuse.
 
 ``publish_file`` (plan --chart): one file, temp file then link(2), which refuses to replace an
 existing name (no-clobber without a lock), or rename(2) with --force.
@@ -52,17 +52,20 @@ def check_targets(directory: Path, names: list[str], force: bool, flag: str = "-
     existing = [directory / n for n in names if os.path.lexists(directory / n)]
     if existing and not force:
         verb = "already exists" if len(existing) == 1 else "already exist"
-        raise InputError(f"{', '.join(one_line(p) for p in existing)} {verb}; pass --force to overwrite or choose another {flag}")
+        raise InputError(f"{', '.join(one_line(p) for p in existing)} {verb}; pass --force to overwrite or choose "
+                         f"another {flag}")
 
 
 def ensure_dir(directory: Path, flag: str = "--output-dir") -> None:
     try:
         os.makedirs(directory, exist_ok=True)
     except FileExistsError:  # a name that is not a directory: a file, a dangling symlink, a symlink loop
-        what = "a symlink that leads to no directory (dangling, or a loop)" if os.path.islink(directory) else "not a directory"
+        what = ("a symlink that leads to no directory (dangling, or a loop)" if os.path.islink(directory)
+                else "not a directory")
         raise InputError(f"{flag} {one_line(directory)}: {what}; choose another {flag}") from None
     except OSError as exc:
-        raise InputError(f"{flag} {one_line(directory)}: cannot create it ({_why(exc)}); choose another {flag}") from None
+        raise InputError(f"{flag} {one_line(directory)}: cannot create it ({_why(exc)}); choose another "
+                         f"{flag}") from None
     if not os.path.isdir(directory):
         raise InputError(f"{flag} {one_line(directory)}: not a directory; choose another {flag}")
 
@@ -86,7 +89,8 @@ def directory_lock(directory: Path, flag: str = "--output-dir", timeout_s: float
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
         except OSError as exc:
-            raise InputError(f"{flag} {one_line(directory)}: cannot write into it ({_why(exc)}); choose another {flag}") from None
+            raise InputError(f"{flag} {one_line(directory)}: cannot write into it ({_why(exc)}); choose another "
+                             f"{flag}") from None
         try:
             if not _wait_for_lock(fcntl, fd, directory, flag, timeout_s, deadline, interrupted):
                 fd_ours = False  # a file system without locks: no one can hold one here either
@@ -127,12 +131,14 @@ def _wait_for_lock(fcntl, fd: int, directory: Path, flag: str, timeout_s: float,
             if exc.errno in NO_LOCKS:
                 return False
             if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise InputError(f"{flag} {one_line(directory)}: cannot lock {LOCK_NAME} ({_why(exc)}); choose another {flag}") from None
+                raise InputError(f"{flag} {one_line(directory)}: cannot lock {LOCK_NAME} ({_why(exc)}); choose another "
+                                 f"{flag}") from None
         if interrupted():
             raise KeyboardInterrupt
         if time.monotonic() > deadline:
-            raise InputError(f"{flag} {one_line(directory)}: another qwen-ds has held {one_line(directory / LOCK_NAME)} for "
-                             f"{timeout_s:.0f} s; wait for it, or remove that file if no qwen-ds is running")
+            raise InputError(f"{flag} {one_line(directory)}: another qwen-ds has held "
+                             f"{one_line(directory / LOCK_NAME)} for {timeout_s:.0f} s; wait for it, or remove that "
+                             "file if no qwen-ds is running")
         time.sleep(0.01)
 
 
@@ -202,7 +208,8 @@ def publish_files(directory: Path, files: list[tuple[str, bytes]], force: bool, 
                 for name, data in files:
                     temps.append(_write_temp(directory, name, data))
             except OSError as exc:
-                raise InputError(f"{flag} {one_line(directory)}: cannot write into it ({_why(exc)}); choose another {flag}") from None
+                raise InputError(f"{flag} {one_line(directory)}: cannot write into it ({_why(exc)}); choose another "
+                                 f"{flag}") from None
             if pending:  # interrupted before anything was replaced: stop here, the old files stay
                 raise KeyboardInterrupt
             for i, (name, tmp) in enumerate(zip(names, temps)):
@@ -243,7 +250,8 @@ def publish_file(path: Path, write: Callable[[str], None], force: bool, flag: st
                 try:
                     os.link(tmp, path)
                 except FileExistsError:
-                    raise InputError(f"{one_line(path)} already exists; pass --force to overwrite or choose another {flag}") from None
+                    raise InputError(f"{one_line(path)} already exists; pass --force to overwrite or choose another "
+                                     f"{flag}") from None
                 except OSError:  # no hard links on this file system: check, then rename
                     check_targets(directory, [path.name], force, flag)
                     os.replace(tmp, path)

@@ -77,8 +77,8 @@ def parse_master_port(value: str, hostfile) -> int:
     text = str(value).strip().lower()
     if text == "auto":
         if not hostfile.single_host:
-            raise InputError(f"--master-port auto: {hostfile.path} has {hostfile.nodes} hosts and every node must use the same "
-                             "port; pass a number, e.g. --master-port 29500")
+            raise InputError(f"--master-port auto: {hostfile.path} has {hostfile.nodes} hosts and every node must use "
+                             "the same port; pass a number, e.g. --master-port 29500")
         return free_port()
     try:
         return int(text)
@@ -108,8 +108,8 @@ def build(req: LaunchRequest) -> LaunchSpec:
     master = req.master_addr if req.master_addr is not None else (
         "127.0.0.1" if single else hf.hosts[0].name.split("@")[-1])
     if not MASTER_ADDR.fullmatch(master):
-        raise InputError(f"--master-addr {one_line(master)!r}: not a host name or IP address (letters, digits, '.', '-', "
-                         f"or an IPv6 address); it reaches every node's shell under --launcher {req.launcher}")
+        raise InputError(f"--master-addr {one_line(master)!r}: not a host name or IP address (letters, digits, '.', "
+                         f"'-', or an IPv6 address); it reaches every node's shell under --launcher {req.launcher}")
     argv = [req.python, "-u", "-m", "deepspeed.launcher.runner", "--hostfile", hf.path,
             "--master_addr", master, "--master_port", str(req.master_port)]
     if single:

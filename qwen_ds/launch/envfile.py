@@ -39,7 +39,8 @@ def parse_env_items(items: list[str] | tuple[str, ...]) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in items:
         if "=" not in item:
-            raise InputError(f"--env {one_line(ascii_safe(item))!r}: expected KEY=VALUE, e.g. --env NCCL_SOCKET_IFNAME=ib0")
+            raise InputError(f"--env {one_line(ascii_safe(item))!r}: expected KEY=VALUE, e.g. --env "
+                             "NCCL_SOCKET_IFNAME=ib0")
         key, value = item.split("=", 1)
         if not KEY.fullmatch(key):
             raise InputError(f"--env {one_line(ascii_safe(key))!r}: a variable name is ASCII letters, digits and '_' "
@@ -90,8 +91,8 @@ def deepspeed_env_lines(path: Path) -> list[tuple[int, str, str]]:
     for n, line in enumerate(lines, 1):
         if "=" not in line:
             what = "blank line" if not line.strip() else f"{one_line(line)[:60]!r} has no '='"
-            raise InputError(f"{path} line {n}: {what}; DeepSpeed's runner crashes on it (it expects KEY=VALUE lines only): "
-                             "fix or remove that line")
+            raise InputError(f"{path} line {n}: {what}; DeepSpeed's runner crashes on it (it expects KEY=VALUE lines "
+                             "only): fix or remove that line")
         key, value = line.split("=", 1)
         out.append((n, key, value))
     return out

@@ -32,11 +32,14 @@ class RankPayload:
 
     def encode(self) -> str:
         doc = {"v": VERSION, **asdict(self), "args": list(self.args)}
-        return base64.urlsafe_b64encode(json.dumps(doc, ensure_ascii=True, separators=(",", ":")).encode("ascii")).decode("ascii")
+        return base64.urlsafe_b64encode(
+            json.dumps(doc, ensure_ascii=True, separators=(",", ":")).encode("ascii")).decode("ascii")
 
     @classmethod
     def decode(cls, token: str) -> "RankPayload":
         doc = json.loads(base64.urlsafe_b64decode(token.encode("ascii")).decode("ascii"))
         if doc.get("v") != VERSION:
-            raise ValueError(f"rank payload version {doc.get('v')!r}, this qwen-ds reads {VERSION}: install the same qwen-ds on every node")
-        return cls(run_dir=doc["run_dir"], kind=doc["kind"], target=doc["target"], args=tuple(doc["args"]), env=dict(doc["env"]))
+            raise ValueError(f"rank payload version {doc.get('v')!r}, this qwen-ds reads {VERSION}: install the same "
+                             "qwen-ds on every node")
+        return cls(run_dir=doc["run_dir"], kind=doc["kind"], target=doc["target"], args=tuple(doc["args"]),
+                   env=dict(doc["env"]))

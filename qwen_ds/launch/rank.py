@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     t.start()
     rc = child.wait()
     t.join(timeout=5)
-    status = {"rank": int(rank), "local_rank": local_rank, "returncode": rc, "signal": -rc if rc < 0 else None, "pid": child.pid,
-              "ended": time.time()}
+    status = {"rank": int(rank), "local_rank": local_rank, "returncode": rc, "signal": -rc if rc < 0 else None,
+              "pid": child.pid, "ended": time.time()}
     run_dir = Path(job.run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -103,7 +103,8 @@ def deepspeed_exports(environ: dict[str, str], cwd: str, home: str) -> list[Expo
         try:
             lines = deepspeed_env_lines(path)
         except UnicodeDecodeError:
-            raise InputError(f"{path}: not text in this locale's encoding; DeepSpeed's runner cannot read it: fix or remove it") from None
+            raise InputError(f"{path}: not text in this locale's encoding; DeepSpeed's runner cannot read it: fix or "
+                             "remove it") from None
         for n, key, value in lines:
             out.append(Export(key.strip(), value.rstrip("\r\n"), f"{path} line {n}", stripped_by_deepspeed=True))
     return out
@@ -120,10 +121,11 @@ def export_problem(e: Export, backend: str) -> str | None:
     if backend == "pdsh":
         active = sorted({c for c in value if c in SHELL_ACTIVE_IN_DQUOTES})
         if active:
-            return (f"contains {' '.join(map(repr, active))}, which the remote shell interprets inside the double quotes DeepSpeed "
-                    "puts around it")
+            return (f"contains {' '.join(map(repr, active))}, which the remote shell interprets inside the double "
+                    "quotes DeepSpeed puts around it")
         if PDSH_EXPANDS.search(value):
-            return f"contains {PDSH_EXPANDS.search(value).group()!r}, which pdsh replaces (%h host, %u user, %n rank, %% -> %)"
+            return (f"contains {PDSH_EXPANDS.search(value).group()!r}, which pdsh replaces (%h host, %u user, %n rank, "
+                    "%% -> %)")
         return None
     if quoted:
         return (f"contains {quoted.group()!r}: DeepSpeed then wraps it in double quotes, which {BACKEND_TOOL[backend]} "
@@ -153,8 +155,8 @@ def check_plain_word(what: str, value: str, backend: str, fix: str) -> list[str]
     if PLAIN_WORD.fullmatch(value):
         return []
     bad = next(c for c in value + " " if not PLAIN_WORD.fullmatch(c))
-    return [f"--launcher {backend}: {what} {one_line(value)!r} contains {bad!r}, and DeepSpeed's runner pastes it unquoted "
-            f"into the remote shell command; {fix}"]
+    return [f"--launcher {backend}: {what} {one_line(value)!r} contains {bad!r}, and DeepSpeed's runner pastes it "
+            f"unquoted into the remote shell command; {fix}"]
 
 
 def pdsh_argument(arg: str) -> str:
@@ -187,7 +189,8 @@ def remote_problems(backend: str, exports: list[Export], cwd: str, python: str) 
     """Everything DeepSpeed adds on its own that would not arrive byte for byte under ``backend``."""
     problems = []
     if backend == "pdsh":
-        problems += check_plain_word("the working directory", cwd, backend, "launch from a directory whose path is plain")
+        problems += check_plain_word("the working directory", cwd, backend,
+                                     "launch from a directory whose path is plain")
         problems += check_plain_word("the python interpreter", python, backend, "use a python whose path is plain")
     return problems + check_exports(exports, backend)
 

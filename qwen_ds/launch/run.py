@@ -132,10 +132,12 @@ def run(spec: LaunchSpec, run_dir: Path, expected_ranks: list[int], log=print, o
         return rc if rc > 0 else 128 - rc
     if bad:
         r, s = sorted(bad.items())[0]
-        log(f"qwen-ds launch: rank {r} failed (exit {s.get('returncode')}) though DeepSpeed's runner exited 0", file=sys.stderr)
+        log(f"qwen-ds launch: rank {r} failed (exit {s.get('returncode')}) though DeepSpeed's runner exited 0",
+            file=sys.stderr)
         return 1
     if missing:
-        log(f"qwen-ds launch: ranks {missing} never reported an exit status (a launcher or rank was killed); failing the job",
+        log(f"qwen-ds launch: ranks {missing} never reported an exit status (a launcher or rank was killed); failing "
+            "the job",
             file=sys.stderr)
         return 1
     return 0

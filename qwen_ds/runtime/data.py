@@ -43,7 +43,8 @@ class TokenFile:
                         try:
                             texts.append(json.loads(line)["text"])
                         except (ValueError, KeyError, TypeError):
-                            raise RuntimeFailure(f"{path} line {n}: expected a JSON object with a \"text\" field") from None
+                            raise RuntimeFailure(f"{path} line {n}: expected a JSON object with a \"text\" "
+                                                 "field") from None
                 else:
                     texts.append(line)
         ids: list[int] = []

@@ -16,7 +16,8 @@ def _chunk_loss(hidden: torch.Tensor, labels: torch.Tensor, lm_head: torch.nn.Mo
     return F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum")
 
 
-def chunked_causal_lm_loss(hidden: torch.Tensor, lm_head: torch.nn.Module, labels: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+def chunked_causal_lm_loss(hidden: torch.Tensor, lm_head: torch.nn.Module, labels: torch.Tensor,
+                           chunk: int = 1024) -> torch.Tensor:
     h = hidden[:, :-1, :].reshape(-1, hidden.shape[-1])
     y = labels[:, 1:].reshape(-1)
     count = (y != IGNORE).sum().clamp(min=1)

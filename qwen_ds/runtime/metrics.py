@@ -89,14 +89,17 @@ class StepMeter:
         out = []
         checks = [
             ("comm", rec.get("comm_share") is not None and rec["comm_share"] > COMM_SHARE_MAX,
-             f"communication takes {100 * (rec.get('comm_share') or 0):.0f}% of the step (> {100 * COMM_SHARE_MAX:.0f}%): "
-             "raise micro-batch or grad-accum, keep TP inside a node, or try ZeRO++ hpZ (--hpz GPUs per node)"),
+             f"communication takes {100 * (rec.get('comm_share') or 0):.0f}% of the step (> "
+             f"{100 * COMM_SHARE_MAX:.0f}%): raise micro-batch or grad-accum, keep TP inside a node, or try ZeRO++ hpZ "
+             "(--hpz GPUs per node)"),
             ("frag", rec.get("fragmentation") is not None and rec["fragmentation"] > FRAGMENTATION_MAX,
-             f"allocator fragmentation {100 * (rec.get('fragmentation') or 0):.1f}% (> {100 * FRAGMENTATION_MAX:.0f}%): "
-             "set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (qwen-ds launch does) or lower stage3_max_live_parameters"),
+             f"allocator fragmentation {100 * (rec.get('fragmentation') or 0):.1f}% (> "
+             f"{100 * FRAGMENTATION_MAX:.0f}%): set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (qwen-ds launch "
+             "does) or lower stage3_max_live_parameters"),
             ("mfu", rec.get("mfu") is not None and rec["mfu"] < MFU_MIN,
-             f"compute efficiency (MFU) {100 * (rec.get('mfu') or 0):.0f}% (< {100 * MFU_MIN:.0f}%): raise the micro-batch, "
-             "turn checkpointing off if memory allows, use --loss chunked, or check the interconnect (qwen-ds doctor)"),
+             f"compute efficiency (MFU) {100 * (rec.get('mfu') or 0):.0f}% (< {100 * MFU_MIN:.0f}%): raise the "
+             "micro-batch, turn checkpointing off if memory allows, use --loss chunked, or check the interconnect "
+             "(qwen-ds doctor)"),
         ]
         for key, bad, msg in checks:
             if bad and key not in self.warned:
