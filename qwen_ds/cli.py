@@ -16,12 +16,16 @@ COMMANDS = {
     "models": ("qwen_ds.commands.cmd_models", "List model presets with total and active parameters."),
     "gpus": ("qwen_ds.commands.cmd_gpus", "List the GPU catalog (memory, compute capability, TFLOP/s, bandwidths)."),
     "estimate": ("qwen_ds.commands.cmd_estimate", "Memory per GPU and per node for one plan, term by term."),
-    "plan": ("qwen_ds.commands.cmd_plan", "Fastest plans that fit, ranked by a step-time model; rejected families and why."),
+    "plan": ("qwen_ds.commands.cmd_plan",
+             "Fastest plans that fit, ranked by a step-time model; rejected families and why."),
     "gen-config": ("qwen_ds.commands.cmd_gen_config", "Render a validated ds_config.json and plan.json for a plan."),
     "hostfile": ("qwen_ds.commands.cmd_hostfile", "Check a DeepSpeed hostfile, or write one from a Slurm allocation."),
-    "launch": ("qwen_ds.commands.cmd_launch", "Launch train / infer / your script with DeepSpeed's launcher across a hostfile."),
-    "validate": ("qwen_ds.commands.cmd_validate", "Check a DeepSpeed config: schema, rules, DeepSpeed's parser, memory."),
-    "doctor": ("qwen_ds.commands.cmd_doctor", "What this machine can run: versions, GPUs, interconnect, limits, backends."),
+    "launch": ("qwen_ds.commands.cmd_launch",
+               "Launch train / infer / your script with DeepSpeed's launcher across a hostfile."),
+    "validate": ("qwen_ds.commands.cmd_validate",
+                 "Check a DeepSpeed config: schema, rules, DeepSpeed's parser, memory."),
+    "doctor": ("qwen_ds.commands.cmd_doctor",
+               "What this machine can run: versions, GPUs, interconnect, limits, backends."),
 }
 
 
@@ -69,7 +73,8 @@ def _run(argv: list[str] | None) -> None:
         click.echo("aborted", err=True)
         sys.exit(1)
     except click.UsageError as exc:  # one line, like every other bad input, naming where help is
-        where = f"qwen-ds {exc.ctx.command_path.split(' ', 1)[1]} --help" if exc.ctx and " " in exc.ctx.command_path else "qwen-ds --help"
+        where = (f"qwen-ds {exc.ctx.command_path.split(' ', 1)[1]} --help" if exc.ctx and " " in exc.ctx.command_path
+                 else "qwen-ds --help")
         click.echo(f"error: {one_line(exc.format_message())} (see {where})", err=True)
         sys.exit(EXIT_BAD_INPUT)
     except click.ClickException as exc:
