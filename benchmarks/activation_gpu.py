@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from qwen_ds.estimator import estimate  # noqa: E402
 from qwen_ds.hardware import Cluster, get_gpu  # noqa: E402
 from qwen_ds.models import load_model  # noqa: E402
-from qwen_ds.plan import Plan, Workload  # noqa: E402
+from qwen_ds.knobs import Plan, Workload  # noqa: E402
 
 # (preset, layers or None, seq_len, micro_batch, checkpointing)
 CASES = [

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from qwen_ds.hardware import Cluster, get_gpu  # noqa: E402
 from qwen_ds.models import load_model  # noqa: E402
-from qwen_ds.plan import Plan, Workload  # noqa: E402
+from qwen_ds.knobs import Plan, Workload  # noqa: E402
 from qwen_ds.planner import Constraints, search  # noqa: E402
 
 CASES = [

@@ -99,7 +99,7 @@ def main() -> None:
     t0 = time.time()
     from qwen_ds.hardware import Cluster, get_gpu
     from qwen_ds.models import load_model
-    from qwen_ds.plan import Plan, Workload
+    from qwen_ds.knobs import Plan, Workload
     from qwen_ds.planner import Constraints, search
 
     gpu = catalog_gpu()

@@ -25,9 +25,8 @@ from .errors import DoesNotFit, InputError
 from .estimator import Layout, MemoryBreakdown, estimate as _estimate, layout as _layout
 from .format import gib
 from .hardware import GPU, Cluster, get_gpu
-from .knobs import BY_NAME, SEARCHED
+from .knobs import BY_NAME, SEARCHED, Plan, Workload
 from .models import ModelSpec, load_model
-from .plan import Plan, Workload
 from .plandoc import ClusterRef, ModelRef, PlanDocument, deepspeed_version
 from .units import GIB
 
@@ -294,6 +293,7 @@ def launch_command(hostfile: str | None, out: Path, mode: str) -> list[str]:
 def _choose(i: Inputs, pinned: dict[str, Any], options: SearchOptions) -> tuple[Inputs, Estimate | None, str]:
     """The plan to render: the knobs as given when every searched one is pinned, else the
     planner's fastest plan that fits (with its estimate, to reuse when --set changes nothing)."""
+    options.constraints(pinned), options.network()  # the planner flags are checked even when nothing is searched
     if len(pinned) == len(SEARCHED):
         return i, None, "flags"
     found = search_inputs(i, pinned, options, smallest=False)

@@ -67,6 +67,8 @@ def _run(argv: list[str] | None) -> None:
     try:
         rc = cli.main(args=argv, prog_name="qwen-ds", standalone_mode=False)
     except QwenDsError as exc:
+        if exc.detail:
+            click.echo(exc.detail, err=True)
         click.echo(f"error: {one_line(exc)}", err=True)
         sys.exit(exc.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt):

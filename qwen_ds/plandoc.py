@@ -20,7 +20,7 @@ from typing import Any, Callable
 from . import __version__
 from .errors import InputError, one_line
 from .pairing import CONFIG_KEY, DIGEST_KEY, PairCheck, check_pair
-from .plan import INFER_PRECISIONS, KERNELS, LOSS_PATHS, MODES, OFFLOAD, Plan, Workload
+from .knobs import INFER_PRECISIONS, KERNELS, LOSS_PATHS, MODES, OFFLOAD, Plan, Workload
 
 #: 1: the first typed document (gen-config of qwen-ds 0.1.0 after #12); files without the key are
 #: the untyped plan.json of before, read the same way (their extra ``memory.plan`` copy is ignored)

@@ -16,7 +16,7 @@ from typing import Any
 from .errors import InputError, finite_number, finite_positive, one_line
 from .hardware import Cluster
 from .models.spec import ModelSpec
-from .plan import Plan, Workload, deepspeed_batch_ranks
+from .knobs import Plan, Workload
 
 PACKAGE_TEMPLATES = Path(__file__).resolve().parent / "templates"  # inside an installed wheel
 SOURCE_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"  # source checkout / editable
@@ -97,7 +97,7 @@ def _offload(device: str, opts: ConfigOptions, kind: str) -> dict[str, Any] | No
 
 def render_context(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan, opts: ConfigOptions) -> dict[str, Any]:
     world = cluster.world_size
-    dp = deepspeed_batch_ranks(world, plan.pp)
+    dp = plan.batch_ranks(world)
     buckets = plan.buckets(model.hidden_size)
     dtype = ds_dtype(plan)
     return {

@@ -18,7 +18,7 @@ import pytest
 
 from qwen_ds.hardware import Cluster, get_gpu
 from qwen_ds.models import load_model
-from qwen_ds.plan import Plan, Workload
+from qwen_ds.knobs import Plan, Workload
 from qwen_ds.render import render
 from qwen_ds.validate import Context, validate_config
 from qwen_ds.launch.ports import free_port

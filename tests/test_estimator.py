@@ -10,7 +10,7 @@ from qwen_ds.estimator import estimate, layout
 from qwen_ds.estimator import activations, inference
 from qwen_ds.hardware import Cluster, get_gpu
 from qwen_ds.models import count_params, load_model
-from qwen_ds.plan import Plan, Workload
+from qwen_ds.knobs import Plan, Workload
 from qwen_ds.sharding import largest_gathered
 
 NEXT = "Qwen3-Next-80B-A3B"

@@ -15,7 +15,7 @@ import pytest
 from qwen_ds.errors import InputError
 from qwen_ds.hardware import Cluster, get_gpu
 from qwen_ds.models import load_model
-from qwen_ds.plan import Plan, Workload
+from qwen_ds.knobs import Plan, Workload
 from qwen_ds.pairing import ABSENT, config_digest, differences
 from qwen_ds.plandoc import PlanDocument, parse_plan_text
 from qwen_ds.render import apply_override, render

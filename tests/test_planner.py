@@ -12,7 +12,7 @@ from qwen_ds.errors import InputError
 from qwen_ds.estimator import estimate
 from qwen_ds.hardware import Cluster, get_gpu
 from qwen_ds.models import load_model
-from qwen_ds.plan import Plan, Workload
+from qwen_ds.knobs import Plan, Workload
 from qwen_ds.planner import Constraints, Network, search, smallest_cluster_without_offload, step_time
 from qwen_ds.units import GIB
 

@@ -30,3 +30,12 @@ def test_ci_gating_example_runs(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for name in ("report.json", "mem.json"):
         (ROOT / name).unlink(missing_ok=True)
+
+
+def test_python_api_example_runs_and_prints_what_the_readme_shows():
+    code = README.split("# python api example", 1)[1].split("\n", 1)[1].split("```", 1)[0]
+    shown = README.split("<!-- python api output -->\n```text\n", 1)[1].split("```", 1)[0]
+    proc = subprocess.run([sys.executable, "-c", code + "\nimport sys; print(sorted(m for m in ('torch', 'deepspeed') "
+                           "if m in sys.modules))"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == shown + "[]\n"  # the output shown, and no torch / deepspeed imported

@@ -18,7 +18,7 @@ import pytest
 from qwen_ds.errors import InputError
 from qwen_ds.hardware import Cluster, get_gpu
 from qwen_ds.models import load_model
-from qwen_ds.plan import Plan, Workload
+from qwen_ds.knobs import Plan, Workload
 from qwen_ds.render import (ConfigOptions, apply_override, default_template_dir, ds_dtype, fp8_recipe, render,
                             render_context, render_text, template_name)
 from qwen_ds.validate import Context, is_inference_config, validate_config

@@ -276,7 +276,7 @@ def test_every_rank_refuses_a_config_its_plan_was_not_made_for(tmp_path):
     assert rc == 0, err
     args = argparse.Namespace(config=str(tmp_path / "ds_config.json"), plan=str(tmp_path / "plan.json"))
     cfg, plan = read_config_and_plan(args)
-    assert cfg["train_micro_batch_size_per_gpu"] >= 1 and plan["ds_config"] == cfg
+    assert cfg["train_micro_batch_size_per_gpu"] >= 1 and plan.ds_config == cfg
     cfg["train_micro_batch_size_per_gpu"] += 1
     (tmp_path / "ds_config.json").write_text(json.dumps(cfg))
     with pytest.raises(RuntimeFailure, match="train_micro_batch_size_per_gpu"):

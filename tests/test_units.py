@@ -2,7 +2,7 @@
 
 import pytest
 
-from qwen_ds.plan import INFER_PRECISIONS
+from qwen_ds.knobs import INFER_PRECISIONS
 from qwen_ds.units import GIB, MIB, bytes_per_element, compute_bytes
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..calibration import constant
 from ..hardware import Cluster
 from ..models.spec import ModelSpec
-from ..plan import Plan, Workload
+from ..knobs import Plan, Workload
 from . import activations, buffers, inference, model_states
 from .breakdown import MemoryBreakdown, Term
 from .layout import Layout, layout

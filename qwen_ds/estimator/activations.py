@@ -21,7 +21,7 @@ from __future__ import annotations
 from ..calibration import constant
 from ..models.counts import LayerKind, kind_counts
 from ..models.spec import LINEAR_ATTENTION, MOE, ModelSpec
-from ..plan import Plan
+from ..knobs import Plan
 from ..units import compute_bytes
 from .breakdown import Term
 from .layout import Layout

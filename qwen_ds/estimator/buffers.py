@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from ..calibration import constant
 from ..models.spec import ModelSpec
-from ..plan import Plan
+from ..knobs import Plan
 from ..sharding import autotp_shards, largest_gathered, persistent_params
 from ..units import compute_bytes
 from .breakdown import Term

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ..models.counts import count_params
 from ..models.spec import ModelSpec
-from ..plan import Plan
+from ..knobs import Plan
 from ..sharding import largest_gathered
 from ..units import bytes_per_element, compute_bytes
 from .breakdown import Term

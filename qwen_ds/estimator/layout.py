@@ -8,7 +8,7 @@ from ..errors import InputError
 from ..hardware import Cluster
 from ..models.counts import ParamCounts, count_params, layers_params
 from ..models.spec import ModelSpec
-from ..plan import Plan
+from ..knobs import Plan
 from ..sharding import autotp_sharded_params, autotp_unsupported
 
 
@@ -70,5 +70,5 @@ def layout(model: ModelSpec, cluster: Cluster, plan: Plan) -> Layout:
         split = max(0, n - counts.embedding - counts.lm_head - counts.final_norm)
     else:
         split = autotp_sharded_params(model, idx)
-    return Layout(world // (tp * pp), tp, pp, n - split + -(-split // tp), per, idx, stage == 0, stage == pp - 1,
+    return Layout(plan.dp(world), tp, pp, n - split + -(-split // tp), per, idx, stage == 0, stage == pp - 1,
                   n - split)

@@ -14,7 +14,7 @@ offload_optimizer; fp32 grads built per sub-group of ``sub_group_size`` in step(
 
 from __future__ import annotations
 
-from ..plan import Plan
+from ..knobs import Plan
 from ..units import compute_bytes
 from .breakdown import Term
 from .layout import Layout

@@ -16,7 +16,7 @@ from ..estimator.layout import layout
 from ..hardware import Cluster
 from ..models.counts import count_params
 from ..models.spec import ModelSpec
-from ..plan import Plan, Workload
+from ..knobs import Plan, Workload
 from ..units import bytes_per_element
 from .throughput import GB, Network, StepTime, _collective_s
 

@@ -14,7 +14,7 @@ from ..errors import InputError, finite_positive
 from ..estimator import Layout, MemoryBreakdown, estimate, layout
 from ..hardware import Cluster
 from ..models.spec import ModelSpec
-from ..plan import Plan, Workload
+from ..knobs import Plan, Workload, data_parallel
 from ..sharding import autotp_unsupported
 from ..units import GIB
 from .throughput import Network, StepTime, step_time
@@ -129,7 +129,7 @@ def candidates(model: ModelSpec, cluster: Cluster, workload: Workload, base: Pla
                 for pp in pps:
                     if pp > 1 and zero >= 2 or world % (tp * pp) or (infer and zero == 3 and tp > 1):
                         continue
-                    dp = world // (tp * pp)
+                    dp = data_parallel(world, tp, pp)
                     micro_opts = [fixed["micro_batch"]] if "micro_batch" in fixed else _powers_of_two(c.max_micro_batch)
                     for micro in micro_opts:
                         if infer:

@@ -13,7 +13,7 @@ from ..errors import finite_number
 from ..hardware import Cluster
 from ..models.counts import count_params, model_flops_per_token
 from ..models.spec import ModelSpec
-from ..plan import Plan, Workload
+from ..knobs import Plan, Workload
 from ..sharding import fp8_matmul_params
 from ..units import compute_bytes
 
@@ -96,7 +96,7 @@ def step_time(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan
     net = net or Network()
     gpu = cluster.gpu
     world = cluster.world_size
-    dp = world // (plan.tp * plan.pp)
+    dp = plan.dp(world)
     seq = workload.seq_len
     tokens_per_gpu_micro = plan.micro_batch * seq
     tokens_per_step = tokens_per_gpu_micro * plan.grad_accum * dp

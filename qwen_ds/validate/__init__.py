@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..plan import deepspeed_batch_ranks
+from ..knobs import deepspeed_batch_ranks
 from .problems import Problem
 from .rules import Context, is_inference_config, run_rules
 from .schema import known_top_level_keys, schema_problems

@@ -7,8 +7,7 @@ import dataclasses
 from typing import Any
 
 from ..errors import InputError
-from ..knobs import DS_KEYS, DsKey, lookup
-from ..plan import Plan
+from ..knobs import DS_KEYS, DsKey, Plan, lookup
 from .rules import is_inference_config
 
 
@@ -73,8 +72,9 @@ def plan_with_edits(plan: Plan, rendered: dict[str, Any], edited: dict[str, Any]
     kw = dict(pp=plan.pp, checkpointing=plan.checkpointing, loss=plan.loss, kernels=plan.kernels)
     try:
         before, after = plan_from_config(rendered, **kw), plan_from_config(edited, **kw)
+        # a stage-3 key reads as None (derived) below ZeRO-3: the edited config does not say it, the plan's stays
         changed = {f.name: (getattr(before, f.name), getattr(after, f.name)) for f in dataclasses.fields(Plan)
-                   if getattr(before, f.name) != getattr(after, f.name)}
+                   if getattr(before, f.name) != getattr(after, f.name) and getattr(after, f.name) is not None}
         return (dataclasses.replace(plan, **{k: new for k, (_, new) in changed.items()}) if changed else plan), changed
     except InputError as exc:  # Plan's own checks name flags; here the edited config is what says it
         raise InputError(f"--set: the config as written is no plan qwen-ds can estimate ({exc})") from None

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 
 from ..hardware import GPU
 from ..models.spec import ModelSpec
-from ..plan import deepspeed_batch_ranks
+from ..knobs import deepspeed_batch_ranks
 from ..sharding import autotp_unsupported
 from .optim_rules import (rule_betas, rule_optimizer_params, rule_optimizer_type, rule_scheduler_params,
                           rule_scheduler_type)
