@@ -16,6 +16,8 @@ def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "pip install torch==2.13.0" in ci and re.search(r"^python -m pytest -q$", ci, re.M)
     assert 'pip install -e ".[test]"' in ci
+    # the linter runs before the tests, with pyproject.toml's settings
+    assert ci.index("python -m ruff check qwen_ds") < ci.index("python -m pytest -q")
 
 
 def test_readme_outputs_are_current():

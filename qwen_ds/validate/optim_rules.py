@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import difflib
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .ds_signatures import (ADAM_CONFIG_KEYS, DEEPSPEED_OPTIMIZERS, OPTIMIZER_KWARGS, PASSED_BY_DEEPSPEED,
                             POSITIVE_WARMUP, SCHEDULER_KWARGS, SCHEDULERS_NEEDING_OBJECTS, TORCH_OPTIM, scheduler_paths,
                             short, torch_optimizers)
-from .problems import Problem
+from .problems import Context, Problem
 
-if TYPE_CHECKING:  # rules.py imports this module to list its rules
-    from .rules import Context
 
 
 def _cpu_optimizer(cfg: dict[str, Any]) -> bool:

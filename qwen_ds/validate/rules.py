@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from ..hardware import GPU
-from ..models.spec import ModelSpec
 from ..knobs import deepspeed_batch_ranks
 from ..sharding import autotp_unsupported
 from .optim_rules import (rule_betas, rule_optimizer_params, rule_optimizer_type, rule_scheduler_params,
                           rule_scheduler_type)
-from .problems import Problem, json_path
+from .problems import Context, Problem, json_path
 
 # 0.19.7 / 0.19.8 reject these keys (runtime/config.py _REMOVED_*_CONFIG_KEYS, reference §1.10)
 REMOVED_TOP_LEVEL = {
@@ -36,18 +33,6 @@ INFERENCE_KEYS = {"tensor_parallel", "tp", "dtype", "replace_with_kernel_inject"
                   "replace_method", "use_cuda_events", "injection_policy_tuple", "config"}
 # CPU optimizers DeepSpeed swaps in under offload_optimizer (ops/adam, adagrad, lion)
 OFFLOAD_OPTIMIZERS = {"adam", "adamw", "adagrad", "lion"}
-
-
-@dataclass(frozen=True)
-class Context:
-    """What the user told us about the cluster and model; None = unknown, rule skipped."""
-
-    world_size: int | None = None
-    gpus_per_node: int | None = None
-    pp: int = 1
-    gpu: GPU | None = None
-    model: ModelSpec | None = None
-    known_top_level: frozenset[str] = frozenset()
 
 
 def is_inference_config(cfg: dict[str, Any]) -> bool:
