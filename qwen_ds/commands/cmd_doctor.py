@@ -29,7 +29,8 @@ def _gpus(g: dict) -> list[str]:
     if g["devices"]:
         rows = [[str(d["index"]), d["name"], "-" if d["memory_gib"] is None else f"{d['memory_gib']:.1f}",
                  d["compute_capability"] or "-",
-                 (d["catalog"] + (" (closest)" if d["catalog_match"] == "closest" else "")) if d["catalog"] else "not in catalog",
+                 (d["catalog"] + (" (closest)" if d["catalog_match"] == "closest" else ""))
+                 if d["catalog"] else "not in catalog",
                  _yn(d["bf16"]), _yn(d["fp8"])] for d in g["devices"]]
         out.append(table(["#", "name", "memory GiB", "CC", "catalog", "bf16", "fp8"], rows, "rlrllll"))
         src = f"source: {g['source']}" + (f"; driver {g['driver']}" if g["driver"] else "")
@@ -38,7 +39,8 @@ def _gpus(g: dict) -> list[str]:
             src += f" (CUDA_VISIBLE_DEVICES={g['cuda_visible_devices']})"
         out.append(src)
     else:
-        out.append(f"no GPUs seen: {g['nvidia_smi_error'] or 'nvidia-smi listed none'}; torch sees {g['torch_visible']} CUDA device(s)")
+        out.append(f"no GPUs seen: {g['nvidia_smi_error'] or 'nvidia-smi listed none'}; "
+                   f"torch sees {g['torch_visible']} CUDA device(s)")
     return out
 
 
@@ -53,8 +55,9 @@ def _topology(t: dict) -> list[str]:
     pairs = ", ".join(f"{k} {v}" for k, v in t["pairs"].items() if v)
     from ..doctor import ranges
 
-    doms = "; ".join(f"{ranges(d['gpus'])}" + (f" (NV{d['min_nvlinks']}" + ("" if d["full_mesh"] else ", not all-to-all") + ")"
-                                              if d["size"] > 1 else " (no NVLink)") for d in t["nvlink_domains"])
+    doms = "; ".join(f"{ranges(d['gpus'])}"
+                     + (f" (NV{d['min_nvlinks']}" + ("" if d["full_mesh"] else ", not all-to-all") + ")"
+                        if d["size"] > 1 else " (no NVLink)") for d in t["nvlink_domains"])
     out.append(f"GPU pairs: {pairs or 'none'}")
     if not any(d["size"] > 1 for d in t["nvlink_domains"]):
         doms = "none"
@@ -67,7 +70,8 @@ def _limits(lim: dict) -> list[str]:
         return [lim["error"]]
     rows = []
     ml = lim.get("memlock", {})
-    rows.append(["memlock (ulimit -l)", ml.get("error") or f"{_bytes(ml.get('soft_bytes'))} (hard {_bytes(ml.get('hard_bytes'))})"])
+    rows.append(["memlock (ulimit -l)",
+                 ml.get("error") or f"{_bytes(ml.get('soft_bytes'))} (hard {_bytes(ml.get('hard_bytes'))})"])
     nf = lim.get("nofile", {})
     rows.append(["open files (ulimit -n)", nf.get("error") or
                  f"{nf.get('soft') or 'unlimited'} (hard {nf.get('hard') or 'unlimited'})"])
@@ -75,7 +79,8 @@ def _limits(lim: dict) -> list[str]:
     rows.append([shm.get("path", "/dev/shm"), shm.get("error") or
                  f"{_bytes(shm.get('total_bytes'))} ({_bytes(shm.get('free_bytes'))} free)"])
     cpus = lim.get("cpus", {})
-    rows.append(["CPUs", f"{cpus.get('logical')} logical" + (f", {cpus['usable']} usable by this process" if cpus.get("usable") else "")])
+    rows.append(["CPUs", f"{cpus.get('logical')} logical"
+                 + (f", {cpus['usable']} usable by this process" if cpus.get("usable") else "")])
     rows.append(["NUMA nodes", str(lim.get("numa_nodes") or "-")])
     ram = lim.get("ram", {})
     mem = f"{_bytes(ram.get('total_bytes')) if ram.get('total_bytes') else '-'}"
@@ -114,7 +119,8 @@ def _advice(adv: list[dict]) -> list[str]:
 
 
 @click.command("doctor", help="What this machine can run: versions, GPUs, interconnect (nvidia-smi topo -m), limits "
-                              "(memlock, /dev/shm, open files), launcher backends and NCCL/torch environment, with advice. "
+                              "(memlock, /dev/shm, open files), launcher backends and NCCL/torch environment, "
+                              "with advice. "
                               "Works without GPUs or torch; always exits 0.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object: {versions, gpus, topology, limits, backends, environment, advice}.")

@@ -15,12 +15,16 @@ from .options import cluster_options, pinned, plan_options, planner_options, sea
 @click.command("gen-config", help="Render a validated DeepSpeed config (ds_config.json) and plan.json for a plan.")
 @cluster_options
 @plan_options
-@click.option("--output-dir", "-o", required=True, type=click.Path(file_okay=False), help="Where ds_config.json and plan.json go.")
+@click.option("--output-dir", "-o", required=True, type=click.Path(file_okay=False),
+              help="Where ds_config.json and plan.json go.")
 @click.option("--force", is_flag=True, help="Overwrite existing ds_config.json / plan.json.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
-              help="Override a rendered value, e.g. --set zero_optimization.stage3_max_live_parameters=1e9 (validated after).")
-@click.option("--template-dir", type=click.Path(file_okay=False, exists=True), default=None, help="Use your own templates (copy templates/).")
-@click.option("--hpz", "hpz_partition_size", type=int, default=1, show_default=True, help="ZeRO++ hpZ partition size (usually GPUs per node).")
+              help="Override a rendered value, e.g. --set zero_optimization.stage3_max_live_parameters=1e9 "
+                   "(validated after).")
+@click.option("--template-dir", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Use your own templates (copy templates/).")
+@click.option("--hpz", "hpz_partition_size", type=int, default=1, show_default=True,
+              help="ZeRO++ hpZ partition size (usually GPUs per node).")
 @click.option("--quantized-weights", is_flag=True, help="ZeRO++ qwZ: quantized weight all-gathers (ZeRO-3).")
 @click.option("--quantized-gradients", is_flag=True, help="ZeRO++ qgZ: quantized gradient reduce-scatter (ZeRO-3).")
 @click.option("--nvme-path", default=None, help="Local NVMe directory for --offload-* nvme.")
@@ -38,8 +42,10 @@ def command(ctx: click.Context, model: str, gpu: str, output_dir: str, force: bo
             communication_data_type: str | None, as_json: bool, **kw) -> None:
     opts = ConfigOptions(lr=lr, warmup_steps=warmup_steps, total_steps=total_steps, gradient_clipping=gradient_clipping,
                          nvme_path=nvme_path, communication_data_type=communication_data_type)
-    zpp = dict(hpz_partition_size=hpz_partition_size, quantized_weights=quantized_weights, quantized_gradients=quantized_gradients)
-    result = api.generate(model, gpu, output_dir=output_dir, force=force, overrides=overrides, template_dir=template_dir,
+    zpp = dict(hpz_partition_size=hpz_partition_size, quantized_weights=quantized_weights,
+               quantized_gradients=quantized_gradients)
+    result = api.generate(model, gpu, output_dir=output_dir, force=force, overrides=overrides,
+                          template_dir=template_dir,
                           config_options=opts, zero_plus_plus=zpp, pinned=pinned(ctx), options=search_options(kw), **kw)
     if result.problems:
         click.echo(api.problems_text(result.problems, "ds_config.json"), err=True)

@@ -11,7 +11,8 @@ from ..hardware import gpu_entries
 from ..units import GIB
 
 
-@click.command("gpus", help="List the GPU catalog (memory, compute capability, TFLOP/s, bandwidths), each figure sourced.")
+@click.command("gpus", help="List the GPU catalog (memory, compute capability, TFLOP/s, bandwidths), "
+                            "each figure sourced.")
 @click.option("--json", "as_json", is_flag=True, help="Print the catalog as JSON, sources included.")
 def command(as_json: bool) -> None:
     entries = gpu_entries()

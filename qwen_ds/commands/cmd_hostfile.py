@@ -26,24 +26,28 @@ def check(file: str, as_json: bool) -> None:
     hf = read_hostfile(file)
     info = {"hostfile": file, "nodes": hf.nodes, "world_size": hf.world_size, "equal_slots": hf.equal_slots,
             "gpus_per_node": hf.hosts[0].slots if hf.equal_slots else None,
-            "hosts": [{"node_rank": i, "host": h.name, "slots": h.slots, "line": h.line} for i, h in enumerate(hf.hosts)]}
+            "hosts": [{"node_rank": i, "host": h.name, "slots": h.slots, "line": h.line}
+                      for i, h in enumerate(hf.hosts)]}
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
-    click.echo(table(["node rank", "host", "slots", "line"], [[str(i), h.name, str(h.slots), str(h.line)] for i, h in enumerate(hf.hosts)], "rlrr"))
+    click.echo(table(["node rank", "host", "slots", "line"],
+                     [[str(i), h.name, str(h.slots), str(h.line)] for i, h in enumerate(hf.hosts)], "rlrr"))
     shape = f"{hf.nodes} x {hf.hosts[0].slots}" if hf.equal_slots else f"{hf.nodes} nodes (unequal slots)"
     click.echo(f"\n{shape} = world size {hf.world_size}; master (node rank 0): {hf.hosts[0].name}")
 
 
 @command.command("from-slurm", help="Write a hostfile from SLURM_JOB_NODELIST (bracket ranges expanded).")
 @click.option("--nodelist", default=None, help="Node list in Slurm syntax [$SLURM_JOB_NODELIST].")
-@click.option("--gpus-per-node", type=int, default=None, help="Slots per host [$SLURM_GPUS_ON_NODE or $SLURM_GPUS_PER_NODE].")
+@click.option("--gpus-per-node", type=int, default=None,
+              help="Slots per host [$SLURM_GPUS_ON_NODE or $SLURM_GPUS_PER_NODE].")
 @click.option("--output", "-o", default="-", help="File to write, '-' for stdout.")
 @click.option("--force", is_flag=True, help="Overwrite an existing --output.")
 def from_slurm(nodelist: str | None, gpus_per_node: int | None, output: str, force: bool) -> None:
     nodelist = nodelist or os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST")
     if not nodelist:
-        raise InputError("no node list: run inside a Slurm allocation (SLURM_JOB_NODELIST) or pass --nodelist 'gpu[01-04]'")
+        raise InputError("no node list: run inside a Slurm allocation (SLURM_JOB_NODELIST) "
+                         "or pass --nodelist 'gpu[01-04]'")
     if gpus_per_node is None:
         raw = os.environ.get("SLURM_GPUS_ON_NODE") or os.environ.get("SLURM_GPUS_PER_NODE", "")
         raw = raw.split(":")[-1].split("(")[0]
@@ -74,4 +78,5 @@ def check_output(out: Path) -> None:
         raise InputError(f"-o {one_line(out)} is a directory; name a file, e.g. -o {one_line(out / 'hostfile')}")
     parent = next(p for p in out.absolute().parents if p.exists())  # '/' always exists
     if not parent.is_dir():
-        raise InputError(f"-o {one_line(out)}: {one_line(parent)} is a file, not a directory; choose a path in a directory")
+        raise InputError(f"-o {one_line(out)}: {one_line(parent)} is a file, not a directory; "
+                         "choose a path in a directory")

@@ -24,7 +24,8 @@ def print_dry_run(spec: LaunchSpec, remote: str | None, problems: list[str], pyt
     click.echo("# command")
     click.echo(shlex.join(spec.argv))
     click.echo(f"# every rank runs (qwen_ds.launch.rank decodes it from {FLAG}; DeepSpeed adds --local_rank)")
-    click.echo(shlex.join([python, "-u"] + (["-m", job.target] if job.kind != "script" else [job.target]) + list(job.args)))
+    click.echo(shlex.join([python, "-u"] + (["-m", job.target] if job.kind != "script" else [job.target])
+                          + list(job.args)))
     click.echo("# environment set in every rank (shell-quoted)")
     for k, v in sorted(job.env.items()):
         click.echo(f"{k}={shlex.quote(v)}")
@@ -47,10 +48,12 @@ def expected_ranks(hf, launcher: str, node_rank: int | None, filtered: bool) -> 
 
 
 @click.command("launch", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
-               help="Launch ENTRY (train | infer | a script | -m MODULE, then its arguments) with DeepSpeed's launcher.")
+               help="Launch ENTRY (train | infer | a script | -m MODULE, then its arguments) "
+                    "with DeepSpeed's launcher.")
 @click.option("--hostfile", required=True, type=click.Path(dir_okay=False), help="DeepSpeed hostfile ('host slots=N').")
 @click.option("--config", "config", required=True, type=click.Path(dir_okay=False), help="ds_config.json.")
-@click.option("--plan", default=None, type=click.Path(dir_okay=False), help="plan.json from gen-config (checked against the hostfile).")
+@click.option("--plan", default=None, type=click.Path(dir_okay=False),
+              help="plan.json from gen-config (checked against the hostfile).")
 @click.option("--launcher", type=click.Choice(LAUNCHERS), default="pdsh", show_default=True,
               help="Backend for several hosts; no-ssh runs this node only (start one per node with --node-rank).")
 @click.option("--node-rank", type=int, default=None, help="This node's line in the hostfile (--launcher no-ssh).")
@@ -70,7 +73,8 @@ def command(hostfile, config, plan, launcher, node_rank, include, exclude, maste
     master_port = parse_master_port(master_port, hf)
     run_dir = run_dir or str(Path("qwen-ds-runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
     req = LaunchRequest(hostfile=hf, config=config, plan=plan, entry=tuple(entry), run_dir=str(Path(run_dir).resolve()),
-                        launcher=launcher, node_rank=node_rank, include=include, exclude=exclude, master_addr=master_addr,
+                        launcher=launcher, node_rank=node_rank, include=include, exclude=exclude,
+                        master_addr=master_addr,
                         master_port=master_port, env=rank_env(user_env))
     spec = build(req)
     remote = check_remote(req, spec, dict(os.environ), os.getcwd())
@@ -88,5 +92,6 @@ def command(hostfile, config, plan, launcher, node_rank, include, exclude, maste
 
     ranks = expected_ranks(hf, launcher, node_rank, bool(include or exclude))
     owns_shm = spec.local and (hf.single_host or node_rank == 0)
-    rc = run(spec, Path(req.run_dir), ranks, log=lambda *a, **k: click.echo(" ".join(map(str, a)), err=True), owns_shm=owns_shm)
+    rc = run(spec, Path(req.run_dir), ranks, log=lambda *a, **k: click.echo(" ".join(map(str, a)), err=True),
+             owns_shm=owns_shm)
     sys.exit(rc)

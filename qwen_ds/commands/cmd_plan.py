@@ -12,7 +12,8 @@ from ..errors import EXIT_DOES_NOT_FIT
 from .options import cluster_options, pinned, plan_options, planner_options, search_options
 
 
-@click.command("plan", help="Find the fastest plans that fit: candidates filtered by the estimator and ranked by a step-time model.")
+@click.command("plan", help="Find the fastest plans that fit: candidates filtered by the estimator "
+                            "and ranked by a step-time model.")
 @cluster_options
 @plan_options
 @planner_options
@@ -23,7 +24,8 @@ from .options import cluster_options, pinned, plan_options, planner_options, sea
 @click.option("--force", is_flag=True, help="Overwrite an existing --chart file.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def command(ctx: click.Context, top: int, explain: bool, chart: str | None, force: bool, as_json: bool, model: str, gpu: str,
+def command(ctx: click.Context, top: int, explain: bool, chart: str | None, force: bool, as_json: bool, model: str,
+            gpu: str,
             **kw) -> None:
     if chart:
         from ..chart import chart_format

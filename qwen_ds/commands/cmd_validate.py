@@ -10,23 +10,30 @@ import click
 from .. import api
 
 
-@click.command("validate", help="Check a DeepSpeed config: JSON Schema of 0.19.8, semantic rules, DeepSpeed's own parser, "
+@click.command("validate", help="Check a DeepSpeed config: JSON Schema of 0.19.8, semantic rules, "
+                                "DeepSpeed's own parser, "
                "and with --model/--gpu the memory verdict. Exit 0 ok, 2 problems, 3 does not fit.")
 @click.argument("config", type=click.Path(dir_okay=False))
-@click.option("--model", "-m", default=None, help="Model (preset, config.json, HF dir, cached HF id) for hints and the memory verdict.")
+@click.option("--model", "-m", default=None,
+              help="Model (preset, config.json, HF dir, cached HF id) for hints and the memory verdict.")
 @click.option("--gpu", "-g", default=None, help="GPU type: checks bf16/fp8 support and the memory verdict.")
 @click.option("--hostfile", default=None, type=click.Path(dir_okay=False), help="Cluster shape for batch arithmetic.")
 @click.option("--nodes", type=int, default=None)
 @click.option("--gpus-per-node", type=int, default=None)
-@click.option("--pp", type=int, default=1, show_default=True, help="Pipeline stages the script builds (PipelineModule num_stages).")
+@click.option("--pp", type=int, default=1, show_default=True,
+              help="Pipeline stages the script builds (PipelineModule num_stages).")
 @click.option("--seq-len", type=int, default=4096, show_default=True, help="For the memory verdict.")
-@click.option("--new-tokens", type=int, default=0, show_default=True, help="For the memory verdict of inference configs.")
-@click.option("--checkpointing/--no-checkpointing", default=True, show_default=True, help="Whether the script checkpoints activations.")
+@click.option("--new-tokens", type=int, default=0, show_default=True,
+              help="For the memory verdict of inference configs.")
+@click.option("--checkpointing/--no-checkpointing", default=True, show_default=True,
+              help="Whether the script checkpoints activations.")
 @click.option("--deepspeed/--no-deepspeed", "use_deepspeed", default=None,
               help="Also run DeepSpeed's own parser in a child process [on when deepspeed is installed].")
 @click.option("--plan", "plan_path", default=None, type=click.Path(dir_okay=False),
-              help="plan.json from gen-config: an error for every key where CONFIG differs from the config the plan was made with.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object: ok, problems (path, message, rule, severity), memory.")
+              help="plan.json from gen-config: an error for every key where CONFIG differs "
+                   "from the config the plan was made with.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object: ok, problems (path, message, rule, severity), memory.")
 def command(config: str, as_json: bool, **kw) -> None:
     result = api.validate(config, **kw)
     if as_json:

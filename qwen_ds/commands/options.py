@@ -22,7 +22,8 @@ def _opts(*decorators: Callable) -> Callable:
 
 cluster_options = _opts(
     click.option("--model", "-m", required=True,
-                 help="Preset name (qwen-ds models), config.json path, HF model directory, or HF id in the local cache."),
+                 help="Preset name (qwen-ds models), config.json path, HF model directory, "
+                      "or HF id in the local cache."),
     click.option("--gpu", "-g", required=True,
                  help="GPU type from the catalog (qwen-ds gpus), e.g. A100-80GB, H100-SXM, V100-32GB."),
     click.option("--nodes", type=int, default=None, help="Number of nodes [1, or from --hostfile]."),
@@ -49,14 +50,19 @@ def _option(k: Knob) -> Callable:
 plan_options = _opts(*(_option(k) for k in KNOBS))
 
 planner_options = _opts(
-    click.option("--global-batch", type=int, default=None, help="Sequences per optimizer step (fixes micro x grad-accum x dp)."),
+    click.option("--global-batch", type=int, default=None,
+                 help="Sequences per optimizer step (fixes micro x grad-accum x dp)."),
     click.option("--headroom", type=float, default=0.92, show_default=True, help="Usable fraction of GPU memory."),
-    click.option("--cpu-mem-per-node", type=float, default=None, help="CPU RAM per node in GiB for offload [unlimited, reported]."),
+    click.option("--cpu-mem-per-node", type=float, default=None,
+                 help="CPU RAM per node in GiB for offload [unlimited, reported]."),
     click.option("--allow-nvme", is_flag=True, help="Also consider NVMe offload."),
     click.option("--allow-tp", is_flag=True, help="Also consider tensor parallelism for training (AutoTP)."),
-    click.option("--allow-pp", is_flag=True, help="Also consider pipeline parallelism (needs a PipelineModule training script)."),
-    click.option("--inter-node-gbps", type=float, default=None, help="Network between nodes, Gbit/s per node [200 x GPUs per node]."),
-    click.option("--compute-efficiency", type=float, default=0.55, show_default=True, help="Achieved / peak tensor TFLOP/s."),
+    click.option("--allow-pp", is_flag=True,
+                 help="Also consider pipeline parallelism (needs a PipelineModule training script)."),
+    click.option("--inter-node-gbps", type=float, default=None,
+                 help="Network between nodes, Gbit/s per node [200 x GPUs per node]."),
+    click.option("--compute-efficiency", type=float, default=0.55, show_default=True,
+                 help="Achieved / peak tensor TFLOP/s."),
 )
 SEARCH_FLAGS = ("global_batch", "headroom", "cpu_mem_per_node", "allow_nvme", "allow_tp", "allow_pp", "inter_node_gbps",
                 "compute_efficiency")
