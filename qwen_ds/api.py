@@ -52,7 +52,8 @@ def cluster_shape(hostfile: str | None, nodes: int | None, gpus_per_node: int | 
         hf = read_hostfile(hostfile)
         for flag, given, actual in (("--nodes", nodes, hf.nodes), ("--gpus-per-node", gpus_per_node, hf.gpus_per_node)):
             if given is not None and given != actual:
-                raise InputError(f"{flag} {given} disagrees with --hostfile {hostfile} ({actual}); drop the flag or fix the hostfile")
+                raise InputError(f"{flag} {given} disagrees with --hostfile {hostfile} ({actual}); "
+                                 "drop the flag or fix the hostfile")
         return hf.nodes, hf.gpus_per_node
     return (1 if nodes is None else nodes), (8 if gpus_per_node is None else gpus_per_node)
 
@@ -64,7 +65,8 @@ def check_precision(gpu: GPU, precision: str, mode: str) -> None:
                          "use --precision fp16 (with loss scaling) or fp32")
     if precision == "fp8" and not gpu.fp8:
         alt = "bf16" if gpu.bf16 else "fp16"
-        raise InputError(f"--precision fp8: {gpu.name} (compute capability {gpu.compute_capability}) has no FP8 tensor cores "
+        raise InputError(f"--precision fp8: {gpu.name} (compute capability {gpu.compute_capability}) "
+                         "has no FP8 tensor cores "
                          f"(needs >= 8.9: L40S, H100, H200, B200); use --precision {alt}")
     if precision == "int8" and mode == "train":
         raise InputError("--precision int8 is for --mode infer (weights); for training use bf16, fp16, fp32 or fp8")
@@ -161,7 +163,8 @@ class SearchOptions:
         from .planner.search import cpu_mem_bytes
 
         nvme = self.allow_nvme or "nvme" in (pinned.get("offload_optimizer"), pinned.get("offload_param"))
-        return Constraints(headroom=self.headroom, cpu_mem_per_node=cpu_mem_bytes(self.cpu_mem_per_node), allow_nvme=nvme,
+        return Constraints(headroom=self.headroom, cpu_mem_per_node=cpu_mem_bytes(self.cpu_mem_per_node),
+                           allow_nvme=nvme,
                            global_batch=self.global_batch, train_tp=self.allow_tp, train_pp=self.allow_pp, fixed=pinned)
 
     def network(self):
@@ -199,7 +202,8 @@ class PlanSearch:
 
         i, res, smallest = self.inputs, self.result, self.smallest
         return {
-            "model": i.model.name, "gpu": i.cluster.gpu.name, "nodes": i.cluster.nodes, "gpus_per_node": i.cluster.gpus_per_node,
+            "model": i.model.name, "gpu": i.cluster.gpu.name, "nodes": i.cluster.nodes,
+            "gpus_per_node": i.cluster.gpus_per_node,
             "mode": i.workload.mode, "considered": res.considered, "accepted": len(res.accepted),
             "best": [describe(c) for c in res.accepted[:top]],
             "rejected_families": [{"family": f, "reason": r} for f, r in res.rejected_families()],
@@ -269,7 +273,8 @@ class Generated:
         if self.edited:
             lines.append(f"--set changed {edits_text(self.edited)}; the memory below is for the config as written")
         lines.append(f"ZeRO-{p.zero_stage}, offload optimizer={p.offload_optimizer} params={p.offload_param}, "
-                     f"dp {lay.dp} x tp {lay.tp} x pp {lay.pp}, micro-batch {p.micro_batch} x grad-accum {p.grad_accum}, "
+                     f"dp {lay.dp} x tp {lay.tp} x pp {lay.pp}, "
+                     f"micro-batch {p.micro_batch} x grad-accum {p.grad_accum}, "
                      f"checkpointing {'on' if p.checkpointing else 'off'}, {p.precision}; "
                      f"{mem.gpu_total_bytes / GIB:.2f} GiB of {mem.gpu_memory_bytes / GIB:.2f} GiB per GPU")
         lines.append("launch: " + " ".join(self.document.launch_command))
@@ -298,7 +303,8 @@ def _choose(i: Inputs, pinned: dict[str, Any], options: SearchOptions) -> tuple[
         return i, None, "flags"
     found = search_inputs(i, pinned, options, smallest=False)
     if not found.result.considered:
-        raise InputError(f"no plan matches the pinned knobs ({', '.join(f'{k}={v}' for k, v in sorted(pinned.items()))}); "
+        raise InputError("no plan matches the pinned knobs "
+                         f"({', '.join(f'{k}={v}' for k, v in sorted(pinned.items()))}); "
                          "pin fewer or see qwen-ds plan")
     if not found.accepted:
         reasons = "; ".join(f"{f}: {r}" for f, r in found.result.rejected_families()[:4])
@@ -335,8 +341,8 @@ def generate(model: str | ModelSpec, gpu: str | GPU, *, nodes: int | None = None
     cfg = copy.deepcopy(rendered)
     for item in overrides:
         apply_override(cfg, item)
-    ctx = Context(world_size=i.cluster.world_size, gpus_per_node=i.cluster.gpus_per_node, pp=i.plan.pp, gpu=i.cluster.gpu,
-                  model=i.model)
+    ctx = Context(world_size=i.cluster.world_size, gpus_per_node=i.cluster.gpus_per_node, pp=i.plan.pp,
+                  gpu=i.cluster.gpu, model=i.model)
     problems = validate_config(cfg, ctx)
     bad = [p for p in problems if p.severity == "error"]
     if bad:
@@ -348,7 +354,8 @@ def generate(model: str | ModelSpec, gpu: str | GPU, *, nodes: int | None = None
     usable = int(i.cluster.gpu.memory_bytes * options.headroom)  # the planner's limit, for every plan gen-config writes
     if est.memory.gpu_total_bytes > usable:
         by = f" with {edits_text(edited)} (--set)" if edited else ""
-        raise DoesNotFit(f"this plan{by} needs {gib(est.memory.gpu_total_bytes)} GiB per GPU, over the {gib(usable)} GiB usable "
+        raise DoesNotFit(f"this plan{by} needs {gib(est.memory.gpu_total_bytes)} GiB per GPU, "
+                         f"over the {gib(usable)} GiB usable "
                          f"(--headroom {options.headroom:g} of {gib(i.cluster.gpu.memory_bytes)} GiB); nothing written "
                          "(change the plan, or see qwen-ds estimate)", detail=est.text())
     from .reports import planned_memory
@@ -361,7 +368,8 @@ def generate(model: str | ModelSpec, gpu: str | GPU, *, nodes: int | None = None
         chosen_by=chosen_by, memory=planned_memory(m, est.memory),
         launch_command=tuple(launch_command(hostfile, out if out is not None else Path("."), i.workload.mode)),
         ds_config_sha256=config_digest(cfg), ds_config=cfg, qwen_ds_version=__version__,
-        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), deepspeed_version=deepspeed_version(),
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        deepspeed_version=deepspeed_version(),
     )
     paths: tuple[Path, ...] = ()
     if out is not None:
@@ -427,9 +435,10 @@ class Validation:
         return "\n".join(lines)
 
 
-def validate(config: str, *, model: str | ModelSpec | None = None, gpu: str | GPU | None = None, hostfile: str | None = None,
-             nodes: int | None = None, gpus_per_node: int | None = None, pp: int = 1, seq_len: int = 4096, new_tokens: int = 0,
-             checkpointing: bool = True, use_deepspeed: bool | None = None, plan_path: str | None = None) -> Validation:
+def validate(config: str, *, model: str | ModelSpec | None = None, gpu: str | GPU | None = None,
+             hostfile: str | None = None, nodes: int | None = None, gpus_per_node: int | None = None, pp: int = 1,
+             seq_len: int = 4096, new_tokens: int = 0, checkpointing: bool = True, use_deepspeed: bool | None = None,
+             plan_path: str | None = None) -> Validation:
     """Check the DeepSpeed config file ``config``: JSON Schema of DeepSpeed 0.19.8, semantic rules,
     DeepSpeed's own parser (``use_deepspeed``; default: when it is installed), against a plan.json
     (``plan_path``), and with ``model`` and ``gpu`` the memory verdict."""
@@ -469,8 +478,8 @@ def validate(config: str, *, model: str | ModelSpec | None = None, gpu: str | GP
     return Validation(config, tuple(problems), memory, ds_ran)
 
 
-def config_estimate(cfg: dict[str, Any], spec: ModelSpec, gpu: GPU, world: int | None, gpn: int | None, pp: int, seq_len: int,
-                    new_tokens: int, checkpointing: bool) -> Estimate:
+def config_estimate(cfg: dict[str, Any], spec: ModelSpec, gpu: GPU, world: int | None, gpn: int | None, pp: int,
+                    seq_len: int, new_tokens: int, checkpointing: bool) -> Estimate:
     """The memory of the plan a DeepSpeed config runs (its knobs read back by plan_from_config)."""
     from .validate import is_inference_config
     from .validate.plan_from_config import plan_from_config

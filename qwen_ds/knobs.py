@@ -86,7 +86,8 @@ class Plan:
         _choice("--precision", self.precision, INFER_PRECISIONS)
         _choice("--loss", self.loss, LOSS_PATHS)
         _choice("--kernels", self.kernels, KERNELS)
-        for flag, value in (("--tp", self.tp), ("--pp", self.pp), ("--micro-batch", self.micro_batch), ("--grad-accum", self.grad_accum),
+        for flag, value in (("--tp", self.tp), ("--pp", self.pp), ("--micro-batch", self.micro_batch),
+                            ("--grad-accum", self.grad_accum),
                             ("--hpz", self.hpz_partition_size)):
             _positive(flag, value)
         if self.offload_param != "none" and self.zero_stage != 3:
@@ -99,7 +100,8 @@ class Plan:
         if (self.hpz_partition_size > 1 or self.quantized_weights) and self.zero_stage != 3:
             raise InputError(f"ZeRO++ (--hpz / --quantized-weights) needs --zero 3 (got --zero {self.zero_stage})")
         if self.pp > 1 and self.zero_stage >= 2:
-            raise InputError(f"--pp {self.pp} with --zero {self.zero_stage}: DeepSpeed's pipeline engine allows only ZeRO 0 or 1")
+            raise InputError(f"--pp {self.pp} with --zero {self.zero_stage}: "
+                             "DeepSpeed's pipeline engine allows only ZeRO 0 or 1")
 
     def dp(self, world: int) -> int:
         """Data-parallel degree: ranks holding the same model shard (ZeRO partitions over these)."""
@@ -166,7 +168,8 @@ KNOBS: tuple[Knob, ...] = (
     Knob("precision", "--precision", INFER_PRECISIONS, None,
          "Compute precision [bf16 where the GPU has it, else fp16]; int8 for inference weights only."),
     Knob("micro_batch", "--micro-batch", int, 1, "Sequences per GPU per step (inference: batch).", searched=True),
-    Knob("grad_accum", "--grad-accum", int, 1, "Gradient accumulation steps (pipeline micro-batches in flight).", searched=True),
+    Knob("grad_accum", "--grad-accum", int, 1, "Gradient accumulation steps (pipeline micro-batches in flight).",
+         searched=True),
     Knob("seq_len", "--seq-len", int, 4096, "Tokens per sequence (inference: prompt length).", owner="workload"),
     Knob("new_tokens", "--new-tokens", int, 0, "Inference: tokens generated per sequence.", owner="workload"),
     Knob("checkpointing", "--checkpointing", bool, True, "Per-layer activation checkpointing.", searched=True),
@@ -201,7 +204,8 @@ DS_KEYS: tuple[DsKey, ...] = (
     DsKey("tp", ("tensor_parallel.tp_size", "tensor_parallel.autotp_size"), 1),
     DsKey("reduce_bucket_size", ("zero_optimization.reduce_bucket_size",), 500_000_000),
     DsKey("allgather_bucket_size", ("zero_optimization.allgather_bucket_size",), 500_000_000),
-    DsKey("prefetch_bucket_size", ("zero_optimization.stage3_prefetch_bucket_size", "zero_optimization.prefetch_bucket_size"),
+    DsKey("prefetch_bucket_size",
+          ("zero_optimization.stage3_prefetch_bucket_size", "zero_optimization.prefetch_bucket_size"),
           50_000_000, stage3=True),
     DsKey("param_persistence_threshold", ("zero_optimization.stage3_param_persistence_threshold",
                                           "zero_optimization.param_persistence_threshold"), 100_000, stage3=True),

@@ -85,7 +85,8 @@ class PlannedMemory:
         return cls(total_params=total_params, active_params=active_params, gpu_memory_bytes=b.gpu_memory_bytes,
                    gpu_allocated_bytes=b.gpu_allocated_bytes, gpu_reserved_bytes=b.gpu_reserved_bytes,
                    gpu_total_bytes=b.gpu_total_bytes, peak_phase=b.peak_phase,
-                   cpu_total_bytes_per_node=b.cpu_total_bytes_per_node, nvme_total_bytes_per_node=b.nvme_total_bytes_per_node,
+                   cpu_total_bytes_per_node=b.cpu_total_bytes_per_node,
+                   nvme_total_bytes_per_node=b.nvme_total_bytes_per_node,
                    fits=b.fits, terms=b.terms_dict(), term_phases={t.name: t.phase for t in b.gpu_terms},
                    cpu_terms={t.name: t.bytes for t in b.cpu_terms}, nvme_terms={t.name: t.bytes for t in b.nvme_terms},
                    notes=tuple(b.notes))
@@ -149,7 +150,8 @@ class PlanDocument:
         check_fields(doc, where)
         version = doc.get("schema_version", SCHEMA_VERSION)
         if version > SCHEMA_VERSION:
-            raise InputError(f"{where}: schema_version {version} is from a newer qwen-ds (this one, {__version__}, reads up to "
+            raise InputError(f"{where}: schema_version {version} is from a newer qwen-ds "
+                             f"(this one, {__version__}, reads up to "
                              f"{SCHEMA_VERSION}); upgrade qwen-ds, or regenerate the plan with this one")
         try:
             workload = _build(Workload, doc.get("workload"))
@@ -266,7 +268,8 @@ FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "plan.overlap_comm": (_is(bool), "true or false"),
     **{f"plan.{k}": (_opt(_int(0)), "an integer >= 0 or null") for k in (
         "reduce_bucket_size", "allgather_bucket_size", "prefetch_bucket_size", "param_persistence_threshold")},
-    **{f"plan.{k}": (_int(0), "an integer >= 0") for k in ("max_live_parameters", "max_reuse_distance", "sub_group_size")},
+    **{f"plan.{k}": (_int(0), "an integer >= 0")
+       for k in ("max_live_parameters", "max_reuse_distance", "sub_group_size")},
     "plan.hpz_partition_size": _POS,
     "plan.quantized_weights": (_is(bool), "true or false"),
     "plan.quantized_gradients": (_is(bool), "true or false"),
@@ -274,7 +277,8 @@ FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "overrides": (_list_of_str, "a list of strings"),
     "memory": _OBJ,
     **{f"memory.{k}": (_opt(_number), "a number or null") for k in (
-        "total_params", "active_params", "gpu_memory_bytes", "gpu_allocated_bytes", "gpu_reserved_bytes", "gpu_total_bytes",
+        "total_params", "active_params", "gpu_memory_bytes", "gpu_allocated_bytes", "gpu_reserved_bytes",
+        "gpu_total_bytes",
         "cpu_total_bytes_per_node", "nvme_total_bytes_per_node")},
     "memory.peak_phase": _OPT_STR,
     "memory.fits": (_opt(_is(bool)), "true, false or null"),
@@ -285,7 +289,8 @@ FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "memory.notes": (_list_of_str, "a list of strings"),
     "launch": _OBJ,
     "launch.command": (_list_of_str, "a list of strings"),
-    DIGEST_KEY: (lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None, "64 lowercase hex digits"),
+    DIGEST_KEY: (lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None,
+                 "64 lowercase hex digits"),
     CONFIG_KEY: (_is(dict), "an object (the ds_config.json the plan was made with)"),
 }
 
@@ -298,7 +303,8 @@ def check_fields(doc: Any, where: str) -> None:
         parent, _, key = path.rpartition(".")
         node = doc.get(parent) if parent else doc
         if isinstance(node, dict) and key in node and not ok(node[key]):
-            raise InputError(f"{where}: {path} is {_show(node[key])} ({_json_type(node[key])}); it must be {expected}; {FIX}")
+            raise InputError(f"{where}: {path} is {_show(node[key])} ({_json_type(node[key])}); "
+                             f"it must be {expected}; {FIX}")
 
 
 def _show(value: Any) -> str:
@@ -309,7 +315,8 @@ def _show(value: Any) -> str:
 def _json_type(v: Any) -> str:
     if v is None:
         return "null"
-    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "an object"}
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+             dict: "an object"}
     return names.get(type(v), type(v).__name__)
 
 

@@ -89,13 +89,15 @@ def _offload(device: str, opts: ConfigOptions, kind: str) -> dict[str, Any] | No
     block: dict[str, Any] = {"device": device, "pin_memory": opts.pin_memory, "nvme_path": None, "ratio": None}
     if device == "nvme":
         if not opts.nvme_path:
-            raise InputError(f"--offload-{kind} nvme needs --nvme-path (a directory on a local NVMe drive of every node)")
+            raise InputError(f"--offload-{kind} nvme needs --nvme-path "
+                             "(a directory on a local NVMe drive of every node)")
         block.update(nvme_path=opts.nvme_path, buffer_count=5 if kind == "param" else 4,
                      buffer_size=100_000_000, max_in_cpu=1_000_000_000)
     return block
 
 
-def render_context(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan, opts: ConfigOptions) -> dict[str, Any]:
+def render_context(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan,
+                   opts: ConfigOptions) -> dict[str, Any]:
     world = cluster.world_size
     dp = plan.batch_ranks(world)
     buckets = plan.buckets(model.hidden_size)
@@ -127,7 +129,8 @@ def render_context(model: ModelSpec, cluster: Cluster, workload: Workload, plan:
             # stage 1/2 with CPU optimizer offload: spreads the gradient copies over ranks
             "round_robin_gradients": plan.zero_stage in (1, 2) and plan.offload_optimizer != "none",
         },
-        "optimizer": {"type": "AdamW", "lr": opts.lr, "betas": list(opts.betas), "eps": opts.eps, "weight_decay": opts.weight_decay},
+        "optimizer": {"type": "AdamW", "lr": opts.lr, "betas": list(opts.betas), "eps": opts.eps,
+                      "weight_decay": opts.weight_decay},
         "scheduler": {"warmup_steps": opts.warmup_steps, "total_steps": opts.total_steps},
         "activation_checkpointing": {"partition_activations": False, "cpu_checkpointing": False,
                                      "number_checkpoints": model.num_layers} if plan.checkpointing else None,
@@ -175,12 +178,14 @@ def render_text(context: dict[str, Any], name: str, template_dir: Path | None = 
     try:
         return _environment(tdir).get_template(name).render(**context)
     except jinja2.TemplateNotFound as exc:
-        raise InputError(f"--template-dir {one_line(tdir)}: no template {exc.name!r}; copy the shipped templates/ and edit them") from None
+        raise InputError(f"--template-dir {one_line(tdir)}: no template {exc.name!r}; "
+                         "copy the shipped templates/ and edit them") from None
     except jinja2.TemplateError as exc:
         where = f" line {exc.lineno}" if getattr(exc, "lineno", None) else ""
         raise InputError(f"template {name}{where} in {one_line(tdir)}: {one_line(exc)}") from None
     except (TypeError, ValueError, AttributeError, KeyError) as exc:  # e.g. a misspelt variable reaching a filter
-        raise InputError(f"template {name} in {one_line(tdir)}: {type(exc).__name__}: {one_line(exc)[:200]}; check its variable names") from None
+        raise InputError(f"template {name} in {one_line(tdir)}: {type(exc).__name__}: {one_line(exc)[:200]}; "
+                         "check its variable names") from None
 
 
 def render(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan, opts: ConfigOptions | None = None,
@@ -192,7 +197,8 @@ def render(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan, o
     try:
         cfg = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise InputError(f"template {name} rendered invalid JSON at line {exc.lineno}: {exc.msg}; fix the template") from None
+        raise InputError(f"template {name} rendered invalid JSON at line {exc.lineno}: {exc.msg}; "
+                         "fix the template") from None
     for item in overrides or ():
         apply_override(cfg, item)
     return cfg
@@ -211,11 +217,13 @@ def _parse_value(raw: str) -> Any:
 def apply_override(cfg: dict[str, Any], item: str) -> None:
     """--set a.b.c=VALUE (VALUE parsed as JSON, else a string); creates missing objects."""
     if "=" not in item:
-        raise InputError(f"--set {one_line(item)!r}: expected KEY.PATH=VALUE, e.g. zero_optimization.stage3_max_live_parameters=1e9")
+        raise InputError(f"--set {one_line(item)!r}: expected KEY.PATH=VALUE, "
+                         "e.g. zero_optimization.stage3_max_live_parameters=1e9")
     path, raw = item.split("=", 1)
     keys = [k for k in path.strip().split(".")]
     if not all(keys):
-        raise InputError(f"--set {one_line(item)!r}: empty key in {path!r}; use dotted keys like zero_optimization.stage")
+        raise InputError(f"--set {one_line(item)!r}: empty key in {path!r}; "
+                         "use dotted keys like zero_optimization.stage")
     node = cfg
     for key in keys[:-1]:
         nxt = node.setdefault(key, {})

@@ -27,7 +27,8 @@ def estimate_json(model, cluster, workload, plan, lay, b: MemoryBreakdown) -> di
         "gpus_per_node": cluster.gpus_per_node,
         "mode": workload.mode,
         "plan": {
-            "zero_stage": plan.zero_stage, "offload_optimizer": plan.offload_optimizer, "offload_param": plan.offload_param,
+            "zero_stage": plan.zero_stage, "offload_optimizer": plan.offload_optimizer,
+            "offload_param": plan.offload_param,
             "dp": lay.dp, "tp": lay.tp, "pp": lay.pp, "micro_batch": plan.micro_batch, "grad_accum": plan.grad_accum,
             "seq_len": workload.seq_len, "new_tokens": workload.new_tokens, "checkpointing": plan.checkpointing,
             "precision": plan.precision, "loss": plan.loss, "kernels": plan.kernels,
@@ -54,8 +55,10 @@ def estimate_text(model, cluster, workload, plan, lay, b: MemoryBreakdown) -> st
     rows = [[t.name, t.phase, gib(t.bytes), f"{100 * t.bytes / total:.1f}%", t.formula] for t in b.gpu_terms]
     lines = [head, "", "per GPU:", table(["term", "phase", "GiB", "share", "formula"], rows, "llrrl")]
     lines.append(
-        f"\npeak allocated {gib(b.gpu_allocated_bytes)} GiB (at {b.peak_phase}) -> reserved {gib(b.gpu_reserved_bytes)} GiB "
-        f"(+{100 * b.fragmentation:.0f}% fragmentation) -> GPU total {gib(b.gpu_total_bytes)} GiB of {gib(b.gpu_memory_bytes)} GiB"
+        f"\npeak allocated {gib(b.gpu_allocated_bytes)} GiB (at {b.peak_phase}) "
+        f"-> reserved {gib(b.gpu_reserved_bytes)} GiB "
+        f"(+{100 * b.fragmentation:.0f}% fragmentation) "
+        f"-> GPU total {gib(b.gpu_total_bytes)} GiB of {gib(b.gpu_memory_bytes)} GiB"
     )
     if b.cpu_terms:
         lines.append("\nCPU RAM per node: " + ", ".join(f"{t.name} {gib(t.bytes)} GiB" for t in b.cpu_terms)
@@ -68,7 +71,8 @@ def estimate_text(model, cluster, workload, plan, lay, b: MemoryBreakdown) -> st
         lines.append(f"\nFITS: {gib(b.gpu_total_bytes)} GiB <= {gib(b.gpu_memory_bytes)} GiB per {cluster.gpu.name} "
                      f"({gib(b.gpu_memory_bytes - b.gpu_total_bytes)} GiB free)")
     else:
-        lines.append(f"\nDOES NOT FIT: {gib(b.gpu_total_bytes)} GiB > {gib(b.gpu_memory_bytes)} GiB per {cluster.gpu.name} "
+        lines.append(f"\nDOES NOT FIT: {gib(b.gpu_total_bytes)} GiB > {gib(b.gpu_memory_bytes)} GiB "
+                     f"per {cluster.gpu.name} "
                      f"(short by {gib(b.gpu_total_bytes - b.gpu_memory_bytes)} GiB)")
     return "\n".join(lines)
 
@@ -76,22 +80,27 @@ def estimate_text(model, cluster, workload, plan, lay, b: MemoryBreakdown) -> st
 def describe(c) -> dict:
     """One planner candidate as ``plan --json`` lists it."""
     p, t, m = c.plan, c.time, c.memory
-    return {"family": c.family, "zero_stage": p.zero_stage, "offload_optimizer": p.offload_optimizer, "offload_param": p.offload_param,
-            "tp": p.tp, "pp": p.pp, "micro_batch": p.micro_batch, "grad_accum": p.grad_accum, "checkpointing": p.checkpointing,
+    return {"family": c.family, "zero_stage": p.zero_stage, "offload_optimizer": p.offload_optimizer,
+            "offload_param": p.offload_param,
+            "tp": p.tp, "pp": p.pp, "micro_batch": p.micro_batch, "grad_accum": p.grad_accum,
+            "checkpointing": p.checkpointing,
             "gpu_total_bytes": m.gpu_total_bytes, "cpu_total_bytes_per_node": m.cpu_total_bytes_per_node,
             "step_s": t.step_s, "tokens_per_s": t.tokens_per_s, "mfu": t.mfu, "time_parts": t.parts()}
 
 
 def plan_text(model, cluster, workload, res, top, smallest, tp_wanted: bool = False) -> str:
-    lines = [f"{model.name} on {cluster.nodes} x {cluster.gpus_per_node} {cluster.gpu.name}, {workload.mode}, seq {workload.seq_len}: "
+    lines = [f"{model.name} on {cluster.nodes} x {cluster.gpus_per_node} {cluster.gpu.name}, "
+             f"{workload.mode}, seq {workload.seq_len}: "
              f"{res.considered} plans considered, {len(res.accepted)} fit"]
     if res.accepted:
         rows = []
         for i, c in enumerate(res.accepted[:top], 1):
             p, t, m = c.plan, c.time, c.memory
             rows.append([str(i), c.family, str(p.micro_batch), str(p.grad_accum), "on" if p.checkpointing else "off",
-                         gib(m.gpu_total_bytes), gib(m.cpu_total_bytes_per_node), f"{t.step_s:.2f}", f"{t.tokens_per_s:,.0f}", f"{100 * t.mfu:.1f}%"])
-        lines.append(table(["#", "plan", "micro", "GA", "ckpt", "GiB/GPU", "CPU GiB/node", "step s", "tokens/s", "MFU"], rows, "rlrrlrrrrr"))
+                         gib(m.gpu_total_bytes), gib(m.cpu_total_bytes_per_node), f"{t.step_s:.2f}",
+                         f"{t.tokens_per_s:,.0f}", f"{100 * t.mfu:.1f}%"])
+        lines.append(table(["#", "plan", "micro", "GA", "ckpt", "GiB/GPU", "CPU GiB/node", "step s", "tokens/s", "MFU"],
+                           rows, "rlrrlrrrrr"))
     fams = res.rejected_families()
     if fams:
         lines.append("\nrejected:")
@@ -101,6 +110,8 @@ def plan_text(model, cluster, workload, res, top, smallest, tp_wanted: bool = Fa
         lines.append(f"\nnot considered: --tp > 1 ({why})")
     if smallest:
         n, c = smallest
-        lines.append(f"\nwithout offload, the smallest cluster that fits is {n} x {cluster.gpus_per_node} {cluster.gpu.name}: "
-                     f"{c.family}, micro {c.plan.micro_batch}, {gib(c.memory.gpu_total_bytes)} GiB/GPU, {c.time.tokens_per_s:,.0f} tokens/s")
+        lines.append(f"\nwithout offload, the smallest cluster that fits is "
+                     f"{n} x {cluster.gpus_per_node} {cluster.gpu.name}: "
+                     f"{c.family}, micro {c.plan.micro_batch}, {gib(c.memory.gpu_total_bytes)} GiB/GPU, "
+                     f"{c.time.tokens_per_s:,.0f} tokens/s")
     return "\n".join(lines)

@@ -13,7 +13,8 @@ from .layout import Layout, layout
 __all__ = ["Layout", "MemoryBreakdown", "Term", "estimate", "layout"]
 
 
-def estimate(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan, lay: Layout | None = None) -> MemoryBreakdown:
+def estimate(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan,
+             lay: Layout | None = None) -> MemoryBreakdown:
     """``lay``: the plan's layout when the caller has it (``layout(model, cluster, plan)``)."""
     lay = lay or layout(model, cluster, plan)
     gpn = cluster.gpus_per_node

@@ -52,7 +52,8 @@ def preflight(req: LaunchRequest, spec: LaunchSpec, warn: Callable[[str], None] 
     cl = plan.cluster if plan is not None else None
     if cl is not None:
         if gpn is not None and cl.gpus_per_node not in (None, gpn):
-            problems.append(f"{req.plan}: planned for {cl.gpus_per_node} GPUs per node but {hf.path} (after filters) gives {gpn}; "
+            problems.append(f"{req.plan}: planned for {cl.gpus_per_node} GPUs per node "
+                            f"but {hf.path} (after filters) gives {gpn}; "
                             "regenerate the plan with --hostfile")
         if cl.world_size not in (None, world):
             problems.append(f"{req.plan}: planned for {cl.world_size} GPUs but {hf.path} (after filters) has {world}; "
@@ -71,8 +72,10 @@ def preflight(req: LaunchRequest, spec: LaunchSpec, warn: Callable[[str], None] 
         if not found:
             hint = " (the built-in runtime needs the [runtime] extra)" if spec.entry_kind == "builtin" else ""
             problems.append(f"entry module {spec.entry_target} cannot be imported{hint}")
-    if plan is not None and plan.plan.precision == "fp8" and spec.entry_kind == "builtin" and importlib.util.find_spec("torchao") is None:
-        problems.append(f"{req.plan} is an FP8 plan and the built-in runtime needs torchao for it: pip install 'qwen-ds[fp8]'")
+    if (plan is not None and plan.plan.precision == "fp8" and spec.entry_kind == "builtin"
+            and importlib.util.find_spec("torchao") is None):
+        problems.append(f"{req.plan} is an FP8 plan and the built-in runtime needs torchao for it: "
+                        "pip install 'qwen-ds[fp8]'")
     if importlib.util.find_spec("deepspeed") is None:
         problems.append("deepspeed is not installed: pip install 'qwen-ds[runtime]'")
     is_master_here = hf.single_host or (req.launcher == "no-ssh" and req.node_rank == 0)
@@ -81,5 +84,6 @@ def preflight(req: LaunchRequest, spec: LaunchSpec, warn: Callable[[str], None] 
     if not spec.local:
         binary = BACKEND_BINARY.get(req.launcher)
         if binary and shutil.which(binary) is None:
-            problems.append(f"--launcher {req.launcher} needs '{binary}' on PATH; install it or use --launcher no-ssh on every node")
+            problems.append(f"--launcher {req.launcher} needs '{binary}' on PATH; "
+                            "install it or use --launcher no-ssh on every node")
     return problems

@@ -21,7 +21,8 @@ from .throughput import Network, StepTime, step_time
 
 FREE_GRAD_ACCUM = (1, 4, 16)
 # (optimizer, params); params-only offload is ZeRO-Inference's layout
-OFFLOADS = (("none", "none"), ("cpu", "none"), ("cpu", "cpu"), ("none", "cpu"), ("nvme", "none"), ("nvme", "nvme"), ("none", "nvme"))
+OFFLOADS = (("none", "none"), ("cpu", "none"), ("cpu", "cpu"), ("none", "cpu"), ("nvme", "none"), ("nvme", "nvme"),
+            ("none", "nvme"))
 
 
 @dataclass(frozen=True)
@@ -144,19 +145,23 @@ def candidates(model: ModelSpec, cluster: Cluster, workload: Workload, base: Pla
                             gas = [g * pp for g in FREE_GRAD_ACCUM] if pp > 1 else list(FREE_GRAD_ACCUM)
                         for ga in gas:
                             for ckpt in ckpts:
-                                yield dataclasses.replace(base, zero_stage=zero, offload_optimizer=oo, offload_param=op, tp=tp,
+                                yield dataclasses.replace(base, zero_stage=zero, offload_optimizer=oo,
+                                                          offload_param=op, tp=tp,
                                                           pp=pp, micro_batch=micro, grad_accum=ga, checkpointing=ckpt)
 
 
-def evaluate(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan, c: Constraints, net: Network) -> Candidate:
+def evaluate(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan, c: Constraints,
+             net: Network) -> Candidate:
     lay = layout(model, cluster, plan)
     mem = estimate(model, cluster, workload, plan, lay)
     usable = int(cluster.gpu.memory_bytes * c.headroom)
     if mem.gpu_total_bytes > usable:
-        return Candidate(plan, lay, mem, None, f"{mem.gpu_total_bytes / GIB:.1f} GiB > {usable / GIB:.1f} GiB usable per GPU "
+        return Candidate(plan, lay, mem, None, f"{mem.gpu_total_bytes / GIB:.1f} GiB > {usable / GIB:.1f} GiB "
+                                          "usable per GPU "
                                           f"({c.headroom:.0%} of {cluster.gpu.name})")
     if c.cpu_mem_per_node is not None and mem.cpu_total_bytes_per_node > c.cpu_mem_per_node:
-        return Candidate(plan, lay, mem, None, f"CPU {mem.cpu_total_bytes_per_node / GIB:.0f} GiB > {c.cpu_mem_per_node / GIB:.0f} GiB per node")
+        return Candidate(plan, lay, mem, None, f"CPU {mem.cpu_total_bytes_per_node / GIB:.0f} GiB > "
+                                          f"{c.cpu_mem_per_node / GIB:.0f} GiB per node")
     if workload.mode == "infer":
         from .inference_time import inference_time
 

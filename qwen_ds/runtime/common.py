@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 # DeepSpeed's zero.Init patches torch.Tensor.__new__; dynamo imported later inside it fails with
@@ -121,7 +120,8 @@ def run_entry(fn, args) -> int:
         return 1
     except MemoryError as exc:  # host RAM (CPU offload buffers, pinned memory)
         print(f"error: rank {rank()}: out of host memory ({exc}); the plan's CPU bytes per node: "
-              f"{planned_gib(args, 'cpu_total_bytes_per_node')}; lower offload or ranks per node", file=sys.stderr, flush=True)
+              f"{planned_gib(args, 'cpu_total_bytes_per_node')}; lower offload or ranks per node",
+              file=sys.stderr, flush=True)
         return 1
     except Exception as exc:  # any other failure of the job
         if type(exc).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError, without importing torch here
@@ -156,12 +156,16 @@ def oom_report(args, exc: BaseException) -> str:
             total = torch.cuda.mem_get_info()[1]
         except RuntimeError:
             pass
-    held = (f"peak allocated {torch.cuda.max_memory_allocated() / GIB:.1f} GiB, reserved {torch.cuda.max_memory_reserved() / GIB:.1f} GiB"
+    held = (f"peak allocated {torch.cuda.max_memory_allocated() / GIB:.1f} GiB, "
+            f"reserved {torch.cuda.max_memory_reserved() / GIB:.1f} GiB"
             f"{f' of {total / GIB:.1f} GiB' if total else ''}" if torch.cuda.is_available() else "no CUDA device")
     first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else "CUDA out of memory"
-    return (f"GPU out of memory ({first}); {held}; the plan predicted {planned_gib(args, 'gpu_allocated_bytes')} allocated, "
-            f"{planned_gib(args, 'gpu_reserved_bytes')} reserved per GPU; check for other processes on the GPU and a --seq-len "
-            "or --loss differing from the plan, else regenerate it with a lower --headroom (e.g. 0.85) or a smaller --micro-batch")
+    return (f"GPU out of memory ({first}); {held}; "
+            f"the plan predicted {planned_gib(args, 'gpu_allocated_bytes')} allocated, "
+            f"{planned_gib(args, 'gpu_reserved_bytes')} reserved per GPU; "
+            "check for other processes on the GPU and a --seq-len "
+            "or --loss differing from the plan, else regenerate it with a lower --headroom (e.g. 0.85) "
+            "or a smaller --micro-batch")
 
 
 def model_source(plan: PlanDocument | None, model_arg: str | None) -> dict:

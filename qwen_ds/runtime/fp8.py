@@ -27,7 +27,8 @@ def check_fp8_device() -> str:
         return "cpu (float8 emulated by torch's CPU kernels: slow, for tests only)"
     major, minor = torch.cuda.get_device_capability()
     if (major, minor) < (8, 9):
-        raise RuntimeFailure(f"the plan is FP8 but {torch.cuda.get_device_name()} has compute capability {major}.{minor} < 8.9; "
+        raise RuntimeFailure(f"the plan is FP8 but {torch.cuda.get_device_name()} "
+                             f"has compute capability {major}.{minor} < 8.9; "
                              "regenerate the plan with --precision bf16")
     return torch.cuda.get_device_name()
 
@@ -38,7 +39,8 @@ def apply_fp8(model: torch.nn.Module, recipe: dict | None) -> int:
     try:
         from torchao.float8 import Float8LinearConfig, convert_to_float8_training
     except ImportError:
-        raise RuntimeFailure("the plan is FP8 and needs torchao for float8 training: pip install 'qwen-ds[fp8]'") from None
+        raise RuntimeFailure("the plan is FP8 and needs torchao for float8 training: "
+                             "pip install 'qwen-ds[fp8]'") from None
     recipe_name = (recipe or {}).get("recipe", "tensorwise")
     try:
         config = Float8LinearConfig.from_recipe_name(recipe_name)
@@ -55,7 +57,8 @@ def apply_fp8(model: torch.nn.Module, recipe: dict | None) -> int:
 
 def fp8_share(model: torch.nn.Module) -> float:
     """Share of the model's matmul weights (2-D and fused 3-D expert tensors and the head, the input
-    embedding excluded) that sit in Float8Linear layers; ZeRO-3 partitioned parameters count by their full size (ds_numel)."""
+    embedding excluded) that sit in Float8Linear layers; ZeRO-3 partitioned parameters count by their full size
+    (ds_numel)."""
     def numel(p) -> int:
         return int(getattr(p, "ds_numel", p.numel()))
 

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ..plandoc import PlanDocument
 
-from .common import RuntimeFailure, exit_process, model_spec, run_entry, build_model, init_distributed, log0, model_config, rank, read_config_and_plan, torch_dtype, world_size
+from .common import (RuntimeFailure, exit_process, model_spec, run_entry, build_model, init_distributed, log0,
+                     model_config, rank, read_config_and_plan, torch_dtype, world_size)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -129,7 +130,8 @@ def infer(args: argparse.Namespace) -> int:
         rounds = -(-len(prompts) // world)  # ZeRO-3: every rank runs the same number of generate calls
     else:
         engine = deepspeed.init_inference(model, tensor_parallel={"tp_size": tp}, dtype=torch_dtype(ds_config),
-                                          replace_with_kernel_inject=bool(ds_config.get("replace_with_kernel_inject", False)))
+                                          replace_with_kernel_inject=bool(
+                                              ds_config.get("replace_with_kernel_inject", False)))
         net = engine.module
         log0(f"weights on rank 0: {sum(p.numel() for p in net.parameters()):,} parameters after AutoTP tp {tp}"
              f"{planned_weights(plan)}")
@@ -146,8 +148,9 @@ def infer(args: argparse.Namespace) -> int:
         timer = FirstTokenTimer()
         t0 = time.perf_counter()
         with torch.no_grad():
-            out = net.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=False,
-                               synced_gpus=zero3 and world > 1, streamer=timer, pad_token_id=hf_config.eos_token_id or 0)
+            out = net.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                               do_sample=False, synced_gpus=zero3 and world > 1, streamer=timer,
+                               pad_token_id=hf_config.eos_token_id or 0)
         dt = time.perf_counter() - t0
         if k < len(mine):
             gen = out[0, ids.shape[1]:].tolist()

@@ -12,7 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from .common import RuntimeFailure, exit_process, model_spec, run_entry, build_model, init_distributed, log0, model_config, rank, read_config_and_plan, world_size
+from .common import (RuntimeFailure, exit_process, model_spec, run_entry, build_model, init_distributed, log0,
+                     model_config, rank, read_config_and_plan, world_size)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -24,7 +25,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--weights", default=None, help="HF model directory with weights (random init when absent)")
     ap.add_argument("--data", default=None, help=".jsonl (field text) or .txt corpus; synthetic tokens when absent")
     ap.add_argument("--tokenizer", default=None, help="local tokenizer directory [--weights]")
-    ap.add_argument("--synthetic", action="store_true", help="learnable synthetic sequences (the default without --data)")
+    ap.add_argument("--synthetic", action="store_true",
+                    help="learnable synthetic sequences (the default without --data)")
     ap.add_argument("--seq-len", type=int, default=None, help="[the plan's seq len, else 2048]")
     ap.add_argument("--loss", choices=("hf", "chunked"), default=None, help="[the plan's loss path, else chunked]")
     ap.add_argument("--steps", type=int, default=20)
@@ -50,10 +52,13 @@ def check_outputs(args: argparse.Namespace) -> None:
         latest = Path(args.save_dir) / "latest"
         if latest.is_file() or (Path(args.save_dir) / "hf").is_dir():
             tag = latest.read_text(encoding="utf-8").strip() if latest.is_file() else "hf weights"
-            raise RuntimeFailure(f"--save-dir {args.save_dir} already holds a checkpoint ({tag}); pass --resume to continue it, "
+            raise RuntimeFailure(f"--save-dir {args.save_dir} already holds a checkpoint ({tag}); "
+                                 "pass --resume to continue it, "
                                  "--force to start over in it, or another --save-dir")
-    if args.metrics_file and rank() == 0 and Path(args.metrics_file).is_file() and Path(args.metrics_file).stat().st_size:
-        raise RuntimeFailure(f"--metrics-file {args.metrics_file} already has lines of another run; pass --force to replace it, "
+    if (args.metrics_file and rank() == 0 and Path(args.metrics_file).is_file()
+            and Path(args.metrics_file).stat().st_size):
+        raise RuntimeFailure(f"--metrics-file {args.metrics_file} already has lines of another run; "
+                             "pass --force to replace it, "
                              "--resume to continue that run, or another path")
 
 
@@ -127,7 +132,8 @@ def train(args: argparse.Namespace) -> int:
     metrics_for_resume(args.metrics_file, start)
     data = TokenFile(args.data, args.tokenizer or args.weights or "", seq) if args.data else None
     spec = model_spec(plan, args.model)
-    precision = "bf16" if ds_config.get("bf16", {}).get("enabled") else "fp16" if ds_config.get("fp16", {}).get("enabled") else "fp32"
+    precision = ("bf16" if ds_config.get("bf16", {}).get("enabled")
+                 else "fp16" if ds_config.get("fp16", {}).get("enabled") else "fp32")
     meter = StepMeter(model_flops_per_token(spec, seq), micro * ga * dp * seq, world_size(), gpu_peak_tflops(precision))
     bar = None
     if rank() == 0 and sys.stdout.isatty():

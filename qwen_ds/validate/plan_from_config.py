@@ -63,7 +63,8 @@ def plan_from_config(cfg: dict[str, Any], *, pp: int = 1, checkpointing: bool = 
     )
 
 
-def plan_with_edits(plan: Plan, rendered: dict[str, Any], edited: dict[str, Any]) -> tuple[Plan, dict[str, tuple[Any, Any]]]:
+def plan_with_edits(plan: Plan, rendered: dict[str, Any],
+                    edited: dict[str, Any]) -> tuple[Plan, dict[str, tuple[Any, Any]]]:
     """The plan ``edited`` runs, where ``rendered`` is the config rendered from ``plan`` and ``edited``
     that config after --set: each knob that reads back differently from the two configs takes its
     value in ``edited``; the rest stay the plan's, including what a config does not say (pipeline
