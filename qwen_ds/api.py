@@ -470,7 +470,9 @@ def validate(config: str, *, model: str | ModelSpec | None = None, gpu: str | GP
     memory = None
     if not any(p.severity == "error" for p in problems) and spec and gpu_spec:
         try:
-            memory = config_estimate(cfg, spec, gpu_spec, world, gpn, pp, seq_len, new_tokens, checkpointing)
+            verdict = config_estimate(cfg, spec, gpu_spec, world, gpn, pp, seq_len, new_tokens, checkpointing)
+            verdict.to_json()  # the totals overflow a float for absurd sizes: here, where it is a warning
+            memory = verdict
         except (InputError, OverflowError, ValueError) as exc:
             problems.append(Problem("$", f"memory verdict skipped: {exc}; give --hostfile or --nodes/--gpus-per-node "
                                     "matching the config", "memory", "warning"))
