@@ -8,12 +8,13 @@ The Python API (qwen_ds/api.py) is importable from here without torch::
 
 __version__ = "0.1.0"
 
-__all__ = ["estimate", "generate", "plan", "validate", "__version__"]
+# qwen_ds.validate is the config-checking package; its use case is qwen_ds.api.validate
+__all__ = ["estimate", "generate", "plan", "__version__"]
 
 
 def __getattr__(name: str):
     # lazy: `import qwen_ds` (the CLI reads __version__) stays free of the estimator and planner
-    if name in ("estimate", "generate", "plan", "validate"):
+    if name in ("estimate", "generate", "plan"):
         from . import api
 
         return getattr(api, name)
