@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from qwen_ds.estimator import estimate  # noqa: E402
 from qwen_ds.hardware import Cluster, get_gpu  # noqa: E402
 from qwen_ds.models import load_model  # noqa: E402
+from qwen_ds.units import GIB  # noqa: E402
 from qwen_ds.knobs import Plan, Workload  # noqa: E402
 
 # (preset, layers or None, seq_len, micro_batch, checkpointing)
@@ -121,7 +122,7 @@ def recompute(path: str) -> None:
         err = 100 * (pred - r["measured"]) / r["measured"]
         errs.append(abs(err))
         print(f"{r['model']:24s} seq {r['seq']:5d} mb {r['micro_batch']} ckpt {str(r['checkpointing']):5s} "
-              f"pred {pred / 2**30:7.3f} meas {r['measured'] / 2**30:7.3f} GiB  err {err:+6.2f}%")
+              f"pred {pred / GIB:7.3f} meas {r['measured'] / GIB:7.3f} GiB  err {err:+6.2f}%")
     errs.sort()
     print(f"median_abs_error_pct: {errs[len(errs) // 2]:.2f}\nmax_abs_error_pct: {errs[-1]:.2f}")
 
@@ -178,8 +179,8 @@ def main() -> None:
              f"CUDA context: {json.dumps(ctx)}", "",
              "| model | seq | mb | ckpt | predicted GiB | measured GiB | error % | fwd peak GiB | fwd+bwd s |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['seq']} | {r['micro_batch']} | {r['checkpointing']} | {r['predicted'] / 2**30:.3f} | "
-                     f"{r['measured'] / 2**30:.3f} | {r['error_pct']:+.1f} | {r['fwd_peak'] / 2**30:.3f} | {r['seconds']} |")
+        lines.append(f"| {r['model']} | {r['seq']} | {r['micro_batch']} | {r['checkpointing']} | {r['predicted'] / GIB:.3f} | "
+                     f"{r['measured'] / GIB:.3f} | {r['error_pct']:+.1f} | {r['fwd_peak'] / GIB:.3f} | {r['seconds']} |")
     errs = sorted(abs(r["error_pct"]) for r in rows)
     if errs:
         lines += ["", f"median_abs_error_pct: {errs[len(errs) // 2]:.2f}", f"max_abs_error_pct: {errs[-1]:.2f}"]

@@ -191,7 +191,7 @@ def write_report(rows: list[dict], path: Path, gpu: str) -> None:
              "(gpu_allocated_bytes / gpu_reserved_bytes) from gen-config for the same plan. Configs: benchmarks/memory_accuracy.py CASES.", "",
              "| case | GPUs | ZeRO | offload | mb | seq | ckpt | loss | pred alloc GiB | meas alloc GiB | err % | pred resv GiB | meas resv GiB | err % | tokens/s | MFU | comm share |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    g = 2**30
+    from qwen_ds.units import GIB as g
     for r in rows:
         if "meas_allocated" not in r:
             lines.append(f"| {r['case']} | | | | | | | | | | | | | | | | {r.get('error', '')[:160]} |")

@@ -149,6 +149,8 @@ def main() -> None:
 
 
 def report(rows: list[dict], args, gpu: str) -> None:
+    from qwen_ds.units import GIB
+
     import torch
 
     ok = [r for r in rows if "tokens_per_s" in r]
@@ -167,7 +169,7 @@ def report(rows: list[dict], args, gpu: str) -> None:
             continue
         pred = f"{r['predicted_tokens_per_s']:.0f}" if r.get("predicted_tokens_per_s") else "-"
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "-"
-        lines.append(f"| {r['name']} | {pred} | {r['tokens_per_s']:.0f} | {mfu} | {r['peak_allocated'] / 2**30:.2f} |")
+        lines.append(f"| {r['name']} | {pred} | {r['tokens_per_s']:.0f} | {mfu} | {r['peak_allocated'] / GIB:.2f} |")
     if first and stock:
         lines += ["", f"speedup_vs_stock: {first['tokens_per_s'] / stock['tokens_per_s']:.2f}"]
     if first and best:
