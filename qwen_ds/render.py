@@ -17,6 +17,7 @@ from .errors import InputError, finite_number, finite_positive, one_line
 from .hardware import Cluster
 from .models.spec import ModelSpec
 from .knobs import Plan, Workload
+from .sharding import zero3_leaf_classes
 
 PACKAGE_TEMPLATES = Path(__file__).resolve().parent / "templates"  # inside an installed wheel
 SOURCE_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"  # source checkout / editable
@@ -128,6 +129,9 @@ def render_context(model: ModelSpec, cluster: Cluster, workload: Workload, plan:
             "quantized_gradients": plan.quantized_gradients,
             # stage 1/2 with CPU optimizer offload: spreads the gradient copies over ranks
             "round_robin_gradients": plan.zero_stage in (1, 2) and plan.offload_optimizer != "none",
+            # ZeRO-3: MoE blocks as leaf modules (DeepSpeed's engine applies zero_optimization.leaf_module)
+            "leaf_module": {"classes": list(zero3_leaf_classes(model))}
+            if plan.zero_stage == 3 and zero3_leaf_classes(model) else None,
         },
         "optimizer": {"type": "AdamW", "lr": opts.lr, "betas": list(opts.betas), "eps": opts.eps,
                       "weight_decay": opts.weight_decay},

@@ -67,10 +67,44 @@ def persistent_params(s: ModelSpec, threshold: int) -> int:
     return small + (s.hidden_size if s.hidden_size < threshold else 0)
 
 
+#: model_type -> the transformers (5.x) class of its sparse MoE block, one per decoder layer with experts
+#: (modeling_<model_type>.py; tests/test_leaf_modules.py checks each name against the installed transformers).
+#: DeepSpeed matches a leaf_module class entry by class name or by module.qualname (utils/z3_leaf_module.py).
+MOE_BLOCK_CLASSES = {
+    "qwen3_moe": "Qwen3MoeSparseMoeBlock",
+    "qwen3_next": "Qwen3NextSparseMoeBlock",
+    "qwen2_moe": "Qwen2MoeSparseMoeBlock",
+    "mixtral": "MixtralSparseMoeBlock",
+    "olmoe": "OlmoeSparseMoeBlock",
+    "phimoe": "PhimoeSparseMoeBlock",
+}
+#: config.json keys that set the expert count of the families without a closed form (0 = no MoE block)
+_EXPERT_KEYS = ("num_experts", "num_local_experts")
+
+
+def zero3_leaf_classes(s: ModelSpec) -> tuple[str, ...]:
+    """Class names of the modules ZeRO-3 must treat as leaf modules for this model: its sparse MoE block,
+    so that the whole block (router + every expert) is gathered when it is entered, the same on every
+    rank, instead of per-submodule fetches that follow which experts this rank's tokens hit (hangs /
+    crawls reported with Qwen3-MoE, Qwen3-Next, Mixtral). Empty for a dense model or an MoE family
+    whose layers are all dense (mlp_only_layers, num_experts 0). gen-config writes them as
+    ``zero_optimization.leaf_module.classes`` under ZeRO-3."""
+    name = MOE_BLOCK_CLASSES.get(s.family)
+    if name is None:
+        return ()
+    if s.closed_form:
+        return (name,) if s.n_moe_layers else ()
+    experts = [s.config.get(k) for k in _EXPERT_KEYS if k in s.config]
+    if any(isinstance(n, int) and not isinstance(n, bool) and n == 0 for n in experts):
+        return ()
+    return (name,)
+
+
 @lru_cache(maxsize=256)
 def largest_gathered(s: ModelSpec) -> tuple[int, str]:
     """(elements, module) of the largest unit ZeRO-3 gathers at once: one module's own parameters, or a
-    whole MoE block (the runtime registers MoE blocks as ZeRO-3 leaf modules, so they are fetched as one).
+    whole MoE block (gen-config's zero_optimization.leaf_module and the runtime make MoE blocks ZeRO-3 leaf
+    modules, see zero3_leaf_classes, so they are fetched as one).
     Without closed-form counts: the embedding or the head."""
     if not s.closed_form:
         c = count_params(s)
