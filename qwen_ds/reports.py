@@ -19,6 +19,14 @@ def estimate_json(model, cluster, workload, plan, lay, b: MemoryBreakdown) -> di
     """``estimate --json``: the inputs, then the memory as plan.json keeps it (PlannedMemory)."""
     mem = planned_memory(model, b).to_json()
     counts = {k: mem.pop(k) for k in ("total_params", "active_params")}
+    # the node total of the load_peak term, right after the CPU total it may set
+    load = sum(t.bytes for t in b.cpu_terms if t.name == "load_peak")
+    out = {}
+    for k, v in mem.items():
+        out[k] = v
+        if k == "cpu_total_bytes_per_node":
+            out["load_peak_bytes_per_node"] = load
+    mem = out
     return {
         "model": model.name,
         **counts,
@@ -61,8 +69,11 @@ def estimate_text(model, cluster, workload, plan, lay, b: MemoryBreakdown) -> st
         f"-> GPU total {gib(b.gpu_total_bytes)} GiB of {gib(b.gpu_memory_bytes)} GiB"
     )
     if b.cpu_terms:
-        lines.append("\nCPU RAM per node: " + ", ".join(f"{t.name} {gib(t.bytes)} GiB" for t in b.cpu_terms)
-                     + f" = {gib(b.cpu_total_bytes_per_node)} GiB")
+        steady = [t for t in b.cpu_terms if t.phase != "load"]
+        parts = [" + ".join(f"{t.name} {gib(t.bytes)} GiB" for t in steady)] if steady else []
+        parts += [f"{t.name} {gib(t.bytes)} GiB (at load)" for t in b.cpu_terms if t.phase == "load"]
+        how = "max of steady and load peak" if steady else "load peak"
+        lines.append(f"\nCPU RAM per node: {', '.join(parts)} -> {gib(b.cpu_total_bytes_per_node)} GiB ({how})")
     if b.nvme_terms:
         lines.append("NVMe per node: " + ", ".join(f"{t.name} {gib(t.bytes)} GiB" for t in b.nvme_terms))
     for note in b.notes:
@@ -88,6 +99,20 @@ def describe(c) -> dict:
             "step_s": t.step_s, "tokens_per_s": t.tokens_per_s, "mfu": t.mfu, "time_parts": t.parts()}
 
 
+def batch_line(res) -> str:
+    """The one line that says the global batch was not the planner's choice (no --global-batch, no --grad-accum)."""
+    pipe = any(c.plan.pp > 1 for c in res.accepted + res.rejected)
+    ga = "GA 1, pp for pipeline plans" if pipe else "GA 1"
+    first = ""
+    if res.accepted:
+        c = res.accepted[0]
+        first = (f" = {c.plan.micro_batch} x {c.plan.grad_accum} x {c.layout.dp} "
+                 f"= {c.plan.micro_batch * c.plan.grad_accum * c.layout.dp:,} sequences for #1")
+    shape = "micro x GA x dp" if pipe else "micro x 1 x dp"
+    return (f"global batch: {shape}{first} "
+            f"({ga}: pass --global-batch N to let the planner trade micro-batch for grad-accum)")
+
+
 def plan_text(model, cluster, workload, res, top, smallest, tp_wanted: bool = False) -> str:
     lines = [f"{model.name} on {cluster.nodes} x {cluster.gpus_per_node} {cluster.gpu.name}, "
              f"{workload.mode}, seq {workload.seq_len}: "
@@ -101,6 +126,8 @@ def plan_text(model, cluster, workload, res, top, smallest, tp_wanted: bool = Fa
                          f"{t.tokens_per_s:,.0f}", f"{100 * t.mfu:.1f}%"])
         lines.append(table(["#", "plan", "micro", "GA", "ckpt", "GiB/GPU", "CPU GiB/node", "step s", "tokens/s", "MFU"],
                            rows, "rlrrlrrrrr"))
+    if getattr(res, "grad_accum_fixed_at_one", False):
+        lines.append(batch_line(res))
     fams = res.rejected_families()
     if fams:
         lines.append("\nrejected:")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from ..calibration import constant
 from ..hardware import Cluster
 from ..models.spec import ModelSpec
 from ..knobs import Plan, Workload
+from ..units import GIB
 from . import activations, buffers, inference, model_states
 from .breakdown import MemoryBreakdown, Term
 from .layout import Layout, layout
@@ -32,10 +35,11 @@ def estimate(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan,
         cpu = model_states.cpu_terms(lay, plan, gpn)
         nvme = model_states.nvme_terms(lay, plan, gpn)
     gpu += buffers.cuda_context(cluster.world_size)
+    cpu.append(model_states.load_peak(model, plan, gpn, cluster.world_size))
     notes = []
     if not model.closed_form:
         notes.append(f"{model.family}: parameters counted on the meta device; activations not modelled for this family")
-    return MemoryBreakdown(
+    b = MemoryBreakdown(
         gpu_terms=tuple(t for t in gpu if t.bytes or t.phase == "persistent"),
         cpu_terms=tuple(cpu),
         nvme_terms=tuple(nvme),
@@ -43,3 +47,9 @@ def estimate(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan,
         gpu_memory_bytes=cluster.gpu.memory_bytes,
         notes=tuple(notes),
     )
+    if b.cpu_peak_at_load and plan.zero_stage != 3:
+        note = (f"CPU RAM peaks at load: {gpn} ranks each build the whole model in host RAM "
+                f"({b.cpu_load_peak_bytes_per_node / GIB:.1f} GiB per node); use HfDeepSpeedConfig / zero.Init, "
+                "or low_cpu_mem_usage")
+        b = dataclasses.replace(b, notes=b.notes + (note,))
+    return b

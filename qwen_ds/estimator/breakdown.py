@@ -7,20 +7,25 @@ are freed, so the two are exclusive peaks. ``step`` terms coexist during the opt
 activations are gone. Peak allocated = persistent + max(fwd_bwd + max(loss, recompute), step)
 (measured on H200: benchmarks/results/activation_gpu_h200_2026-11-28.md). Reserved adds allocator
 fragmentation; the GPU total adds what lives outside PyTorch's allocator (CUDA context, NCCL).
+
+CPU terms (per node): ``persistent`` terms (offloaded optimizer states, parameters, swap buffers)
+live through training and add up; the ``load`` term (``load_peak``: the weights every rank holds in
+host RAM while the model is built, before deepspeed.initialize moves or partitions them) is gone by
+the first step, so the node's CPU total is max(load peak, sum of the steady terms), not their sum.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-PHASES = ("persistent", "fwd_bwd", "loss", "recompute", "step", "outside")
+PHASES = ("persistent", "fwd_bwd", "loss", "recompute", "step", "outside", "load")  # load: CPU terms only
 
 
 @dataclass(frozen=True)
 class Term:
     name: str
     bytes: int
-    phase: str  # persistent | fwd_bwd | loss | recompute | step | outside (not in torch's allocator)
+    phase: str  # persistent | fwd_bwd | loss | recompute | step | outside (not in torch's allocator) | load (CPU)
     formula: str  # the formula with the numbers filled in, for --explain / the table
 
 
@@ -64,8 +69,24 @@ class MemoryBreakdown:
         return self.gpu_reserved_bytes + self._phase("outside")
 
     @property
+    def cpu_steady_bytes_per_node(self) -> int:
+        """CPU terms resident during training (offload): they add up."""
+        return sum(t.bytes for t in self.cpu_terms if t.phase != "load")
+
+    @property
+    def cpu_load_peak_bytes_per_node(self) -> int:
+        """Host RAM while the model is loaded, before deepspeed.initialize (the ``load`` terms)."""
+        return sum(t.bytes for t in self.cpu_terms if t.phase == "load")
+
+    @property
+    def cpu_peak_at_load(self) -> bool:
+        """True when the load peak, not the steady offload terms, sets the node's CPU total."""
+        return self.cpu_load_peak_bytes_per_node > self.cpu_steady_bytes_per_node
+
+    @property
     def cpu_total_bytes_per_node(self) -> int:
-        return sum(t.bytes for t in self.cpu_terms)
+        """What a node's RAM must hold: max(load peak, steady terms); the load peak is gone by the first step."""
+        return max(self.cpu_steady_bytes_per_node, self.cpu_load_peak_bytes_per_node)
 
     @property
     def nvme_total_bytes_per_node(self) -> int:

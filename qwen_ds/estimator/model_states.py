@@ -15,6 +15,8 @@ offload_optimizer; fp32 grads built per sub-group of ``sub_group_size`` in step(
 from __future__ import annotations
 
 from ..knobs import Plan
+from ..models.counts import count_params
+from ..models.spec import ModelSpec
 from ..units import compute_bytes
 from .breakdown import Term
 from .layout import Layout
@@ -119,6 +121,33 @@ def cpu_terms(lay: Layout, plan: Plan, gpus_per_node: int) -> list[Term]:
         out.append(Term("cpu_nvme_optimizer_buffers", 4 * sub * 4 * gpus_per_node, "persistent",
                         f"4 x {sub:,} x 4 B x {gpus_per_node} ranks"))
     return out
+
+
+def load_peak(model: ModelSpec, plan: Plan, gpus_per_node: int, world: int) -> Term:
+    """Host RAM per node while the model is built, before deepspeed.initialize (phase ``load``).
+
+    Weights load in the compute dtype (qwen_ds/runtime/common.py build_model passes the ds_config's
+    bf16 / fp16 / fp32 as ``dtype``; int8 / fp8 checkpoints are 16-bit and quantized after loading),
+    b = compute_bytes(precision), P = all parameters (count_params(model).total).
+    - ZeRO 0, 1, 2 (and inference with zero_stage 0, AutoTP): without zero.Init every rank builds
+      the whole model on the CPU (from_config / from_pretrained, then the engine moves or AutoTP
+      splits it): ranks per node x b x P. transformers loads with low_cpu_mem_usage semantics (meta
+      init, one copy); an older loader without it holds two copies while it copies the state dict.
+      DeepSpeed's own estimator has this term (estimate_zero2_model_states_mem_needs: 4n·P with
+      zero_init=0); host-RAM OOMs at load: DeepSpeed#5290, LLaMA-Factory#6755.
+    - ZeRO-3: build_model keeps an HfDeepSpeedConfig alive, so transformers builds the model inside
+      zero.Init and each parameter is partitioned as it is created: a rank holds one partition,
+      ranks per node x b x P / world. Not counted: the one checkpoint shard from_pretrained reads at
+      a time on each rank, and the module being initialised before it is partitioned.
+    Gone by the first step, so the node total is max(this, steady CPU terms), not the sum."""
+    b, p = compute_bytes(plan.precision), count_params(model).total
+    dtype = "16-bit" if b == 2 else "fp32"
+    if plan.zero_stage == 3:
+        n = _div(b * p, world)
+        return Term("load_peak", n * gpus_per_node, "load",
+                    f"{gpus_per_node} ranks x {dtype} weights {b} B x {p:,} / world {world} (zero.Init partitions)")
+    return Term("load_peak", b * p * gpus_per_node, "load",
+                f"{gpus_per_node} ranks x {dtype} weights {b} B x {p:,} (whole model on every rank, no zero.Init)")
 
 
 def nvme_terms(lay: Layout, plan: Plan, gpus_per_node: int) -> list[Term]:

@@ -16,10 +16,9 @@ from ..hardware import Cluster
 from ..models.spec import ModelSpec
 from ..knobs import Plan, Workload, data_parallel
 from ..sharding import autotp_unsupported
-from ..units import GIB
+from ..units import GIB, compute_bytes
 from .throughput import Network, StepTime, step_time
 
-FREE_GRAD_ACCUM = (1, 4, 16)
 # (optimizer, params); params-only offload is ZeRO-Inference's layout
 OFFLOADS = (("none", "none"), ("cpu", "none"), ("cpu", "cpu"), ("none", "cpu"), ("nvme", "none"), ("nvme", "nvme"),
             ("none", "nvme"))
@@ -74,12 +73,18 @@ class Candidate:
 
 @dataclass(frozen=True)
 class SearchResult:
-    accepted: tuple[Candidate, ...]  # best first
+    accepted: tuple[Candidate, ...]  # best first; plans that differ only by GA appear once (the fastest)
     rejected: tuple[Candidate, ...]
     considered: int
+    #: GA was not the planner's to choose freely: no --global-batch and no pinned grad_accum, so every
+    #: candidate ran GA 1 (GA pp for pipeline plans); reports.plan_text says so
+    grad_accum_fixed_at_one: bool = False
 
     def rejected_families(self) -> list[tuple[str, str]]:
-        """(family, reason of its least-bad member) for families with no accepted plan."""
+        """(family, reason of its least-bad member) for families with no accepted plan. Least bad: the
+        member with the fewest GPU bytes. A member rejected for CPU RAM fitted the GPU, so it is
+        always below any member rejected for GPU memory: a family that fits the GPUs but not the
+        node's RAM shows its RAM reason."""
         ok = {c.family for c in self.accepted}
         best: dict[str, Candidate] = {}
         for c in self.rejected:
@@ -89,6 +94,17 @@ class SearchResult:
             if cur is None or c.memory.gpu_total_bytes < cur.memory.gpu_total_bytes:
                 best[c.family] = c
         return [(f, c.reason or "") for f, c in sorted(best.items())]
+
+
+def distinct_by_grad_accum(ranked: list[Candidate]) -> list[Candidate]:
+    """Keep the first (fastest, when ``ranked`` is best first) of plans that differ only by grad_accum."""
+    seen, out = set(), []
+    for c in ranked:
+        key = tuple(getattr(c.plan, f.name) for f in dataclasses.fields(c.plan) if f.name != "grad_accum")
+        if key not in seen:
+            seen.add(key)
+            out.append(c)
+    return out
 
 
 def _divisors(n: int, limit: int) -> list[int]:
@@ -141,13 +157,47 @@ def candidates(model: ModelSpec, cluster: Cluster, workload: Workload, base: Pla
                             gas = [c.global_batch // (micro * dp)]
                         elif "grad_accum" in fixed:
                             gas = [fixed["grad_accum"]]
-                        else:  # global batch left open: grad-accum may amortize communication and offload
-                            gas = [g * pp for g in FREE_GRAD_ACCUM] if pp > 1 else list(FREE_GRAD_ACCUM)
+                        else:
+                            # the batch is the user's decision: without --global-batch, GA 1 (pp for
+                            # pipeline plans, so pp micro-batches are in flight). A larger free GA only
+                            # amortized communication by silently growing the global batch (Qwen3-32B
+                            # on 16 GPUs became 1,024 sequences); --global-batch lets the planner trade
+                            # micro-batch for GA within the batch asked for.
+                            gas = [pp]
                         for ga in gas:
                             for ckpt in ckpts:
                                 yield dataclasses.replace(base, zero_stage=zero, offload_optimizer=oo,
                                                           offload_param=op, tp=tp,
                                                           pp=pp, micro_batch=micro, grad_accum=ga, checkpointing=ckpt)
+
+
+def cpu_reason(mem: MemoryBreakdown, plan: Plan, cluster: Cluster, limit: int) -> str:
+    """Why a plan's host RAM does not fit: the load peak when it sets the node total, else the steady terms."""
+    total, steady = mem.cpu_total_bytes_per_node, mem.cpu_steady_bytes_per_node
+    if not mem.cpu_peak_at_load:
+        return f"CPU {total / GIB:.0f} GiB > {limit / GIB:.0f} GiB per node"
+    if plan.zero_stage == 3:
+        what = f"{cluster.gpus_per_node} ranks x 1/{cluster.world_size} of the weights (zero.Init)"
+        fix = "use more nodes or fewer ranks per node"
+    else:
+        what = f"{cluster.gpus_per_node} ranks x {'16-bit' if compute_bytes(plan.precision) == 2 else 'fp32'} weights"
+        fix = "load with zero.Init / HfDeepSpeedConfig (ZeRO-3) or low_cpu_mem_usage"
+    also = f" (steady terms {steady / GIB:.0f} GiB exceed it too)" if steady > limit else ""
+    return f"CPU at load: {what} = {total / GIB:.0f} GiB > {limit / GIB:.0f} GiB per node{also}; {fix}"
+
+
+def batch_error(global_batch: int, open_plans: list[Plan], world: int) -> InputError:
+    """--global-batch that no (micro-batch, dp) of the candidates divides: name the nearest valid sizes."""
+    units = sorted({p.micro_batch * data_parallel(world, p.tp, p.pp) for p in open_plans})
+    dps = sorted({data_parallel(world, p.tp, p.pp) for p in open_plans})
+    micros = sorted({p.micro_batch for p in open_plans})
+    below = max((global_batch // u * u for u in units if global_batch >= u), default=None)
+    above = min(-(-global_batch // u) * u for u in units)
+    near = f"{below} or {above}" if below else f"{above}"
+    mb = f"micro-batch {micros[0]}" if len(micros) == 1 else f"micro-batch {micros[0]}-{micros[-1]}"
+    return InputError(f"--global-batch {global_batch}: no plan splits it into micro-batch x grad-accum x dp "
+                      f"(dp {', '.join(map(str, dps))}; {mb}); nearest valid: {near} "
+                      f"(multiples of micro-batch x dp, the smallest dp here is {dps[0]}); pass one to --global-batch")
 
 
 def evaluate(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan, c: Constraints,
@@ -160,8 +210,7 @@ def evaluate(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan,
                                           "usable per GPU "
                                           f"({c.headroom:.0%} of {cluster.gpu.name})")
     if c.cpu_mem_per_node is not None and mem.cpu_total_bytes_per_node > c.cpu_mem_per_node:
-        return Candidate(plan, lay, mem, None, f"CPU {mem.cpu_total_bytes_per_node / GIB:.0f} GiB > "
-                                          f"{c.cpu_mem_per_node / GIB:.0f} GiB per node")
+        return Candidate(plan, lay, mem, None, cpu_reason(mem, plan, cluster, c.cpu_mem_per_node))
     if workload.mode == "infer":
         from .inference_time import inference_time
 
@@ -178,8 +227,14 @@ def search(model: ModelSpec, cluster: Cluster, workload: Workload, base: Plan, c
         n += 1
         cand = evaluate(model, cluster, workload, plan, c, net)
         (rejected if cand.reason else accepted).append(cand)
+    train = workload.mode == "train"
+    if not n and train and c.global_batch is not None:
+        open_plans = list(candidates(model, cluster, workload, base, dataclasses.replace(c, global_batch=None)))
+        if open_plans:  # the batch, not the pinned knobs, left nothing to weigh
+            raise batch_error(c.global_batch, open_plans, cluster.world_size)
     accepted.sort(key=lambda k: (-k.time.tokens_per_s, k.memory.gpu_total_bytes))
-    return SearchResult(tuple(accepted), tuple(rejected), n)
+    ga_one = train and c.global_batch is None and "grad_accum" not in c.fixed
+    return SearchResult(tuple(distinct_by_grad_accum(accepted)), tuple(rejected), n, ga_one)
 
 
 def smallest_cluster_without_offload(model: ModelSpec, cluster: Cluster, workload: Workload, base: Plan, c: Constraints,
