@@ -13,22 +13,14 @@ Failures raise ``InputError`` (exit 2) or ``DoesNotFit`` (exit 3) with a one-lin
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import datetime
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Collection
 
-from . import __version__
-from .errors import DoesNotFit, InputError
+from .errors import InputError
 from .estimator import Layout, MemoryBreakdown, estimate as _estimate, layout as _layout
-from .format import gib
 from .hardware import GPU, Cluster, get_gpu
 from .knobs import BY_NAME, SEARCHED, Plan, Workload
 from .models import ModelSpec, load_model
-from .plandoc import ClusterRef, ModelRef, PlanDocument, deepspeed_version
-from .units import GIB
 
 # --------------------------------------------------------------------------- inputs
 
@@ -251,244 +243,19 @@ def plan(model: str | ModelSpec, gpu: str | GPU, *, nodes: int | None = None, gp
     return search_inputs(i, _pinned(knobs, pinned), options or SearchOptions())
 
 
-# --------------------------------------------------------------------------- generate
-
-
-@dataclass(frozen=True)
-class Generated:
-    """A validated DeepSpeed config and its plan.json; ``paths`` is where they were written (empty
-    when no output directory was given)."""
-
-    config: dict[str, Any]
-    document: PlanDocument
-    estimate: Estimate
-    problems: tuple = ()  # warnings of the rendered config
-    edited: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # knob: (planned, as written after --set)
-    paths: tuple[Path, ...] = ()
-
-    def text(self) -> str:
-        p, lay, mem = self.estimate.plan, self.estimate.layout, self.estimate.memory
-        lines = [f"wrote {self.paths[0]} and {self.paths[1]}"] if self.paths else []
-        lines.append(f"plan chosen by {self.document.chosen_by}")
-        if self.edited:
-            lines.append(f"--set changed {edits_text(self.edited)}; the memory below is for the config as written")
-        lines.append(f"ZeRO-{p.zero_stage}, offload optimizer={p.offload_optimizer} params={p.offload_param}, "
-                     f"dp {lay.dp} x tp {lay.tp} x pp {lay.pp}, "
-                     f"micro-batch {p.micro_batch} x grad-accum {p.grad_accum}, "
-                     f"checkpointing {'on' if p.checkpointing else 'off'}, {p.precision}; "
-                     f"{mem.gpu_total_bytes / GIB:.2f} GiB of {mem.gpu_memory_bytes / GIB:.2f} GiB per GPU")
-        lines.append("launch: " + " ".join(self.document.launch_command))
-        return "\n".join(lines)
-
-
-def edits_text(edited: dict[str, tuple[Any, Any]]) -> str:
-    import json
-
-    def show(v: Any) -> str:
-        return json.dumps(v) if isinstance(v, bool) else str(v)
-
-    return ", ".join(f"{k} {show(v0)} -> {show(v1)}" for k, (v0, v1) in edited.items())
-
-
-def launch_command(hostfile: str | None, out: Path, mode: str) -> list[str]:
-    return ["qwen-ds", "launch", "--hostfile", hostfile or "HOSTFILE", "--config", str(out / "ds_config.json"),
-            "--plan", str(out / "plan.json"), mode]
-
-
-def _choose(i: Inputs, pinned: dict[str, Any], options: SearchOptions) -> tuple[Inputs, Estimate | None, str]:
-    """The plan to render: the knobs as given when every searched one is pinned, else the
-    planner's fastest plan that fits (with its estimate, to reuse when --set changes nothing)."""
-    options.constraints(pinned), options.network()  # the planner flags are checked even when nothing is searched
-    if len(pinned) == len(SEARCHED):
-        return i, None, "flags"
-    found = search_inputs(i, pinned, options, smallest=False)
-    if not found.result.considered:
-        raise InputError("no plan matches the pinned knobs "
-                         f"({', '.join(f'{k}={v}' for k, v in sorted(pinned.items()))}); "
-                         "pin fewer or see qwen-ds plan")
-    if not found.accepted:
-        reasons = "; ".join(f"{f}: {r}" for f, r in found.result.rejected_families()[:4])
-        raise DoesNotFit(f"no plan fits ({reasons}); see qwen-ds plan")
-    chosen_by = f"planner (best of {found.result.considered}; pinned: {', '.join(sorted(pinned)) or 'none'})"
-    return dataclasses.replace(i, plan=found.best.plan), found.best_estimate(), chosen_by
-
-
-def generate(model: str | ModelSpec, gpu: str | GPU, *, nodes: int | None = None, gpus_per_node: int | None = None,
-             hostfile: str | None = None, output_dir: str | Path | None = None, force: bool = False,
-             overrides: Collection[str] = (), template_dir: str | Path | None = None, config_options: Any = None,
-             zero_plus_plus: dict[str, Any] | None = None, pinned: Collection[str] | None = None,
-             options: SearchOptions | None = None, **knobs: Any) -> Generated:
-    """Render, --set, validate and estimate a DeepSpeed config for a plan (the planner fills the
-    knobs not pinned), and with ``output_dir`` publish ds_config.json + plan.json as one unit.
-    ``config_options`` is a render.ConfigOptions (lr, warmup, ...); ``zero_plus_plus`` sets
-    hpz_partition_size / quantized_weights / quantized_gradients."""
-    from .pairing import config_digest
-    from .publish import check_targets, publish_files
-    from .render import ConfigOptions, apply_override, fp8_recipe, render
-    from .validate import Context, validate_config
-    from .validate.plan_from_config import plan_with_edits
-
-    options = options or SearchOptions()
-    i = inputs(model, gpu, nodes=nodes, gpus_per_node=gpus_per_node, hostfile=hostfile, **knobs)
-    i = dataclasses.replace(i, plan=dataclasses.replace(i.plan, **(zero_plus_plus or {})))
-    i, searched, chosen_by = _choose(i, _pinned(knobs, pinned), options)
-    out = Path(output_dir) if output_dir is not None else None
-    names = ["plan.json", "ds_config.json"]
-    if out is not None:
-        check_targets(out, names, force)  # early, to fail before the work; publish_files checks again under its lock
-    rendered = render(i.model, i.cluster, i.workload, i.plan, config_options or ConfigOptions(),
-                      Path(template_dir) if template_dir else None)
-    cfg = copy.deepcopy(rendered)
-    for item in overrides:
-        apply_override(cfg, item)
-    ctx = Context(world_size=i.cluster.world_size, gpus_per_node=i.cluster.gpus_per_node, pp=i.plan.pp,
-                  gpu=i.cluster.gpu, model=i.model)
-    problems = validate_config(cfg, ctx)
-    bad = [p for p in problems if p.severity == "error"]
-    if bad:
-        raise InputError(f"the rendered config has {len(bad)} problem(s); nothing written",
-                         detail=problems_text(problems, "ds_config.json"))
-    # the verdict is for the config as written: knobs --set changed are read back from it
-    plan_, edited = plan_with_edits(i.plan, rendered, cfg)
-    est = searched if searched is not None and not edited else estimate_inputs(i, plan_)
-    usable = int(i.cluster.gpu.memory_bytes * options.headroom)  # the planner's limit, for every plan gen-config writes
-    if est.memory.gpu_total_bytes > usable:
-        by = f" with {edits_text(edited)} (--set)" if edited else ""
-        raise DoesNotFit(f"this plan{by} needs {gib(est.memory.gpu_total_bytes)} GiB per GPU, "
-                         f"over the {gib(usable)} GiB usable "
-                         f"(--headroom {options.headroom:g} of {gib(i.cluster.gpu.memory_bytes)} GiB); nothing written "
-                         "(change the plan, or see qwen-ds estimate)", detail=est.text())
-    from .reports import planned_memory
-
-    m, c = i.model, i.cluster
-    doc = PlanDocument(
-        model=ModelRef(m.name, m.family, m.source, dict(m.config)),
-        cluster=ClusterRef(c.gpu.name, c.nodes, c.gpus_per_node, c.world_size, hostfile),
-        workload=i.workload, plan=plan_, dp=est.layout.dp, fp8_recipe=fp8_recipe(plan_), overrides=tuple(overrides),
-        chosen_by=chosen_by, memory=planned_memory(m, est.memory),
-        launch_command=tuple(launch_command(hostfile, out if out is not None else Path("."), i.workload.mode)),
-        ds_config_sha256=config_digest(cfg), ds_config=cfg, qwen_ds_version=__version__,
-        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        deepspeed_version=deepspeed_version(),
-    )
-    paths: tuple[Path, ...] = ()
-    if out is not None:
-        # plan.json first: a reader between the two renames (or after a crash there) sees the new plan beside
-        # the old config, which the plan's digest refuses; the other order could pair the new config with an
-        # old plan.json that has no digest, which readers only warn about
-        publish_files(out, [("plan.json", doc.to_bytes()), ("ds_config.json", _json_bytes(cfg))], force)
-        paths = (out / "ds_config.json", out / "plan.json")
-    return Generated(cfg, doc, est, tuple(problems), edited, paths)
-
-
-def _json_bytes(doc: dict) -> bytes:
-    import json
-
-    return (json.dumps(doc, indent=2) + "\n").encode("utf-8")
-
-
 def problems_text(problems, source: str) -> str:
     """Validation problems, one line each, as gen-config and validate print them."""
     return "\n".join(f"{source}: {p.severity}: {p.path}: {p.message} [{p.rule}]" for p in problems)
 
 
-# --------------------------------------------------------------------------- validate
+def __getattr__(name: str) -> Any:
+    # generate / validate live in their own modules (they import this one)
+    if name in ("generate", "Generated", "edits_text", "launch_command"):
+        from . import generation
 
+        return getattr(generation, name)
+    if name in ("validate", "Validation", "config_estimate"):
+        from . import validation
 
-@dataclass(frozen=True)
-class Validation:
-    """Every problem of a DeepSpeed config, and with a model and GPU the memory verdict."""
-
-    config: str
-    problems: tuple
-    memory: Estimate | None
-    deepspeed_checked: bool
-
-    @property
-    def errors(self) -> tuple:
-        return tuple(p for p in self.problems if p.severity == "error")
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors and (self.memory is None or self.memory.fits)
-
-    @property
-    def exit_code(self) -> int:
-        from .errors import EXIT_BAD_INPUT, EXIT_DOES_NOT_FIT
-
-        return EXIT_BAD_INPUT if self.errors else EXIT_DOES_NOT_FIT if not self.ok else 0
-
-    def to_json(self) -> dict[str, Any]:
-        return {"config": self.config, "ok": self.ok, "problems": [p.as_dict() for p in self.problems],
-                "deepspeed_checked": self.deepspeed_checked, "memory": self.memory.to_json() if self.memory else None}
-
-    def verdict_text(self) -> str:
-        """The memory verdict and 'ok' lines (the problems: ``problems_text``)."""
-        lines = []
-        mem = self.memory.memory if self.memory else None
-        if mem:
-            lines.append(f"{self.config}: memory: {mem.gpu_total_bytes / GIB:.2f} GiB of "
-                         f"{mem.gpu_memory_bytes / GIB:.2f} GiB per GPU: {'fits' if mem.fits else 'DOES NOT FIT'}")
-        if self.ok:
-            what = "schema, rules and DeepSpeed 0.19.8 parser" if self.deepspeed_checked else "schema and rules"
-            lines.append(f"{self.config}: ok ({what})")
-        return "\n".join(lines)
-
-
-def validate(config: str, *, model: str | ModelSpec | None = None, gpu: str | GPU | None = None,
-             hostfile: str | None = None, nodes: int | None = None, gpus_per_node: int | None = None, pp: int = 1,
-             seq_len: int = 4096, new_tokens: int = 0, checkpointing: bool = True, use_deepspeed: bool | None = None,
-             plan_path: str | None = None) -> Validation:
-    """Check the DeepSpeed config file ``config``: JSON Schema of DeepSpeed 0.19.8, semantic rules,
-    DeepSpeed's own parser (``use_deepspeed``; default: when it is installed), against a plan.json
-    (``plan_path``), and with ``model`` and ``gpu`` the memory verdict."""
-    from .plandoc import read_plan_document
-    from .validate import Context, Problem, validate_config
-    from .validate.parse import read_config
-
-    cfg = read_config(config)
-    doc = read_plan_document(plan_path, "--plan") if plan_path else None
-    for flag, v in (("--nodes", nodes), ("--gpus-per-node", gpus_per_node), ("--pp", pp), ("--seq-len", seq_len)):
-        if v is not None and v < 1:
-            raise InputError(f"{flag} {v}: must be a positive integer")
-    world = gpn = None
-    if hostfile or nodes is not None or gpus_per_node is not None:
-        n, gpn = cluster_shape(hostfile, nodes, gpus_per_node)
-        world = n * gpn
-    spec = model if model is None or isinstance(model, ModelSpec) else load_model(model)
-    gpu_spec = gpu if gpu is None or isinstance(gpu, GPU) else get_gpu(gpu)
-    if use_deepspeed is None:
-        from .validate.dscheck import deepspeed_available
-
-        use_deepspeed = deepspeed_available()
-    ctx = Context(world_size=world, gpus_per_node=gpn, pp=pp, gpu=gpu_spec, model=spec)
-    problems = validate_config(cfg, ctx, use_deepspeed=use_deepspeed)
-    if doc is not None:
-        from .pairing import plan_problems
-
-        problems += plan_problems(doc.check_config(cfg), config, plan_path)
-    memory = None
-    if not any(p.severity == "error" for p in problems) and spec and gpu_spec:
-        try:
-            verdict = config_estimate(cfg, spec, gpu_spec, world, gpn, pp, seq_len, new_tokens, checkpointing)
-            verdict.to_json()  # the totals overflow a float for absurd sizes: here, where it is a warning
-            memory = verdict
-        except (InputError, OverflowError, ValueError) as exc:
-            problems.append(Problem("$", f"memory verdict skipped: {exc}; give --hostfile or --nodes/--gpus-per-node "
-                                    "matching the config", "memory", "warning"))
-    ds_ran = bool(use_deepspeed) and not any(p.rule != "deepspeed" and p.severity == "error" for p in problems)
-    return Validation(config, tuple(problems), memory, ds_ran)
-
-
-def config_estimate(cfg: dict[str, Any], spec: ModelSpec, gpu: GPU, world: int | None, gpn: int | None, pp: int,
-                    seq_len: int, new_tokens: int, checkpointing: bool) -> Estimate:
-    """The memory of the plan a DeepSpeed config runs (its knobs read back by plan_from_config)."""
-    from .validate import is_inference_config
-    from .validate.plan_from_config import plan_from_config
-
-    p = plan_from_config(cfg, pp=pp, checkpointing=checkpointing, default_precision="bf16" if gpu.bf16 else "fp16")
-    infer = is_inference_config(cfg) or "optimizer" not in cfg and p.zero_stage == 3 and p.offload_param != "none"
-    nodes, per_node = (world // gpn, gpn) if world else (1, max(p.tp * pp, 1))
-    i = Inputs(spec, Cluster(gpu, nodes, per_node), Workload(mode="infer" if infer else "train", seq_len=seq_len,
-                                                              new_tokens=new_tokens), p)
-    return estimate_inputs(i)
+        return getattr(validation, name)
+    raise AttributeError(f"module 'qwen_ds.api' has no attribute {name!r}")

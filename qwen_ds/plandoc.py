@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from . import __version__
+from .consumers import CONSUMERS
 from .errors import InputError, one_line
 from .pairing import CONFIG_KEY, DIGEST_KEY, PairCheck, check_pair
 from .knobs import INFER_PRECISIONS, KERNELS, LOSS_PATHS, MODES, OFFLOAD, Plan, Workload
@@ -110,6 +111,10 @@ class PlanDocument:
     chosen_by: str | None = None
     memory: PlannedMemory | None = None
     launch_command: tuple[str, ...] = ()
+    #: who runs the config (qwen_ds.consumers.CONSUMERS) and, for the HF Trainer / accelerate, the
+    #: TrainingArguments the estimate holds for (what training_args.json holds)
+    consumer: str = "deepspeed"
+    train_args: dict[str, Any] | None = None
     ds_config_sha256: str | None = None
     ds_config: dict[str, Any] | None = None
     qwen_ds_version: str | None = None
@@ -133,6 +138,9 @@ class PlanDocument:
         if self.memory is not None:
             out["memory"] = self.memory.to_json()
         out["launch"] = {"command": list(self.launch_command)}
+        out["consumer"] = self.consumer
+        if self.train_args is not None:
+            out["train_args"] = self.train_args
         if self.ds_config_sha256 is not None:
             out[DIGEST_KEY] = self.ds_config_sha256
         if self.ds_config is not None:
@@ -167,6 +175,7 @@ class PlanDocument:
             fp8_recipe=doc.get("fp8_recipe"), overrides=tuple(doc.get("overrides", ())), chosen_by=doc.get("chosen_by"),
             memory=_memory(doc["memory"]) if "memory" in doc else None,
             launch_command=tuple(launch.get("command", ())),
+            consumer=doc.get("consumer", "deepspeed"), train_args=doc.get("train_args"),
             ds_config_sha256=doc.get(DIGEST_KEY), ds_config=doc.get(CONFIG_KEY),
             qwen_ds_version=doc.get("qwen_ds_version"), created=doc.get("created"),
             deepspeed_version=doc.get("deepspeed_version"), schema_version=version,
@@ -288,6 +297,8 @@ FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "memory.nvme_terms": (_dict_of(_number), "an object of numbers"),
     "memory.notes": (_list_of_str, "a list of strings"),
     "launch": _OBJ,
+    "consumer": (_one_of(CONSUMERS), f"one of {', '.join(CONSUMERS)}"),
+    "train_args": (_opt(_is(dict)), "an object (TrainingArguments fields) or null"),
     "launch.command": (_list_of_str, "a list of strings"),
     DIGEST_KEY: (lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None,
                  "64 lowercase hex digits"),

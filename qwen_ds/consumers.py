@@ -1,0 +1,189 @@
+"""Who runs the config: DeepSpeed directly (qwen-ds launch, deepspeed.initialize), the HF Trainer
+(and LLaMA-Factory, axolotl, TRL on top of it), or an accelerate loop.
+
+The HF Trainer fills ``"auto"`` from its TrainingArguments and refuses a config whose concrete values
+differ from them (transformers ``HfTrainerDeepSpeedConfig.trainer_config_process`` /
+``trainer_config_finalize``); accelerate refuses an optimizer in both the config and the code. So
+for them the config carries ``"auto"`` exactly where HF fills it, and the values go into the
+arguments written beside it (training_args.json, a LLaMA-Factory YAML) instead. ``hf_fill`` is the
+same filling, done here, so validate and estimate can read an ``"auto"`` config as HF will run it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .errors import InputError, one_line
+from .knobs import Plan
+
+CONSUMERS = ("deepspeed", "hf-trainer", "accelerate")
+
+#: keys HfTrainerDeepSpeedConfig fills when they are "auto" (transformers 5.x), in its order
+HF_BATCH_KEYS = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size")
+HF_FILLED = HF_BATCH_KEYS + (
+    "gradient_clipping", "optimizer.params.lr", "optimizer.params.betas", "optimizer.params.eps",
+    "optimizer.params.weight_decay", "scheduler.params.warmup_min_lr", "scheduler.params.warmup_max_lr",
+    "fp16.enabled", "bf16.enabled", "zero_optimization.reduce_bucket_size",
+    "zero_optimization.stage3_prefetch_bucket_size",
+    "zero_optimization.stage3_param_persistence_threshold", "scheduler.params.total_num_steps",
+    "scheduler.params.warmup_num_steps",
+)
+#: filled only for ZeRO-3 configs (an "auto" there under stage < 3 reaches DeepSpeed unfilled)
+HF_ZERO3_ONLY = ("zero_optimization.stage3_prefetch_bucket_size",
+                 "zero_optimization.stage3_param_persistence_threshold")
+
+
+@dataclass(frozen=True)
+class TrainArgs:
+    """The TrainingArguments fields a plan fixes (the names are transformers'); the HF Trainer fills
+    the config's "auto" from these, so the estimate holds for exactly these arguments."""
+
+    per_device_train_batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 2e-5
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_epsilon: float = 1e-8
+    weight_decay: float = 0.1
+    max_grad_norm: float = 1.0
+    warmup_steps: int = 100
+    max_steps: int = 1000
+    bf16: bool = True
+    fp16: bool = False
+    gradient_checkpointing: bool = True
+    deepspeed: str = "ds_config.json"
+
+    @classmethod
+    def of(cls, plan: Plan, opts: Any, deepspeed: str) -> "TrainArgs":
+        """From a plan and the render.ConfigOptions it was rendered with."""
+        return cls(per_device_train_batch_size=plan.micro_batch, gradient_accumulation_steps=plan.grad_accum,
+                   learning_rate=opts.lr, adam_beta1=opts.betas[0], adam_beta2=opts.betas[1], adam_epsilon=opts.eps,
+                   weight_decay=opts.weight_decay, max_grad_norm=opts.gradient_clipping, warmup_steps=opts.warmup_steps,
+                   max_steps=opts.total_steps, bf16=plan.precision in ("bf16", "fp8"), fp16=plan.precision == "fp16",
+                   gradient_checkpointing=plan.checkpointing, deepspeed=deepspeed)
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        if self.gradient_checkpointing:  # reentrant checkpointing breaks ZeRO-3's parameter gathering
+            out["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
+        return out
+
+    def llamafactory_yaml(self, seq_len: int) -> str:
+        """The LLaMA-Factory training-YAML keys this plan fixes (merge them into your own YAML).
+        LLaMA-Factory turns gradient checkpointing on unless disable_gradient_checkpointing is set."""
+        rows = [
+            ("finetuning_type", "full"),
+            ("cutoff_len", seq_len),
+            ("per_device_train_batch_size", self.per_device_train_batch_size),
+            ("gradient_accumulation_steps", self.gradient_accumulation_steps),
+            ("learning_rate", self.learning_rate),
+            ("adam_beta1", self.adam_beta1),
+            ("adam_beta2", self.adam_beta2),
+            ("adam_epsilon", self.adam_epsilon),
+            ("weight_decay", self.weight_decay),
+            ("max_grad_norm", self.max_grad_norm),
+            ("warmup_steps", self.warmup_steps),
+            ("max_steps", self.max_steps),
+            ("bf16", self.bf16),
+            ("fp16", self.fp16),
+            ("disable_gradient_checkpointing", not self.gradient_checkpointing),
+            ("deepspeed", self.deepspeed),
+        ]
+        lines = ["# qwen-ds gen-config --for hf-trainer: merge into your LLaMA-Factory training YAML"]
+        return "\n".join(lines + [f"{k}: {json.dumps(v)}" for k, v in rows]) + "\n"
+
+
+def check_consumer(consumer: str, plan: Plan, mode: str) -> None:
+    if consumer not in CONSUMERS:
+        raise InputError(f"--for {consumer!r}: choose one of {', '.join(CONSUMERS)}")
+    if consumer == "deepspeed":
+        return
+    if mode != "train":
+        raise InputError(f"--for {consumer} with --mode {mode}: the HF Trainer / accelerate flavours are training "
+                         "configs; use --for deepspeed for inference")
+    if plan.loss != "hf":
+        raise InputError(f"--for {consumer} with --loss {plan.loss}: the HF Trainer and accelerate compute the loss in "
+                         "the model's forward (full fp32 logits); use --loss hf, or --for deepspeed with qwen-ds "
+                         "launch")
+    if plan.pp > 1 or plan.tp > 1:
+        raise InputError(f"--for {consumer} with --tp {plan.tp} --pp {plan.pp}: the HF Trainer and accelerate run "
+                         "data-parallel DeepSpeed (ZeRO); use --tp 1 --pp 1")
+
+
+def _node(cfg: dict[str, Any], dotted: str) -> tuple[dict[str, Any] | None, str]:
+    """(the object holding the last key, that key), or (None, key) where a step is missing."""
+    *parents, key = dotted.split(".")
+    node: Any = cfg
+    for p in parents:
+        node = node.get(p) if isinstance(node, dict) else None
+    return (node if isinstance(node, dict) else None), key
+
+
+def for_consumer(cfg: dict[str, Any], consumer: str) -> dict[str, Any]:
+    """The DeepSpeed config rendered for a plan, as ``consumer`` wants it."""
+    out = copy.deepcopy(cfg)
+    if consumer == "deepspeed":
+        return out
+    out.pop("activation_checkpointing", None)  # HF and accelerate checkpoint through the model, not this block
+    if consumer == "accelerate":  # the loop brings its own optimizer and scheduler
+        out.pop("optimizer", None)
+        out.pop("scheduler", None)
+        return out
+    stage3 = (out.get("zero_optimization") or {}).get("stage") == 3
+    for dotted in HF_FILLED:
+        node, key = _node(out, dotted)
+        if node is not None and key in node and (stage3 or dotted not in HF_ZERO3_ONLY):
+            node[key] = "auto"
+    return out
+
+
+def hf_fill(cfg: dict[str, Any], args: TrainArgs, world: int, hidden_size: int) -> dict[str, Any]:
+    """``cfg`` with "auto" filled as the HF Trainer fills it from ``args`` on ``world`` ranks (dp = world
+    for ZeRO); concrete values stay (the Trainer would report those that differ as mismatches)."""
+    out = copy.deepcopy(cfg)
+    h2 = hidden_size * hidden_size
+    values = {
+        "train_micro_batch_size_per_gpu": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "train_batch_size": world * args.per_device_train_batch_size * args.gradient_accumulation_steps,
+        "gradient_clipping": args.max_grad_norm,
+        "optimizer.params.lr": args.learning_rate,
+        "optimizer.params.betas": [args.adam_beta1, args.adam_beta2],
+        "optimizer.params.eps": args.adam_epsilon,
+        "optimizer.params.weight_decay": args.weight_decay,
+        "scheduler.params.warmup_min_lr": 0,
+        "scheduler.params.warmup_max_lr": args.learning_rate,
+        "fp16.enabled": args.fp16,
+        "bf16.enabled": args.bf16,
+        "zero_optimization.reduce_bucket_size": h2,
+        "zero_optimization.stage3_prefetch_bucket_size": int(0.9 * h2),
+        "zero_optimization.stage3_param_persistence_threshold": 10 * hidden_size,
+        "scheduler.params.total_num_steps": args.max_steps,
+        "scheduler.params.warmup_num_steps": max(1, args.warmup_steps),
+    }
+    stage3 = (out.get("zero_optimization") or {}).get("stage") == 3
+    for dotted in HF_FILLED:
+        node, key = _node(out, dotted)
+        if node is not None and node.get(key) == "auto" and (stage3 or dotted not in HF_ZERO3_ONLY):
+            node[key] = values[dotted]
+    return out
+
+
+def auto_keys(cfg: Any, path: str = "") -> list[str]:
+    """Dotted keys whose value is "auto"."""
+    if isinstance(cfg, dict):
+        return [k for key, v in cfg.items() for k in auto_keys(v, f"{path}.{key}" if path else str(key))]
+    return [path] if cfg == "auto" else []
+
+
+def hf_fillable(cfg: dict[str, Any]) -> list[str]:
+    """The "auto" keys of ``cfg`` the HF Trainer fills (the rest stay "auto" and reach DeepSpeed)."""
+    stage3 = (cfg.get("zero_optimization") or {}).get("stage") == 3
+    return [k for k in auto_keys(cfg) if k in HF_FILLED and (stage3 or k not in HF_ZERO3_ONLY)]
+
+
+def describe_args(args: TrainArgs) -> str:
+    return one_line(", ".join(f"{k}={v}" for k, v in asdict(args).items() if k != "deepspeed"))

@@ -1,0 +1,113 @@
+"""The validate use case: every problem of a DeepSpeed config file, and with a model and a GPU the
+memory verdict of the plan it runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .api import Estimate, Inputs, cluster_shape, estimate_inputs
+from .errors import InputError
+from .hardware import GPU, Cluster, get_gpu
+from .knobs import Workload
+from .models import ModelSpec, load_model
+from .units import GIB
+
+
+@dataclass(frozen=True)
+class Validation:
+    """Every problem of a DeepSpeed config, and with a model and GPU the memory verdict."""
+
+    config: str
+    problems: tuple
+    memory: Estimate | None
+    deepspeed_checked: bool
+
+    @property
+    def errors(self) -> tuple:
+        return tuple(p for p in self.problems if p.severity == "error")
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and (self.memory is None or self.memory.fits)
+
+    @property
+    def exit_code(self) -> int:
+        from .errors import EXIT_BAD_INPUT, EXIT_DOES_NOT_FIT
+
+        return EXIT_BAD_INPUT if self.errors else EXIT_DOES_NOT_FIT if not self.ok else 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"config": self.config, "ok": self.ok, "problems": [p.as_dict() for p in self.problems],
+                "deepspeed_checked": self.deepspeed_checked, "memory": self.memory.to_json() if self.memory else None}
+
+    def verdict_text(self) -> str:
+        """The memory verdict and 'ok' lines (the problems: ``problems_text``)."""
+        lines = []
+        mem = self.memory.memory if self.memory else None
+        if mem:
+            lines.append(f"{self.config}: memory: {mem.gpu_total_bytes / GIB:.2f} GiB of "
+                         f"{mem.gpu_memory_bytes / GIB:.2f} GiB per GPU: {'fits' if mem.fits else 'DOES NOT FIT'}")
+        if self.ok:
+            what = "schema, rules and DeepSpeed 0.19.8 parser" if self.deepspeed_checked else "schema and rules"
+            lines.append(f"{self.config}: ok ({what})")
+        return "\n".join(lines)
+
+
+def validate(config: str, *, model: str | ModelSpec | None = None, gpu: str | GPU | None = None,
+             hostfile: str | None = None, nodes: int | None = None, gpus_per_node: int | None = None, pp: int = 1,
+             seq_len: int = 4096, new_tokens: int = 0, checkpointing: bool = True, use_deepspeed: bool | None = None,
+             plan_path: str | None = None) -> Validation:
+    """Check the DeepSpeed config file ``config``: JSON Schema of DeepSpeed 0.19.8, semantic rules,
+    DeepSpeed's own parser (``use_deepspeed``; default: when it is installed), against a plan.json
+    (``plan_path``), and with ``model`` and ``gpu`` the memory verdict."""
+    from .plandoc import read_plan_document
+    from .validate import Context, Problem, validate_config
+    from .validate.parse import read_config
+
+    cfg = read_config(config)
+    doc = read_plan_document(plan_path, "--plan") if plan_path else None
+    for flag, v in (("--nodes", nodes), ("--gpus-per-node", gpus_per_node), ("--pp", pp), ("--seq-len", seq_len)):
+        if v is not None and v < 1:
+            raise InputError(f"{flag} {v}: must be a positive integer")
+    world = gpn = None
+    if hostfile or nodes is not None or gpus_per_node is not None:
+        n, gpn = cluster_shape(hostfile, nodes, gpus_per_node)
+        world = n * gpn
+    spec = model if model is None or isinstance(model, ModelSpec) else load_model(model)
+    gpu_spec = gpu if gpu is None or isinstance(gpu, GPU) else get_gpu(gpu)
+    if use_deepspeed is None:
+        from .validate.dscheck import deepspeed_available
+
+        use_deepspeed = deepspeed_available()
+    ctx = Context(world_size=world, gpus_per_node=gpn, pp=pp, gpu=gpu_spec, model=spec)
+    problems = validate_config(cfg, ctx, use_deepspeed=use_deepspeed)
+    if doc is not None:
+        from .pairing import plan_problems
+
+        problems += plan_problems(doc.check_config(cfg), config, plan_path)
+    memory = None
+    if not any(p.severity == "error" for p in problems) and spec and gpu_spec:
+        try:
+            verdict = config_estimate(cfg, spec, gpu_spec, world, gpn, pp, seq_len, new_tokens, checkpointing)
+            verdict.to_json()  # the totals overflow a float for absurd sizes: here, where it is a warning
+            memory = verdict
+        except (InputError, OverflowError, ValueError) as exc:
+            problems.append(Problem("$", f"memory verdict skipped: {exc}; give --hostfile or --nodes/--gpus-per-node "
+                                    "matching the config", "memory", "warning"))
+    ds_ran = bool(use_deepspeed) and not any(p.rule != "deepspeed" and p.severity == "error" for p in problems)
+    return Validation(config, tuple(problems), memory, ds_ran)
+
+
+def config_estimate(cfg: dict[str, Any], spec: ModelSpec, gpu: GPU, world: int | None, gpn: int | None, pp: int,
+                    seq_len: int, new_tokens: int, checkpointing: bool) -> Estimate:
+    """The memory of the plan a DeepSpeed config runs (its knobs read back by plan_from_config)."""
+    from .validate import is_inference_config
+    from .validate.plan_from_config import plan_from_config
+
+    p = plan_from_config(cfg, pp=pp, checkpointing=checkpointing, default_precision="bf16" if gpu.bf16 else "fp16")
+    infer = is_inference_config(cfg) or "optimizer" not in cfg and p.zero_stage == 3 and p.offload_param != "none"
+    nodes, per_node = (world // gpn, gpn) if world else (1, max(p.tp * pp, 1))
+    i = Inputs(spec, Cluster(gpu, nodes, per_node), Workload(mode="infer" if infer else "train", seq_len=seq_len,
+                                                              new_tokens=new_tokens), p)
+    return estimate_inputs(i)
