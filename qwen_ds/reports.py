@@ -7,6 +7,7 @@ from .estimator import MemoryBreakdown
 from .format import gib, human_count, table
 from .models import count_params
 from .plandoc import PlannedMemory
+from .planner.search import distinct_by_grad_accum
 from .sharding import autotp_unsupported
 
 
@@ -119,7 +120,7 @@ def plan_text(model, cluster, workload, res, top, smallest, tp_wanted: bool = Fa
              f"{res.considered} plans considered, {len(res.accepted)} fit"]
     if res.accepted:
         rows = []
-        for i, c in enumerate(res.accepted[:top], 1):
+        for i, c in enumerate(distinct_by_grad_accum(list(res.accepted))[:top], 1):
             p, t, m = c.plan, c.time, c.memory
             rows.append([str(i), c.family, str(p.micro_batch), str(p.grad_accum), "on" if p.checkpointing else "off",
                          gib(m.gpu_total_bytes), gib(m.cpu_total_bytes_per_node), f"{t.step_s:.2f}",
