@@ -8,7 +8,9 @@ We read and split the same way and match the same pattern, so every file we acce
 the same (host, slots) list; our rules on top only refuse, each naming the file, the line and the
 fix: host names from a safe character set (nothing a shell would interpret: the runner pastes them
 into pdsh/ssh command lines), 1 <= slots <= MAX_SLOTS in ASCII digits, only a `# comment` after the
-slots, and one line per machine (host names ignore case and `user@`).
+slots, and one line per machine (host names ignore case and `user@`). OpenMPI's `max_slots=M` after the
+slots is accepted with a warning (DeepSpeed ignores it and starts `slots` ranks; mpirun of --launcher
+openmpi reads the same file and would refuse M < slots, so that is refused).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from .errors import InputError, one_line
 
 _DS_ENTRY = re.compile(r"^(\S+)\s+slots=(\d+)")  # DeepSpeed's own pattern, used with the same re.search
 _HOST = re.compile(r"^(?:[A-Za-z0-9_][A-Za-z0-9._-]*@)?[A-Za-z0-9][A-Za-z0-9._-]*$")
+_MAX_SLOTS = re.compile(r"[ \t]+max_slots=([0-9]{1,9})(?=[ \t]|#|$)")  # OpenMPI's, after slots=N
 _NUMBER = re.compile(r"[0-9]{1,9}")  # a Slurm range bound; ASCII, and short enough for int()
 MAX_NODES = 100_000  # a Slurm node list expanding past this is a typo in a range
 MAX_SLOTS = 1024  # slots = ranks per node; the largest nodes have 8-16 accelerators, CPU-only runs a few hundred cores
@@ -39,6 +42,7 @@ class Host:
 class Hostfile:
     path: str
     hosts: tuple[Host, ...]
+    warnings: tuple[str, ...] = ()  # one line each: accepted, but not what the user may expect
 
     @property
     def nodes(self) -> int:
@@ -100,6 +104,7 @@ def _machine(host: str) -> str:
 def parse_hostfile_lines(lines: list[str], path: str = "<hostfile>") -> Hostfile:
     """Lines as DeepSpeed's fetch_hostfile gets them from readlines(); numbered from 1."""
     hosts: list[Host] = []
+    warnings: list[str] = []
     seen: dict[str, Host] = {}
     for lineno, raw in enumerate(lines, start=1):
         line = raw.strip()
@@ -109,7 +114,11 @@ def parse_hostfile_lines(lines: list[str], path: str = "<hostfile>") -> Hostfile
         m = _DS_ENTRY.search(line)
         if not m:
             raise InputError(f"{where}: {_show(line)!r} is not 'HOST slots=N' (no spaces around '='); fix that line")
-        host, rest = m.group(1), line[m.end():].lstrip()
+        host, tail = m.group(1), line[m.end():]
+        max_slots = _MAX_SLOTS.match(tail)
+        if max_slots:
+            tail = tail[max_slots.end():]
+        rest = tail.lstrip()
         if rest and not rest.startswith("#"):
             raise InputError(f"{where}: unexpected {_show(rest)!r} after slots=, which DeepSpeed ignores"
                              f"{_why(line[m.end():])}; only a '# comment' may follow")
@@ -119,6 +128,13 @@ def parse_hostfile_lines(lines: list[str], path: str = "<hostfile>") -> Hostfile
                 "use the plain host name or IP"
             )
         slots, machine = _slots(m.group(2), where), _machine(host)
+        if max_slots:
+            most = int(max_slots.group(1))
+            if most < slots:
+                raise InputError(f"{where}: max_slots={most} is less than slots={slots}, which OpenMPI's mpirun "
+                                 "refuses; drop max_slots= (DeepSpeed ignores it) or raise it")
+            warnings.append(f"{where}: max_slots={most} is OpenMPI syntax; DeepSpeed ignores it and starts "
+                            f"slots={slots} ranks on {_show(host)}")
         if machine in seen:
             first = seen[machine]
             raise InputError(f"{where}: {_show(host)} is listed again: same machine as {_show(first.name)} on line "
@@ -127,7 +143,7 @@ def parse_hostfile_lines(lines: list[str], path: str = "<hostfile>") -> Hostfile
         hosts.append(seen[machine])
     if not hosts:
         raise InputError(f"{path}: no 'HOST slots=N' entries; add one line per node, e.g. 'localhost slots=2'")
-    return Hostfile(path, tuple(hosts))
+    return Hostfile(path, tuple(hosts), tuple(warnings))
 
 
 def parse_hostfile_text(text: str, path: str = "<hostfile>") -> Hostfile:

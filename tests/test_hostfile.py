@@ -28,7 +28,8 @@ def test_comments_blank_lines_order_and_tabs():
     ("w0 slots = 8\n", 1, "not 'HOST slots=N'"),
     ("w0\n", 1, "not 'HOST slots=N'"),
     ("w0 slots=0\n", 1, "slots=0"),
-    ("w0 slots=8 max_slots=8\n", 1, "only a '# comment'"),
+    ("w0 slots=8 max_slots=8 x\n", 1, "only a '# comment'"),
+    ("w0 slots=8 max_slots=4\n", 1, "max_slots=4 is less than slots=8"),
     ("w0;rm -rf / slots=8\n", 1, "not .HOST slots=N."),
     ("w0;reboot slots=8\n", 1, "characters outside"),
     ("$(reboot) slots=8\n", 1, "characters outside"),
@@ -220,3 +221,18 @@ def test_from_slurm_absurd_input_is_one_line(monkeypatch, slurm, args, env, matc
         monkeypatch.setenv(k, v)
     rc, out, err = run_cli("hostfile", "from-slurm", *args)
     assert rc == 2 and out == "" and err.count("\n") == 1 and match in err and len(err) < 400, err[:400]
+
+
+def test_openmpi_max_slots_is_a_warning_and_deepspeed_reads_the_slots(tmp_path):
+    """`host slots=4 max_slots=8` (OpenMPI syntax): DeepSpeed 0.19.8's own parser starts 4 ranks there; we
+    accept it with one warning per line and the same slots."""
+    runner = pytest.importorskip("deepspeed.launcher.runner")
+    path = tmp_path / "hf"
+    path.write_text("w0 slots=4 max_slots=8\nw1\tslots=4\tmax_slots=8 # rack B\nw2 slots=4\n")
+    hf = read_hostfile(path)
+    assert [(h.name, h.slots) for h in hf.hosts] == [("w0", 4), ("w1", 4), ("w2", 4)]
+    assert list(runner.fetch_hostfile(str(path)).items()) == [("w0", 4), ("w1", 4), ("w2", 4)]
+    assert hf.warnings == (
+        f"{path} line 1: max_slots=8 is OpenMPI syntax; DeepSpeed ignores it and starts slots=4 ranks on w0",
+        f"{path} line 2: max_slots=8 is OpenMPI syntax; DeepSpeed ignores it and starts slots=4 ranks on w1")
+    assert read_hostfile(HOSTFILES / "localhost").warnings == ()

@@ -40,7 +40,8 @@ HOSTS = ["w0", "w1", "w2", "w3", "node1", "10.0.0.7", "user@w4", "a.b-c_d"]  # d
 ODD_HOSTS = ["W1", "Node1", "root@W0", "w;0", "caf\xe9", "\ufeffw0", "slots=2", "#w2"]  # case/user@ repeats, bad names
 SEPS = mostly([" ", "\t", "  "], ["", "\xa0", "\f", "\u2028", " = "])
 DIGITS = mostly(["1", "8", "08", "16", "1024"], ["0", "00", "1025", "99999", "9" * 5000, "\u0668", "8\u0663"])
-TAILS = mostly(["", " ", "\t# rack A", "#c"], [" x", " max_slots=8", " slots=4", "\fw2 slots=4", "\u2028w2 slots=4", "\x85# c"])
+TAILS = mostly(["", " ", "\t# rack A", "#c", " max_slots=1024"],
+               [" x", " max_slots=8", " max_slots=8x", " slots=4", "\fw2 slots=4", "\u2028w2 slots=4", "\x85# c"])
 
 
 def entry(host: str) -> st.SearchStrategy[str]:
@@ -87,6 +88,7 @@ def test_whatever_we_accept_deepspeed_reads_the_same():
         @settings(max_examples=600, deadline=None, derandomize=True, database=None)
         @example("w0 slots=8\fw1 slots=8\n")  # today's bug: qwen-ds saw 2 hosts where DeepSpeed saw 1
         @example("w0 slots=8\u2028w1 slots=8\r\nw2 slots=8\rw3\tslots=8 # c\n")
+        @example("w0 slots=4 max_slots=8\nw1\tslots=4\tmax_slots=4 # c\n")  # OpenMPI's max_slots: a warning
         @given(texts())
         def check(text: str) -> None:
             path.write_bytes(text.encode("utf-8"))  # bytes: no newline translation on the way in
