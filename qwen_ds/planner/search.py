@@ -175,7 +175,9 @@ def cpu_reason(mem: MemoryBreakdown, plan: Plan, cluster: Cluster, limit: int) -
     """Why a plan's host RAM does not fit: the load peak when it sets the node total, else the steady terms."""
     total, steady = mem.cpu_total_bytes_per_node, mem.cpu_steady_bytes_per_node
     if not mem.cpu_peak_at_load:
-        return f"CPU {total / GIB:.0f} GiB > {limit / GIB:.0f} GiB per node"
+        load = mem.cpu_load_peak_bytes_per_node
+        also = f" (the load peak, {load / GIB:.0f} GiB, exceeds it too)" if load > limit else ""
+        return f"CPU {total / GIB:.0f} GiB > {limit / GIB:.0f} GiB per node{also}"
     if plan.zero_stage == 3:
         what = f"{cluster.gpus_per_node} ranks x 1/{cluster.world_size} of the weights (zero.Init)"
         fix = "use more nodes or fewer ranks per node"
