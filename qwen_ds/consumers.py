@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -187,3 +188,133 @@ def hf_fillable(cfg: dict[str, Any]) -> list[str]:
 
 def describe_args(args: TrainArgs) -> str:
     return one_line(", ".join(f"{k}={v}" for k, v in asdict(args).items() if k != "deepspeed"))
+
+
+# --------------------------------------------------------------------------- "auto" in
+
+
+#: LLaMA-Factory YAML keys that differ from TrainingArguments (LLaMA-Factory checkpoints unless disabled)
+LF_ONLY = ("cutoff_len", "disable_gradient_checkpointing", "finetuning_type")
+
+
+@dataclass(frozen=True)
+class Filled:
+    """An "auto" config as the HF Trainer will run it: the config with "auto" filled, the arguments it
+    was filled from, where each argument came from, and what the arguments say about the plan."""
+
+    config: dict[str, Any]
+    args: TrainArgs
+    origins: dict[str, str]  # TrainArgs field -> where its value came from
+    keys: tuple[str, ...]  # the dotted keys that were "auto" and are now filled
+    seq_len: int | None = None  # LLaMA-Factory cutoff_len
+    checkpointing: bool | None = None  # from the arguments file, when it says
+
+    def lines(self) -> list[str]:
+        """One line per filled key: its value and where that came from."""
+        field_of = {"train_micro_batch_size_per_gpu": "per_device_train_batch_size",
+                    "gradient_accumulation_steps": "gradient_accumulation_steps", "gradient_clipping": "max_grad_norm",
+                    "optimizer.params.lr": "learning_rate", "scheduler.params.warmup_max_lr": "learning_rate",
+                    "optimizer.params.eps": "adam_epsilon", "optimizer.params.weight_decay": "weight_decay",
+                    "optimizer.params.betas": "adam_beta1", "bf16.enabled": "bf16", "fp16.enabled": "fp16",
+                    "scheduler.params.total_num_steps": "max_steps",
+                    "scheduler.params.warmup_num_steps": "warmup_steps"}
+        out = []
+        for key in self.keys:
+            node, last = _node(self.config, key)
+            value = json.dumps(node.get(last)) if node is not None else "?"
+            f = field_of.get(key)
+            if key == "train_batch_size":
+                why = "world x micro-batch x grad-accum"
+            elif key.startswith("zero_optimization."):
+                why = "from the model's hidden size"
+            elif key == "scheduler.params.warmup_min_lr":
+                why = "the HF Trainer's constant"
+            else:
+                why = f"{f} from {self.origins.get(f, 'the default')}"
+            out.append(f"{key} = {value} ({why})")
+        return out
+
+
+def read_train_args(path: str, flag: str = "--training-args") -> dict[str, Any]:
+    """A training_args.json (TrainingArguments fields) or a LLaMA-Factory / axolotl YAML, as a dict."""
+    from .fileio import read_text
+
+    text = read_text(path, flag, "pass a training_args.json or a LLaMA-Factory training YAML")
+    where = f"{flag} {one_line(path)}"
+    try:
+        if path.endswith((".yaml", ".yml")):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # yaml.YAMLError, JSONDecodeError, RecursionError
+        raise InputError(f"{where}: not readable as {'YAML' if path.endswith(('.yaml', '.yml')) else 'JSON'} "
+                         f"({one_line(exc)[:120]}); pass a training_args.json or a LLaMA-Factory training "
+                         "YAML") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{where}: expected a mapping of argument names to values, got {type(data).__name__}")
+    return data
+
+
+def _typed(where: str, name: str, value: Any, kind: type) -> Any:
+    """An argument's value with the type TrainArgs has; the batch and precision fields strictly, the
+    schedule ones leniently (HF fills warmup / total steps at run time; they do not change memory)."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(value, str) and kind is not bool:  # YAML 1.1 reads 1e-4 as a string
+        try:
+            value, number = float(value), True
+        except ValueError:
+            number = False
+    if kind is bool and isinstance(value, bool):
+        return value
+    if kind is int and name in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+        if number and float(value).is_integer() and value >= 1:
+            return int(value)
+        raise InputError(f"{where}: {name} is {value!r}; it must be an integer >= 1")
+    if kind is int and number:  # warmup_steps may be a ratio (< 1), max_steps -1 (epochs): placeholders
+        return max(1, int(value))
+    if kind is float and number:
+        return float(value)
+    raise InputError(f"{where}: {name} is {value!r}; it must be {'true or false' if kind is bool else 'a number'}")
+
+
+def fill_auto(cfg: dict[str, Any], world: int, hidden_size: int, *, training_args: str | None = None,
+              micro_batch: int | None = None, grad_accum: int | None = None, precision: str | None = None,
+              default_precision: str = "bf16") -> Filled:
+    """``cfg`` with the "auto" the HF Trainer fills filled, from (first wins) ``micro_batch`` /
+    ``grad_accum`` / ``precision`` (flags), the arguments file, else qwen-ds's defaults (micro-batch 1,
+    grad-accum 1, the GPU's precision). "auto" the HF Trainer does not fill stays (validate refuses it)."""
+    base = TrainArgs(bf16=default_precision in ("bf16", "fp8"), fp16=default_precision == "fp16")
+    kinds = {f: type(v) for f, v in asdict(base).items()}
+    values: dict[str, Any] = {}
+    origins: dict[str, str] = {f: "the qwen-ds default" for f in kinds}
+    seq_len = checkpointing = None
+    if training_args:
+        where = f"--training-args {one_line(training_args)}"
+        data = read_train_args(training_args)
+        lf = training_args.endswith((".yaml", ".yml"))
+        for name, kind in kinds.items():
+            if name in data and data[name] is not None and name != "deepspeed":
+                values[name] = _typed(where, name, data[name], kind)
+                origins[name] = where
+        if lf:  # LLaMA-Factory turns gradient checkpointing on unless disabled
+            checkpointing = not bool(data.get("disable_gradient_checkpointing", False))
+            if isinstance(data.get("cutoff_len"), int) and data["cutoff_len"] > 0:
+                seq_len = data["cutoff_len"]
+        elif "gradient_checkpointing" in data:
+            checkpointing = bool(data["gradient_checkpointing"])
+        if values.get("bf16") or values.get("fp16"):  # the file chose a precision: the other one is off
+            values.setdefault("bf16", False)
+            values.setdefault("fp16", False)
+            origins["bf16"] = origins["fp16"] = where
+    for name, flag, value in (("per_device_train_batch_size", "--micro-batch", micro_batch),
+                              ("gradient_accumulation_steps", "--grad-accum", grad_accum)):
+        if value is not None:
+            values[name], origins[name] = value, flag
+    if precision is not None:
+        values.update(bf16=precision in ("bf16", "fp8"), fp16=precision == "fp16")
+        origins["bf16"] = origins["fp16"] = "--precision"
+    args = dataclasses.replace(base, **values)
+    keys = tuple(hf_fillable(cfg))
+    return Filled(hf_fill(cfg, args, world, hidden_size), args, origins, keys, seq_len, checkpointing)

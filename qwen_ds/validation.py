@@ -22,6 +22,8 @@ class Validation:
     problems: tuple
     memory: Estimate | None
     deepspeed_checked: bool
+    filled: Any = None  # consumers.Filled: the "auto" filled as the HF Trainer will, and from where
+    model_known: bool = True  # without a model, the hidden-size "auto" keys are placeholders
 
     @property
     def errors(self) -> tuple:
@@ -38,12 +40,22 @@ class Validation:
         return EXIT_BAD_INPUT if self.errors else EXIT_DOES_NOT_FIT if not self.ok else 0
 
     def to_json(self) -> dict[str, Any]:
-        return {"config": self.config, "ok": self.ok, "problems": [p.as_dict() for p in self.problems],
-                "deepspeed_checked": self.deepspeed_checked, "memory": self.memory.to_json() if self.memory else None}
+        out = {"config": self.config, "ok": self.ok, "problems": [p.as_dict() for p in self.problems],
+               "deepspeed_checked": self.deepspeed_checked, "memory": self.memory.to_json() if self.memory else None}
+        if self.filled is not None:
+            out["filled"] = self.filled_lines()
+        return out
+
+    def filled_lines(self) -> list[str]:
+        lines = self.filled.lines()
+        if not self.model_known:
+            lines = [f"{x} (placeholder: pass --model)" if x.startswith("zero_optimization.") else x for x in lines]
+        return lines
 
     def verdict_text(self) -> str:
         """The memory verdict and 'ok' lines (the problems: ``problems_text``)."""
-        lines = []
+        lines = [f'{self.config}: "auto" filled as the HF Trainer will: {x}' for x in self.filled_lines()] \
+            if self.filled is not None else []
         mem = self.memory.memory if self.memory else None
         if mem:
             lines.append(f"{self.config}: memory: {mem.gpu_total_bytes / GIB:.2f} GiB of "
@@ -56,18 +68,30 @@ class Validation:
 
 def validate(config: str, *, model: str | ModelSpec | None = None, gpu: str | GPU | None = None,
              hostfile: str | None = None, nodes: int | None = None, gpus_per_node: int | None = None, pp: int = 1,
-             seq_len: int = 4096, new_tokens: int = 0, checkpointing: bool = True, use_deepspeed: bool | None = None,
-             plan_path: str | None = None) -> Validation:
+             seq_len: int | None = None, new_tokens: int = 0, checkpointing: bool | None = None,
+             use_deepspeed: bool | None = None, plan_path: str | None = None, consumer: str | None = None,
+             training_args: str | None = None, micro_batch: int | None = None, grad_accum: int | None = None,
+             precision: str | None = None) -> Validation:
     """Check the DeepSpeed config file ``config``: JSON Schema of DeepSpeed 0.19.8, semantic rules,
     DeepSpeed's own parser (``use_deepspeed``; default: when it is installed), against a plan.json
-    (``plan_path``), and with ``model`` and ``gpu`` the memory verdict."""
+    (``plan_path``), and with ``model`` and ``gpu`` the memory verdict.
+
+    A config with "auto" where the HF Trainer fills it (``consumer`` "hf-trainer" / "accelerate", or
+    detected) is checked as the Trainer will run it: "auto" filled from ``micro_batch`` /
+    ``grad_accum`` / ``precision``, else the ``training_args`` file (training_args.json or a
+    LLaMA-Factory YAML), else qwen-ds's defaults; ``Validation.filled`` says which value came from
+    where. ``seq_len`` / ``checkpointing`` None: the YAML's cutoff_len / checkpointing, else 4096 / on."""
+    from .consumers import CONSUMERS, fill_auto, hf_fillable
     from .plandoc import read_plan_document
     from .validate import Context, Problem, validate_config
     from .validate.parse import read_config
 
+    if consumer is not None and consumer not in CONSUMERS:
+        raise InputError(f"--for {consumer!r}: choose one of {', '.join(CONSUMERS)}")
     cfg = read_config(config)
     doc = read_plan_document(plan_path, "--plan") if plan_path else None
-    for flag, v in (("--nodes", nodes), ("--gpus-per-node", gpus_per_node), ("--pp", pp), ("--seq-len", seq_len)):
+    for flag, v in (("--nodes", nodes), ("--gpus-per-node", gpus_per_node), ("--pp", pp), ("--seq-len", seq_len),
+                    ("--micro-batch", micro_batch), ("--grad-accum", grad_accum)):
         if v is not None and v < 1:
             raise InputError(f"{flag} {v}: must be a positive integer")
     world = gpn = None
@@ -80,23 +104,33 @@ def validate(config: str, *, model: str | ModelSpec | None = None, gpu: str | GP
         from .validate.dscheck import deepspeed_available
 
         use_deepspeed = deepspeed_available()
+    filled = None
+    runs = cfg
+    if consumer in ("hf-trainer", "accelerate") or (consumer is None and hf_fillable(cfg)):
+        filled = fill_auto(cfg, world or 1, spec.hidden_size if spec else 1, training_args=training_args,
+                           micro_batch=micro_batch, grad_accum=grad_accum, precision=precision,
+                           default_precision="bf16" if gpu_spec is None or gpu_spec.bf16 else "fp16")
+        runs = filled.config
     ctx = Context(world_size=world, gpus_per_node=gpn, pp=pp, gpu=gpu_spec, model=spec)
-    problems = validate_config(cfg, ctx, use_deepspeed=use_deepspeed)
+    problems = validate_config(runs, ctx, use_deepspeed=use_deepspeed)
     if doc is not None:
         from .pairing import plan_problems
 
         problems += plan_problems(doc.check_config(cfg), config, plan_path)
+    ckpt = checkpointing if checkpointing is not None else (
+        filled.checkpointing if filled is not None and filled.checkpointing is not None else True)
+    seq = seq_len or (filled.seq_len if filled is not None and filled.seq_len else 4096)
     memory = None
     if not any(p.severity == "error" for p in problems) and spec and gpu_spec:
         try:
-            verdict = config_estimate(cfg, spec, gpu_spec, world, gpn, pp, seq_len, new_tokens, checkpointing)
+            verdict = config_estimate(runs, spec, gpu_spec, world, gpn, pp, seq, new_tokens, ckpt)
             verdict.to_json()  # the totals overflow a float for absurd sizes: here, where it is a warning
             memory = verdict
         except (InputError, OverflowError, ValueError) as exc:
             problems.append(Problem("$", f"memory verdict skipped: {exc}; give --hostfile or --nodes/--gpus-per-node "
                                     "matching the config", "memory", "warning"))
     ds_ran = bool(use_deepspeed) and not any(p.rule != "deepspeed" and p.severity == "error" for p in problems)
-    return Validation(config, tuple(problems), memory, ds_ran)
+    return Validation(config, tuple(problems), memory, ds_ran, filled, spec is not None)
 
 
 def config_estimate(cfg: dict[str, Any], spec: ModelSpec, gpu: GPU, world: int | None, gpn: int | None, pp: int,

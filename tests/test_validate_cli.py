@@ -96,7 +96,8 @@ def test_exit_3_when_a_valid_config_does_not_fit(tmp_path):
     """ZeRO-3 without offload for Qwen3-Next-80B-A3B on 2 x 8 A100-80GB: a valid config, but ~98 GiB per GPU."""
     needs_deepspeed()
     cfg = {"train_batch_size": 16, "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
-           "bf16": {"enabled": True}, "zero_optimization": {"stage": 3}}
+           "bf16": {"enabled": True},
+           "zero_optimization": {"stage": 3, "leaf_module": {"classes": ["Qwen3NextSparseMoeBlock"]}}}
     rc, out, err = run_cli("validate", write(tmp_path, cfg), *NEXT_ON_A100, "--json")
     assert rc == 3, err
     doc = json.loads(out)
@@ -154,7 +155,9 @@ def test_malformed_value_reports_its_own_line(tmp_path):
 
 @pytest.mark.parametrize("name", ["llamafactory_ds_z3_config.json", "axolotl_zero3_bf16.json"])
 def test_peer_configs_through_the_cli(name):
-    rc, out, _ = run_cli("validate", str(FIXTURES / name), "--model", "Qwen3-8B", "--no-deepspeed", "--json")
+    """Read as plain DeepSpeed configs (--for deepspeed), every "auto" is an error with the value to write."""
+    rc, out, _ = run_cli("validate", str(FIXTURES / name), "--model", "Qwen3-8B", "--no-deepspeed", "--json",
+                         "--for", "deepspeed")
     assert rc == 2
     msgs = " | ".join(p["message"] for p in json.loads(out)["problems"] if p["rule"] == "auto")
     for hint in ("h*h = 16777216", "int(0.9*h*h) = 15099494", "10*h = 40960"):

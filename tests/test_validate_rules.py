@@ -83,7 +83,7 @@ TRIPS = [
          "DeepSpeed crashes on it at the top level"),
     Trip("rule_auto", "auto", cfg(bf16={"enabled": "auto"}), W16, "$.bf16.enabled", "silently drops it"),
     Trip("rule_auto", "auto", cfg(optimizer={"type": "AdamW", "params": {"lr": 1e-5, "betas": ["auto", 0.95]}}), W16,
-         "$.optimizer.params.betas[0]", '"auto" is filled only by the HF Trainer'),
+         "$.optimizer.params.betas[0]", '"auto" here is filled by nothing: the HF Trainer does not fill'),
     Trip("rule_auto", "auto", zero(stage=3, stage3_prefetch_bucket_size="auto"), {**W16, "model": "Qwen3-8B"},
          "$.zero_optimization.stage3_prefetch_bucket_size", "int(0.9*h*h) = 15099494"),
     # --- batch
@@ -161,6 +161,8 @@ TRIPS = [
     Trip("rule_zeropp_stage", "zeropp_stage", zero(stage=1, zero_quantized_nontrainable_weights=True), W16,
          "$.zero_optimization.zero_quantized_weights", "need stage 3"),
     # --- AutoTP on a model it cannot split
+    Trip("rule_leaf_modules", "leaf_modules", zero(stage=3), {**W16, "model": "Qwen3-Next-80B-A3B"},
+         "$.zero_optimization.leaf_module", '"leaf_module": {"classes": ["Qwen3NextSparseMoeBlock"]}', "warning"),
     Trip("rule_autotp_model", "autotp_model", cfg(tensor_parallel={"autotp_size": 2}), {**W16, "model": "Qwen3-Next-80B-A3B"},
          "$.tensor_parallel.autotp_size", "Gated DeltaNet"),
     Trip("rule_autotp_model", "autotp_model", {"tensor_parallel": {"tp_size": 4}, "dtype": "bf16"},
@@ -223,6 +225,8 @@ NEARS = [
     Near("rule_offload_optimizer_type", "offload_optimizer_type",
          zero(stage=2) | {"optimizer": {"type": "SGD", "params": {"lr": 0.1}}}, W16),
     Near("rule_zeropp_stage", "zeropp_stage", zero(stage=3, zero_quantized_weights=True), W16),
+    Near("rule_leaf_modules", "leaf_modules", zero(stage=3, leaf_module={"classes": ["Qwen3NextSparseMoeBlock"]}),
+         {**W16, "model": "Qwen3-Next-80B-A3B"}),
     Near("rule_autotp_model", "autotp_model", cfg(tensor_parallel={"autotp_size": 2}), {**W16, "model": "Qwen3-8B"}),
     Near("rule_non_finite", "non_finite", cfg(optimizer=adamw(lr=1e-30), gradient_clipping=1e30), W16),
     Near("rule_gradient_clipping", "gradient_clipping", cfg(gradient_clipping=0), W16),  # 0 = no clipping, said plainly

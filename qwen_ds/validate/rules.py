@@ -16,6 +16,7 @@ from ..knobs import deepspeed_batch_ranks
 from ..sharding import autotp_unsupported
 from .optim_rules import (rule_betas, rule_optimizer_params, rule_optimizer_type, rule_scheduler_params,
                           rule_scheduler_type)
+from .leaf_rules import rule_leaf_modules
 from .problems import Context, Problem, json_path
 
 # 0.19.7 / 0.19.8 reject these keys (runtime/config.py _REMOVED_*_CONFIG_KEYS, reference §1.10)
@@ -84,14 +85,24 @@ def _auto_hint(path: tuple, ctx: Context) -> str:
 
 def rule_auto(cfg: dict[str, Any], ctx: Context) -> list[Problem]:
     """"auto" is an HF Trainer / Accelerate placeholder: DeepSpeed drops it inside blocks (the
-    default silently wins: bf16 off, offload none) and crashes on it at the top level."""
+    default silently wins: bf16 off, offload none) and crashes on it at the top level. validate
+    fills the keys the HF Trainer fills before the rules run; an "auto" left is one nothing fills."""
+    from ..consumers import HF_FILLED
+
     out = []
     for path, value in _walk(cfg):
         if value == "auto":
             top = len(path) == 1
             effect = ("DeepSpeed crashes on it at the top level" if top
                       else "DeepSpeed silently drops it and uses its default")
-            out.append(Problem(json_path(path), f'"auto" is filled only by the HF Trainer / Accelerate; {effect}; '
+            dotted = ".".join(map(str, path))
+            if dotted in HF_FILLED:
+                why = '"auto" is filled only by the HF Trainer / Accelerate'
+            else:
+                stage3 = f"zero_optimization.stage3_{path[-1]}" if path[:1] == ("zero_optimization",) else None
+                also = f" (it fills {stage3})" if stage3 in HF_FILLED else ""
+                why = f'"auto" here is filled by nothing: the HF Trainer does not fill {dotted}{also}'
+            out.append(Problem(json_path(path), f"{why}; {effect}; "
                                f"write the value{_auto_hint(path, ctx)} or let qwen-ds gen-config compute it", "auto"))
     return out
 
@@ -256,7 +267,8 @@ def rule_removed_keys(cfg: dict[str, Any], ctx: Context) -> list[Problem]:
 
 
 def rule_unknown_top_level(cfg: dict[str, Any], ctx: Context) -> list[Problem]:
-    """DeepSpeed ignores unknown top-level keys silently: a typo means the default is used."""
+    """DeepSpeed ignores unknown top-level keys silently: a typo means the default is used (an error
+    when the key is close to a real one; a warning otherwise, and for "_comment"-style keys)."""
     if not ctx.known_top_level:
         return []
     known = INFERENCE_KEYS if is_inference_config(cfg) else ctx.known_top_level
@@ -264,10 +276,15 @@ def rule_unknown_top_level(cfg: dict[str, Any], ctx: Context) -> list[Problem]:
     for key in cfg:
         if key in known or key in REMOVED_TOP_LEVEL:
             continue
+        if key.startswith("_"):  # a comment by convention ("_comment"): ignored, and meant to be
+            out.append(Problem(f"$.{key}", f"'{key}' is not a DeepSpeed key: DeepSpeed ignores it (a comment)",
+                               "unknown_key", "warning"))
+            continue
         close = difflib.get_close_matches(key, sorted(known), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else "; remove it or check the DeepSpeed docs"
+        # a near-miss of a real key is a typo whose setting is lost: an error; anything else DeepSpeed ignores
         out.append(Problem(f"$.{key}", f"unknown top-level key '{key}': DeepSpeed ignores it silently{hint}",
-                           "unknown_key"))
+                           "unknown_key", "error" if close else "warning"))
     return out
 
 
@@ -353,7 +370,7 @@ RULES: tuple[Callable[[dict[str, Any], Context], list[Problem]], ...] = (
     rule_precision_hw, rule_fp16_and_bf16, rule_loss_scale, rule_removed_keys, rule_unknown_top_level,
     rule_offload_ratio, rule_compute_grad_norm, rule_offload_optimizer_type, rule_zeropp_stage, rule_autotp_model,
     rule_non_finite, rule_gradient_clipping, rule_optimizer_type, rule_optimizer_params, rule_betas,
-    rule_scheduler_type, rule_scheduler_params,
+    rule_scheduler_type, rule_scheduler_params, rule_leaf_modules,
 )
 
 
