@@ -254,7 +254,7 @@ def __getattr__(name: str) -> Any:
         from . import generation
 
         return getattr(generation, name)
-    if name in ("validate", "Validation", "config_estimate"):
+    if name in ("validate", "Validation", "config_estimate", "estimate_config", "ConfigEstimate"):
         from . import validation
 
         return getattr(validation, name)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .api import Estimate, Inputs, cluster_shape, estimate_inputs
+from .api import Estimate, Inputs, cluster_shape, estimate_inputs, problems_text
 from .errors import InputError
 from .hardware import GPU, Cluster, get_gpu
 from .knobs import Workload
@@ -145,3 +145,54 @@ def config_estimate(cfg: dict[str, Any], spec: ModelSpec, gpu: GPU, world: int |
     i = Inputs(spec, Cluster(gpu, nodes, per_node), Workload(mode="infer" if infer else "train", seq_len=seq_len,
                                                               new_tokens=new_tokens), p)
     return estimate_inputs(i)
+
+
+@dataclass(frozen=True)
+class ConfigEstimate:
+    """``estimate --config``: the memory of the plan an existing config runs, and how its "auto" was filled."""
+
+    config: str
+    estimate: Estimate
+    problems: tuple  # warnings (errors raise)
+    filled_lines: tuple[str, ...] = ()
+
+    @property
+    def fits(self) -> bool:
+        return self.estimate.fits
+
+    def to_json(self) -> dict[str, Any]:
+        return {"config": self.config, **self.estimate.to_json(), "filled": list(self.filled_lines),
+                "problems": [p.as_dict() for p in self.problems]}
+
+    def text(self) -> str:
+        head = [f'{self.config}: "auto" filled as the HF Trainer will: {x}' for x in self.filled_lines]
+        return "\n".join(head + [self.estimate.text()])
+
+
+def estimate_config(config: str, model: str | ModelSpec, gpu: str | GPU, *, nodes: int | None = None,
+                    gpus_per_node: int | None = None, hostfile: str | None = None, training_args: str | None = None,
+                    given: dict[str, Any] | None = None) -> ConfigEstimate:
+    """Size the DeepSpeed config file ``config`` for a model and cluster (the CI gate on real configs).
+    ``given``: the plan knobs the caller set; only those a config does not say (seq_len, new_tokens,
+    checkpointing, pp) or that fill its "auto" (micro_batch, grad_accum, precision) may be given."""
+    from .knobs import BY_NAME
+
+    given = dict(given or {})
+    allowed = ("micro_batch", "grad_accum", "precision", "seq_len", "new_tokens", "checkpointing", "pp")
+    for name in given:
+        if name not in allowed:
+            flag = BY_NAME[name].flag if name in BY_NAME else name
+            raise InputError(f"{flag} with --config: the config says this; drop {flag}, or edit the config "
+                             f"(with --config only {', '.join(BY_NAME[k].flag for k in allowed)} apply)")
+    n, gpn = cluster_shape(hostfile, nodes, gpus_per_node)
+    v = validate(config, model=model, gpu=gpu, nodes=n, gpus_per_node=gpn, pp=given.get("pp", 1),
+                 seq_len=given.get("seq_len"), new_tokens=given.get("new_tokens", 0),
+                 checkpointing=given.get("checkpointing"), use_deepspeed=False, training_args=training_args,
+                 micro_batch=given.get("micro_batch"), grad_accum=given.get("grad_accum"),
+                 precision=given.get("precision"))
+    if v.errors:
+        raise InputError(f"{config} has {len(v.errors)} problem(s) (qwen-ds validate {config} lists them); "
+                         "no estimate", detail=problems_text(v.problems, config))
+    if v.memory is None:
+        raise InputError(f"{config}: no estimate ({'; '.join(p.message for p in v.problems) or 'no memory verdict'})")
+    return ConfigEstimate(config, v.memory, v.problems, tuple(v.filled_lines()) if v.filled is not None else ())
