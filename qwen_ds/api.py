@@ -198,6 +198,7 @@ class PlanSearch:
             "gpus_per_node": i.cluster.gpus_per_node,
             "mode": i.workload.mode, "considered": res.considered, "accepted": len(res.accepted),
             "best": [describe(c) for c in res.accepted[:top]],
+            "grad_accum_fixed_at_one": res.grad_accum_fixed_at_one,
             "rejected_families": [{"family": f, "reason": r} for f, r in res.rejected_families()],
             "smallest_cluster_without_offload": None if smallest is None else
             {"nodes": smallest[0], "gpus_per_node": i.cluster.gpus_per_node, "plan": describe(smallest[1])},

@@ -42,7 +42,8 @@ class Generated:
                      f"dp {lay.dp} x tp {lay.tp} x pp {lay.pp}, "
                      f"micro-batch {p.micro_batch} x grad-accum {p.grad_accum}, "
                      f"checkpointing {'on' if p.checkpointing else 'off'}, {p.precision}; "
-                     f"{mem.gpu_total_bytes / GIB:.2f} GiB of {mem.gpu_memory_bytes / GIB:.2f} GiB per GPU")
+                     f"{mem.gpu_total_bytes / GIB:.2f} GiB of {mem.gpu_memory_bytes / GIB:.2f} GiB per GPU, "
+                     f"{mem.cpu_total_bytes_per_node / GIB:.2f} GiB CPU RAM per node")
         args = self.document.train_args
         if args is not None:
             lines.append(f"{self.document.consumer}: the estimate holds for per_device_train_batch_size "
@@ -86,6 +87,10 @@ def _choose(i: Inputs, pinned: dict[str, Any], options: SearchOptions) -> tuple[
         reasons = "; ".join(f"{f}: {r}" for f, r in found.result.rejected_families()[:4])
         raise DoesNotFit(f"no plan fits ({reasons}); see qwen-ds plan")
     chosen_by = f"planner (best of {found.result.considered}; pinned: {', '.join(sorted(pinned)) or 'none'})"
+    if found.result.grad_accum_fixed_at_one:
+        from .reports import batch_line
+
+        chosen_by += "; " + batch_line(found.result)
     return dataclasses.replace(i, plan=found.best.plan), found.best_estimate(), chosen_by
 
 
