@@ -41,3 +41,14 @@ def test_python_api_example_runs_and_prints_what_the_readme_shows():
                            "if m in sys.modules))"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == shown + "[]\n"  # the output shown, and no torch / deepspeed imported
+
+
+def test_hf_recipes_run(tmp_path):
+    block = README.split("# hf recipes", 1)[1].split("\n", 1)[1].split("```", 1)[0]
+    script = "set -e\n" + block.replace("qwen-ds ", f"{sys.executable} -m qwen_ds.cli ")
+    proc = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert '"auto" filled as the HF Trainer will' in proc.stdout and ": ok (schema and rules)" in proc.stdout
+    for d, files in (("/tmp/qwen-ds-hf", ("ds_config.json", "plan.json", "training_args.json", "llamafactory.yaml")),
+                     ("/tmp/qwen-ds-acc", ("ds_config.json", "plan.json", "training_args.json"))):
+        assert all((Path(d) / f).is_file() for f in files), d
