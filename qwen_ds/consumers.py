@@ -318,3 +318,16 @@ def fill_auto(cfg: dict[str, Any], world: int, hidden_size: int, *, training_arg
     args = dataclasses.replace(base, **values)
     keys = tuple(hf_fillable(cfg))
     return Filled(hf_fill(cfg, args, world, hidden_size), args, origins, keys, seq_len, checkpointing)
+
+
+def as_run(cfg: dict[str, Any], world: int, plan: Any = None) -> dict[str, Any]:
+    """For checks before a launch: ``cfg`` with the "auto" the HF Trainer fills filled from the
+    plan.json's train_args (a PlanDocument), else from TrainArgs' defaults; ``cfg`` itself without any."""
+    if not hf_fillable(cfg):
+        return cfg
+    names = {f.name for f in dataclasses.fields(TrainArgs)}
+    given = (plan.train_args or {}) if plan is not None else {}
+    args = TrainArgs(**{k: v for k, v in given.items() if k in names})
+    config = plan.model.config if plan is not None and plan.model is not None else None
+    hidden = config.get("hidden_size") if isinstance(config, dict) else None
+    return hf_fill(cfg, args, world, hidden if isinstance(hidden, int) and hidden > 0 else 1)
