@@ -61,7 +61,7 @@ def main() -> None:
     output_dir = args.output_dir or tempfile.mkdtemp(prefix="hf_trainer_train.")
     training_args = TrainingArguments(output_dir=output_dir, report_to=[], save_strategy="no", logging_steps=1,
                                       use_cpu=not torch.cuda.is_available(), **fields)
-    if training_args.use_cpu:  # on GPUs TrainingArguments starts DeepSpeed's comm; on CPU (gloo) it starts only torch's,
+    if training_args.use_cpu:  # on GPUs TrainingArguments starts DeepSpeed's comm; on CPU (gloo) only torch's,
         import deepspeed  # and ZeRO-3's zero.Init in from_config would then see a world of 1
 
         deepspeed.init_distributed(dist_backend="gloo")
