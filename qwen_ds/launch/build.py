@@ -10,18 +10,25 @@ job (entry, arguments, environment, run dir) is one shell-inert token (qwen_ds.l
 from __future__ import annotations
 
 import re
+import shlex
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..errors import InputError, one_line
 from ..hostfile import Hostfile
+from .passthrough import parse_bind_core_list
 from .payload import FLAG, MODULE, RankPayload
 from .ports import free_port
 from .remote import active_resources
 
-LAUNCHERS = ("pdsh", "openmpi", "mvapich", "slurm", "no-ssh")
+LAUNCHERS = ("pdsh", "openmpi", "mvapich", "mpich", "impi", "slurm", "no-ssh")
 BUILTIN = {"train": "qwen_ds.runtime.train", "infer": "qwen_ds.runtime.infer"}
-BACKEND_BINARY = {"pdsh": "pdsh", "openmpi": "mpirun", "mvapich": "mpirun", "slurm": "srun"}
+BACKEND_BINARY = {"pdsh": "pdsh", "openmpi": "mpirun", "mvapich": "mpirun", "mpich": "mpirun", "impi": "mpirun",
+                  "slurm": "srun"}
+MPI = ("openmpi", "mvapich", "mpich", "impi")  # their runners refuse --include / --exclude (validate_args)
+EQUAL_SLOTS = ("mvapich", "mpich", "impi", "slurm")  # their get_cmd refuses unequal slots per host
+RANK_SCRIPT = str(Path(__file__).with_name("rank_script.py"))  # the wrapper as a file, for MPICH's helper
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,10 @@ class LaunchRequest:
     master_port: int = 29500
     env: dict = field(default_factory=dict)
     python: str = sys.executable
+    launcher_args: tuple[str, ...] = ()  # passthrough.split_launcher_args: the words DeepSpeed inserts
+    ssh_port: int | None = None
+    bind_cores_to_rank: bool = False
+    bind_core_list: str | None = None  # checked by passthrough.parse_bind_core_list
 
 
 @dataclass(frozen=True)
@@ -100,7 +111,7 @@ def build(req: LaunchRequest) -> LaunchSpec:
             raise InputError(f"--launcher no-ssh needs --node-rank 0..{hf.nodes - 1} (this node's line in {hf.path})")
     elif req.node_rank is not None:
         raise InputError("--node-rank is only for --launcher no-ssh (the other launchers start every node themselves)")
-    if req.launcher in ("mvapich", "slurm") and not hf.equal_slots:
+    if req.launcher in EQUAL_SLOTS and not hf.equal_slots:
         raise InputError(f"--launcher {req.launcher} needs the same slots= on every host of {hf.path}")
     kind, target, args = resolve_entry(req.entry, req.config, req.plan)
     resources = active_resources([(h.name, h.slots) for h in hf.hosts], req.include, req.exclude)
@@ -122,13 +133,55 @@ def build(req: LaunchRequest) -> LaunchSpec:
         argv += ["--include", req.include]
     if req.exclude:
         argv += ["--exclude", req.exclude]
-    payload = RankPayload(run_dir=req.run_dir, kind=kind, target=target, args=tuple(args), env=dict(req.env))
     local = no_ssh or len(resources) == 1  # DeepSpeed's runner goes multi-node only for > 1 active host
+    argv += passthrough_argv(req, local, resources)
+    payload = RankPayload(run_dir=req.run_dir, kind=kind, target=target, args=tuple(args), env=dict(req.env))
     if req.launcher == "slurm" and not local:
         # DeepSpeed 0.19.8's SlurmRunner ignores --module and runs `python -u SCRIPT`: the module goes in as
         # the script "-m" (after "--", so the runner's parser takes it as the positional) and its name
         argv += ["--", "-m", MODULE, FLAG, payload.encode()]
+    elif req.launcher == "mpich" and not local:
+        # its helper cannot run a module (rank_script.py says why): the wrapper goes in as a script file
+        argv += [RANK_SCRIPT, FLAG, payload.encode()]
     else:
         # the rank wrapper is the "script"; DeepSpeed's launch.py adds --local_rank=N after it
         argv += ["--module", MODULE, FLAG, payload.encode()]
     return LaunchSpec(tuple(argv), payload, local, master, kind, target, resources)
+
+
+def passthrough_argv(req: LaunchRequest, local: bool, resources: dict) -> list[str]:
+    """The runner options of qwen_ds.launch.passthrough, refused where DeepSpeed 0.19.8 would ignore them
+    (silently dropping what the user asked for) or fail on them. `--opt=value` keeps a value that starts
+    with '-' from being read as an option by the runner's argparse."""
+    out: list[str] = []
+    here = "one active host or --launcher no-ssh: DeepSpeed starts the ranks on this host itself"
+    if req.include or req.exclude:
+        if req.launcher in MPI and not local:
+            raise InputError(f"--launcher {req.launcher} cannot take --include / --exclude over several hosts "
+                             "(DeepSpeed's runner refuses it); edit the hostfile instead")
+    if req.launcher_args:
+        if local:
+            raise InputError(f"--launcher-args: {here} and ignores them; drop --launcher-args")
+        out.append(f"--launcher_args={shlex.join(req.launcher_args)}")
+    if req.ssh_port is not None:
+        if req.launcher == "no-ssh" or req.hostfile.single_host:
+            raise InputError(f"--ssh-port {req.ssh_port}: nothing uses ssh here (one host in {req.hostfile.path}, or "
+                             "--launcher no-ssh); drop --ssh-port")
+        out += ["--ssh_port", str(req.ssh_port)]
+    if req.bind_core_list is not None and not req.bind_cores_to_rank:
+        raise InputError(f"--bind-core-list {req.bind_core_list}: DeepSpeed only reads it with --bind-cores-to-rank; "
+                         "add that flag or drop the list")
+    if req.bind_cores_to_rank:
+        if not local and req.launcher != "impi":
+            raise InputError(f"--bind-cores-to-rank: DeepSpeed 0.19.8's --launcher {req.launcher} runner ignores it "
+                             "over several hosts (only its impi runner and the single-host path bind cores); use "
+                             "--launcher impi or no-ssh, or drop it")
+        out.append("--bind_cores_to_rank")
+        if req.bind_core_list is not None:
+            cores = parse_bind_core_list(req.bind_core_list)
+            most = max(len(ids) for ids in resources.values())
+            if len(cores) < most:
+                raise InputError(f"--bind-core-list {req.bind_core_list}: {len(cores)} cores for {most} ranks on a "
+                                 "host; DeepSpeed needs at least one core per rank: list more cores")
+            out.append(f"--bind_core_list={req.bind_core_list}")
+    return out

@@ -81,6 +81,9 @@ def preflight(req: LaunchRequest, spec: LaunchSpec, warn: Callable[[str], None] 
     is_master_here = hf.single_host or (req.launcher == "no-ssh" and req.node_rank == 0)
     if is_master_here and not port_free(req.master_port):
         problems.append(f"--master-port {req.master_port} is in use on this host; choose another")
+    if req.bind_cores_to_rank and spec.local and shutil.which("numactl") is None:
+        problems.append("--bind-cores-to-rank: DeepSpeed binds each rank with numactl, which is not on PATH here; "
+                        "install numactl (apt install numactl) or drop the flag")
     if not spec.local:
         binary = BACKEND_BINARY.get(req.launcher)
         if binary and shutil.which(binary) is None:

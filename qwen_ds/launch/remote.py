@@ -10,7 +10,8 @@ What remains is what DeepSpeed adds by itself, and those values are checked here
   double quotes when it has a character outside [\\w@%+=:,./-];
 - pdsh: one string, `export K=V; ... cd CWD; PYTHON -u -m deepspeed.launcher.launch ... ARGS`, which
   pdsh expands (%h host, %u user, %n rank, %% -> %) and the remote login shell runs;
-- openmpi / mvapich: `-x K=V` / `-env K=V` argv items, DeepSpeed's double quotes kept literally;
+- openmpi / mvapich / mpich / impi: `-x K=V` / `-env K=V` / `-genv K=V` / `-genv K V` argv items,
+  DeepSpeed's double quotes kept literally;
 - slurm: one `--export=ALL,K=V,...` item: quotes kept, and ',' separates variables.
 """
 
@@ -33,7 +34,9 @@ SHELL_ACTIVE_IN_DQUOTES = '$`"\\'
 PDSH_EXPANDS = re.compile(r"%[hun%]")
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 PLAIN_WORD = re.compile(r"[A-Za-z0-9_@+=:,./-]+")  # means itself, unquoted, to sh and to pdsh
-BACKEND_TOOL = {"openmpi": "mpirun -x", "mvapich": "mpirun -env", "slurm": "srun --export"}
+BACKEND_TOOL = {"openmpi": "mpirun -x", "mvapich": "mpirun -env", "mpich": "mpirun -genv", "impi": "mpirun -genv",
+                "slurm": "srun --export"}
+PDSH_MAX_FAN_OUT = 1024  # deepspeed.launcher.constants
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,12 @@ def deepspeed_quote(value: str) -> str:
     """MultiNodeRunner.add_export."""
     value = value.strip()
     return f'"{value}"' if NEEDS_QUOTES.search(value) else value
+
+
+def pdsh_argv(resources: dict[str, list[int]], launcher_args: tuple[str, ...] = ()) -> list[str]:
+    """PDSHRunner.get_cmd's pdsh options: `pdsh -S -f 1024 -w HOSTS` then --launcher_args split; the
+    remote command (pdsh_remote_command) follows as further arguments."""
+    return ["pdsh", "-S", "-f", str(PDSH_MAX_FAN_OUT), "-w", ",".join(resources), *launcher_args]
 
 
 def pdsh_remote_command(exports: list[Export], cwd: str, python: str, resources: dict[str, list[int]], master_addr: str,
