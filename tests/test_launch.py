@@ -16,6 +16,7 @@ import pytest
 from qwen_ds.errors import InputError
 from qwen_ds.hostfile import parse_hostfile_text
 from qwen_ds.launch import LaunchRequest, build
+from qwen_ds.launch.build import RANK_SCRIPT
 from qwen_ds.launch.envfile import parse_env_items, read_env_file
 from qwen_ds.launch.payload import RankPayload
 from qwen_ds.launch.ports import free_port
@@ -43,7 +44,7 @@ def test_dry_run_argv_pdsh():
     assert not spec.local and spec.resources == {"w0": list(range(8)), "w1": list(range(8))}
 
 
-@pytest.mark.parametrize("launcher", ["openmpi", "mvapich", "slurm"])
+@pytest.mark.parametrize("launcher", ["openmpi", "mvapich", "mpich", "impi", "slurm"])
 def test_dry_run_argv_mpi_backends(launcher):
     spec = build(req(launcher=launcher, python="python", master_addr="10.0.0.1", master_port=29600))
     argv = list(spec.argv)
@@ -104,9 +105,19 @@ def test_preflight_names_a_busy_master_port(tiny_config):
     assert p.returncode == 2 and f"--master-port {port} is in use on this host" in p.stderr
 
 
-def test_unequal_slots_refused_for_mvapich_and_slurm():
+@pytest.mark.parametrize("launcher", ["mvapich", "mpich", "impi", "slurm"])
+def test_unequal_slots_refused_for_mvapich_mpich_impi_and_slurm(launcher):
     with pytest.raises(InputError, match="same slots="):
-        build(req("a slots=8\nb slots=4\n", launcher="slurm"))
+        build(req("a slots=8\nb slots=4\n", launcher=launcher))
+
+
+def test_mpich_gets_the_rank_wrapper_as_a_script_file_only_on_its_multi_node_path():
+    """DeepSpeed's MPICH runner with --module runs `python -u -m /path/launcher_helper.py` (no such module)."""
+    multi = list(build(req(launcher="mpich", python="python")).argv)
+    assert "--module" not in multi and multi[multi.index("--launcher") + 2:-1] == [RANK_SCRIPT, "--payload"]
+    assert Path(RANK_SCRIPT).is_file()
+    local = list(build(req(launcher="mpich", python="python", include="w1")).argv)
+    assert local[local.index("--module") + 1] == "qwen_ds.launch.rank"
 
 
 @pytest.mark.parametrize("item,match", [("1A=x", "variable name"), ("A B=x", "variable name"), ("noequals", "KEY=VALUE"),
