@@ -19,7 +19,8 @@ from ..launch import LAUNCHERS
 @click.option("--plan", default=None, type=click.Path(dir_okay=False),
               help="plan.json from gen-config (checked against the hostfile).")
 @click.option("--launcher", type=click.Choice(LAUNCHERS), default="pdsh", show_default=True,
-              help="Backend for several hosts; no-ssh runs this node only (start one per node with --node-rank).")
+              help="Backend for several hosts (mpich / impi: the MPICH or Intel MPI mpirun on PATH; equal slots "
+                   "per host); no-ssh runs this node only (start one per node with --node-rank).")
 @click.option("--node-rank", type=int, default=None, help="This node's line in the hostfile (--launcher no-ssh).")
 @click.option("--include", default=None, help="DeepSpeed resource filter, e.g. 'w0@w1:0,2'.")
 @click.option("--exclude", default=None, help="DeepSpeed resource filter, e.g. 'w1:0'.")
