@@ -46,7 +46,14 @@ def preflight(req: LaunchRequest, spec: LaunchSpec, warn: Callable[[str], None] 
     per_node = set(chosen.values())
     gpn = per_node.pop() if len(per_node) == 1 else None
     ctx = Context(world_size=world, gpus_per_node=gpn, pp=pp)
-    for p in validate_config(cfg, ctx):
+    from ..consumers import as_run, hf_fillable
+
+    if hf_fillable(cfg) and spec.entry_kind == "builtin":
+        problems.append(f"{req.config} has \"auto\" for the HF Trainer to fill (gen-config --for hf-trainer); the "
+                        "built-in runtime runs DeepSpeed configs: regenerate with --for deepspeed, or launch your "
+                        "HF Trainer script")
+    # an HF Trainer config is checked as the Trainer will run it: "auto" filled from plan.json's train_args
+    for p in validate_config(as_run(cfg, world, plan), ctx):
         if p.severity == "error":
             problems.append(f"{req.config}: {p.path}: {p.message}")
     cl = plan.cluster if plan is not None else None
