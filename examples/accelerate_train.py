@@ -6,9 +6,8 @@
         --model tiny-qwen3 --steps 10
 
 The accelerate flavour has no optimizer or scheduler block: this loop brings its own AdamW (accelerate
-refuses an optimizer in both places). The launcher sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR /
-MASTER_PORT; DeepSpeed needs them even for one process. Random weights and random token ids: replace
-build_model() and the dataset with your own.
+refuses an optimizer in both places). Random weights and random token ids: replace build_model() and
+the dataset with your own.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DeepSpeedPlugin
 
-from hf_trainer_train import build_model, synthetic_dataset
+from hf_trainer_train import build_model, single_process_env, synthetic_dataset
 
 
 def main() -> None:
@@ -33,6 +32,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=128, help="tokens per synthetic sequence")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)  # the launcher's
     args = parser.parse_args()
+    single_process_env()
     with open(args.config, encoding="utf-8") as f:
         ds_config = json.load(f)
     with open(args.training_args, encoding="utf-8") as f:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import tempfile
 
 import torch
@@ -45,6 +46,15 @@ def synthetic_dataset(vocab_size: int, seq_len: int, rows: int, seed: int = 0) -
     return [{"input_ids": row, "labels": row.clone()} for row in ids]
 
 
+def single_process_env() -> None:
+    """Run without a launcher (plain `python script.py`): DeepSpeed would otherwise look for MPI."""
+    if "RANK" not in os.environ:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = str(s.getsockname()[1])
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--training-args", required=True, help="training_args.json written by qwen-ds gen-config")
@@ -54,6 +64,7 @@ def main() -> None:
     parser.add_argument("--output-dir", default=None, help="Trainer output directory [a temporary one]")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)  # the launcher's
     args = parser.parse_args()
+    single_process_env()
 
     with open(args.training_args, encoding="utf-8") as f:
         fields = json.load(f)
