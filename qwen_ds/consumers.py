@@ -302,8 +302,10 @@ def fill_auto(cfg: dict[str, Any], world: int, hidden_size: int, *, training_arg
             checkpointing = not bool(data.get("disable_gradient_checkpointing", False))
             if isinstance(data.get("cutoff_len"), int) and data["cutoff_len"] > 0:
                 seq_len = data["cutoff_len"]
-        elif "gradient_checkpointing" in data:
-            checkpointing = bool(data["gradient_checkpointing"])
+        else:  # transformers 5.x also spells it activation_checkpointing (gradient_checkpointing goes in v6)
+            for key in ("gradient_checkpointing", "activation_checkpointing"):
+                if isinstance(data.get(key), bool):
+                    checkpointing = data[key]
         if values.get("bf16") or values.get("fp16"):  # the file chose a precision: the other one is off
             values.setdefault("bf16", False)
             values.setdefault("fp16", False)
