@@ -274,6 +274,4 @@ def test_hf_trainer_example_on_two_cpu_ranks_under_qwen_ds_launch(pair):
                            "--run-dir", str(out.parent / "runs"), *trainer_args(out)],
                           capture_output=True, text=True, timeout=480, cwd=REPO,
                           env=dict(os.environ, DS_ACCELERATOR="cpu"))
-    if proc.returncode == 2 and '"auto"' in proc.stderr and "preflight" in proc.stderr:
-        pytest.xfail("preflight auto support pending: " + proc.stderr.strip().splitlines()[0][:200])
     assert_trained_on_two_ranks(proc)
