@@ -13,11 +13,14 @@ Failures raise ``InputError`` (exit 2) or ``DoesNotFit`` (exit 3) with a one-lin
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass
 from typing import Any, Collection
 
 from .errors import InputError
 from .estimator import Layout, MemoryBreakdown, estimate as _estimate, layout as _layout
+from .format import gib
 from .hardware import GPU, Cluster, get_gpu
 from .knobs import BY_NAME, SEARCHED, Plan, Workload
 from .models import ModelSpec, load_model
@@ -106,20 +109,38 @@ class Estimate:
     plan: Plan
     layout: Layout
     memory: MemoryBreakdown
+    #: CPU RAM per node the plan may use (bytes, --cpu-mem-per-node); None: not checked, only reported
+    cpu_mem_per_node: int | None = None
+
+    @property
+    def cpu_fits(self) -> bool:
+        return self.cpu_mem_per_node is None or self.memory.cpu_total_bytes_per_node <= self.cpu_mem_per_node
 
     @property
     def fits(self) -> bool:
-        return self.memory.fits
+        """The GPU holds the plan and, with a CPU RAM limit, so does each node's RAM (load peak included)."""
+        return self.memory.fits and self.cpu_fits
 
     def to_json(self) -> dict[str, Any]:
         from .reports import estimate_json
 
-        return estimate_json(self.model, self.cluster, self.workload, self.plan, self.layout, self.memory)
+        out = estimate_json(self.model, self.cluster, self.workload, self.plan, self.layout, self.memory)
+        if self.cpu_mem_per_node is not None:
+            out.update(cpu_mem_per_node=self.cpu_mem_per_node, cpu_fits=self.cpu_fits, fits=self.fits)
+        return out
 
     def text(self) -> str:
         from .reports import estimate_text
 
-        return estimate_text(self.model, self.cluster, self.workload, self.plan, self.layout, self.memory)
+        out = estimate_text(self.model, self.cluster, self.workload, self.plan, self.layout, self.memory)
+        if not self.cpu_fits:
+            m = self.memory
+            what = ("the load peak (every rank materialises the model before DeepSpeed shards it; load with "
+                    "zero.Init / HfDeepSpeedConfig under ZeRO-3, or low_cpu_mem_usage)" if m.cpu_peak_at_load
+                    else "the offloaded states")
+            out += (f"\nDOES NOT FIT in CPU RAM: {gib(m.cpu_total_bytes_per_node)} GiB > "
+                    f"{gib(self.cpu_mem_per_node)} GiB per node (--cpu-mem-per-node), set by {what}")
+        return out
 
 
 def estimate_inputs(i: Inputs, plan_: Plan | None = None) -> Estimate:
@@ -129,9 +150,14 @@ def estimate_inputs(i: Inputs, plan_: Plan | None = None) -> Estimate:
 
 
 def estimate(model: str | ModelSpec, gpu: str | GPU, *, nodes: int | None = None, gpus_per_node: int | None = None,
-             hostfile: str | None = None, **knobs: Any) -> Estimate:
-    """Memory of one plan: ``estimate("Qwen3-8B", "H100-SXM", nodes=2, zero_stage=3, micro_batch=2)``."""
-    return estimate_inputs(inputs(model, gpu, nodes=nodes, gpus_per_node=gpus_per_node, hostfile=hostfile, **knobs))
+             hostfile: str | None = None, cpu_mem_per_node: float | None = None, **knobs: Any) -> Estimate:
+    """Memory of one plan: ``estimate("Qwen3-8B", "H100-SXM", nodes=2, zero_stage=3, micro_batch=2)``.
+    ``cpu_mem_per_node`` (GiB): each node's RAM, counted in ``fits`` (load peak included)."""
+    from .planner.search import cpu_mem_bytes
+
+    limit = cpu_mem_bytes(cpu_mem_per_node)
+    est = estimate_inputs(inputs(model, gpu, nodes=nodes, gpus_per_node=gpus_per_node, hostfile=hostfile, **knobs))
+    return dataclasses.replace(est, cpu_mem_per_node=limit)
 
 
 # --------------------------------------------------------------------------- plan

@@ -185,3 +185,19 @@ def test_plans_differing_only_by_ga_are_shown_once_the_fastest():
     res = SearchResult(tuple(ranked), (), 3)
     rows = [ln for ln in plan_text(m, c, w, res, 8, None).splitlines() if ln[:1].isdigit()]
     assert len(rows) == 1 and rows[0].split()[-2] == f"{ranked[0].time.tokens_per_s:,.0f}"
+
+
+def test_estimate_counts_cpu_ram_in_fits_when_given():
+    """--cpu-mem-per-node: the load peak (8 ranks x 16-bit Qwen3-8B = 122 GiB) does not fit 64 GiB: exit 3."""
+    args = ("estimate", "-m", "Qwen3-8B", "-g", "H100-SXM", "--zero", "2")
+    rc, out, _ = run_cli(*args, "--cpu-mem-per-node", "64")
+    assert rc == 3 and "DOES NOT FIT in CPU RAM: 122.05 GiB > 64.00 GiB per node" in out and "load peak" in out
+    rc, out, _ = run_cli(*args, "--cpu-mem-per-node", "64", "--json")
+    doc = json.loads(out)
+    assert rc == 3 and doc["fits"] is False and doc["cpu_fits"] is False and doc["gpu_total_bytes"] < doc["gpu_memory_bytes"]
+    rc, out, _ = run_cli(*args, "--cpu-mem-per-node", "128", "--json")
+    assert rc == 0 and json.loads(out)["fits"] is True
+    rc, out, _ = run_cli(*args, "--json")  # no limit: reported, not checked
+    assert rc == 0 and "cpu_fits" not in json.loads(out)
+    rc, _, err = run_cli(*args, "--cpu-mem-per-node", "nan")
+    assert rc == 2 and "--cpu-mem-per-node" in err
