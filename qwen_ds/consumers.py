@@ -123,6 +123,11 @@ def _node(cfg: dict[str, Any], dotted: str) -> tuple[dict[str, Any] | None, str]
     return (node if isinstance(node, dict) else None), key
 
 
+def _stage3(cfg: dict[str, Any]) -> bool:
+    z = cfg.get("zero_optimization")
+    return isinstance(z, dict) and z.get("stage") == 3
+
+
 def for_consumer(cfg: dict[str, Any], consumer: str) -> dict[str, Any]:
     """The DeepSpeed config rendered for a plan, as ``consumer`` wants it."""
     out = copy.deepcopy(cfg)
@@ -133,7 +138,7 @@ def for_consumer(cfg: dict[str, Any], consumer: str) -> dict[str, Any]:
         out.pop("optimizer", None)
         out.pop("scheduler", None)
         return out
-    stage3 = (out.get("zero_optimization") or {}).get("stage") == 3
+    stage3 = _stage3(out)
     for dotted in HF_FILLED:
         node, key = _node(out, dotted)
         if node is not None and key in node and (stage3 or dotted not in HF_ZERO3_ONLY):
@@ -165,7 +170,7 @@ def hf_fill(cfg: dict[str, Any], args: TrainArgs, world: int, hidden_size: int) 
         "scheduler.params.total_num_steps": args.max_steps,
         "scheduler.params.warmup_num_steps": max(1, args.warmup_steps),
     }
-    stage3 = (out.get("zero_optimization") or {}).get("stage") == 3
+    stage3 = _stage3(out)
     for dotted in HF_FILLED:
         node, key = _node(out, dotted)
         if node is not None and node.get(key) == "auto" and (stage3 or dotted not in HF_ZERO3_ONLY):
@@ -182,7 +187,7 @@ def auto_keys(cfg: Any, path: str = "") -> list[str]:
 
 def hf_fillable(cfg: dict[str, Any]) -> list[str]:
     """The "auto" keys of ``cfg`` the HF Trainer fills (the rest stay "auto" and reach DeepSpeed)."""
-    stage3 = (cfg.get("zero_optimization") or {}).get("stage") == 3
+    stage3 = _stage3(cfg)
     return [k for k in auto_keys(cfg) if k in HF_FILLED and (stage3 or k not in HF_ZERO3_ONLY)]
 
 

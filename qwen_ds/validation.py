@@ -140,7 +140,11 @@ def config_estimate(cfg: dict[str, Any], spec: ModelSpec, gpu: GPU, world: int |
     from .validate.plan_from_config import plan_from_config
 
     p = plan_from_config(cfg, pp=pp, checkpointing=checkpointing, default_precision="bf16" if gpu.bf16 else "fp16")
-    infer = is_inference_config(cfg) or "optimizer" not in cfg and p.zero_stage == 3 and p.offload_param != "none"
+    # ZeRO-Inference configs are ZeRO-3 with params offloaded and no optimizer; a config with batch keys
+    # trains (the HF Trainer brings its own optimizer when the config has none: LLaMA-Factory's ZeRO-3 offload)
+    batch_keys = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
+    infer = is_inference_config(cfg) or ("optimizer" not in cfg and p.zero_stage == 3 and p.offload_param != "none"
+                                         and not any(k in cfg for k in batch_keys))
     nodes, per_node = (world // gpn, gpn) if world else (1, max(p.tp * pp, 1))
     i = Inputs(spec, Cluster(gpu, nodes, per_node), Workload(mode="infer" if infer else "train", seq_len=seq_len,
                                                               new_tokens=new_tokens), p)

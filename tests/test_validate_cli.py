@@ -86,7 +86,8 @@ def test_every_problem_reported_not_only_the_first(tmp_path):
     # and the text form lists them all, one line each
     rc, _, err = run_cli("validate", path, *CLUSTER, "--no-deepspeed")
     assert rc == 2
-    lines = [ln for ln in err.splitlines() if ln.startswith(f"{path}: error: ")]
+    # the misspelt key is a warning (DeepSpeed ignores it), with the real key it is close to
+    lines = [ln for ln in err.splitlines() if ln.startswith((f"{path}: error: ", f"{path}: warning: "))]
     assert len(lines) >= 3
     assert any("[fp16_and_bf16]" in ln for ln in lines) and any("[offload_param_stage]" in ln for ln in lines)
     assert any("[unknown_key]" in ln for ln in lines)

@@ -140,11 +140,11 @@ TRIPS = [
          "$.zero_optimization.zeropp_loco_param", "0.19.8"),
     # --- unknown top-level keys
     Trip("rule_unknown_top_level", "unknown_key", cfg(zero_optimisation={"stage": 3}), W16, "$.zero_optimisation",
-         "did you mean 'zero_optimization'?"),
+         "did you mean 'zero_optimization'?", "warning"),
     Trip("rule_unknown_top_level", "unknown_key", cfg(gradient_acumulation_steps=2), W16, "$.gradient_acumulation_steps",
-         "did you mean 'gradient_accumulation_steps'?"),
+         "did you mean 'gradient_accumulation_steps'?", "warning"),
     Trip("rule_unknown_top_level", "unknown_key", {"dtype": "bf16", "tensor_parallel": {"tp_size": 2}, "max_new_tokens": 5}, W16,
-         "$.max_new_tokens", "unknown top-level key 'max_new_tokens'"),
+         "$.max_new_tokens", "unknown top-level key 'max_new_tokens'", "warning"),
     # --- partial offload
     Trip("rule_offload_ratio", "offload_ratio", zero(stage=2, offload_optimizer={"device": "cpu", "ratio": 0.5}), W16,
          "$.zero_optimization.offload_optimizer.ratio", "partial offload (ratio 0.5 < 1) needs stage 3"),
