@@ -236,3 +236,13 @@ def test_openmpi_max_slots_is_a_warning_and_deepspeed_reads_the_slots(tmp_path):
         f"{path} line 1: max_slots=8 is OpenMPI syntax; DeepSpeed ignores it and starts slots=4 ranks on w0",
         f"{path} line 2: max_slots=8 is OpenMPI syntax; DeepSpeed ignores it and starts slots=4 ranks on w1")
     assert read_hostfile(HOSTFILES / "localhost").warnings == ()
+
+
+def test_hostfile_check_cli_warns_on_max_slots(tmp_path):
+    path = tmp_path / "hf"
+    path.write_text("w0 slots=4 max_slots=8\nw1 slots=4\n")
+    rc, out, err = run_cli("hostfile", "check", str(path))
+    assert rc == 0 and "2 x 4 = world size 8" in out
+    assert "line 1: max_slots=8 is OpenMPI syntax; DeepSpeed ignores it and starts slots=4 ranks on w0" in err
+    rc, out, _ = run_cli("hostfile", "check", str(path), "--json")
+    assert rc == 0 and len(json.loads(out)["warnings"]) == 1

@@ -27,7 +27,9 @@ def check(file: str, as_json: bool) -> None:
     info = {"hostfile": file, "nodes": hf.nodes, "world_size": hf.world_size, "equal_slots": hf.equal_slots,
             "gpus_per_node": hf.hosts[0].slots if hf.equal_slots else None,
             "hosts": [{"node_rank": i, "host": h.name, "slots": h.slots, "line": h.line}
-                      for i, h in enumerate(hf.hosts)]}
+                      for i, h in enumerate(hf.hosts)], "warnings": list(hf.warnings)}
+    for w in hf.warnings:  # accepted (DeepSpeed reads it so), but not what the file may seem to say
+        click.echo(f"warning: {w}", err=True)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
