@@ -87,6 +87,10 @@ def inputs(model: str | ModelSpec, gpu: str | GPU, *, nodes: int | None = None, 
     check_precision(gpu_spec, precision, mode)
     zero = kv["zero_stage"] if kv["zero_stage"] is not None else (3 if mode == "train" else 0)
     workload = Workload(mode=mode, seq_len=kv["seq_len"], new_tokens=kv["new_tokens"])
+    if mode == "infer" and kv["pp"] > 1:
+        raise InputError(f"--pp {kv['pp']} with --mode infer: DeepSpeed inference has no pipeline stages "
+                         "(init_inference splits layers by AutoTP only); use --tp N (DeepSpeed-Inference) or --zero 3 "
+                         "(ZeRO-Inference), --pp 1")
     if mode == "infer" and zero == 3 and kv["tp"] > 1:
         raise InputError(f"--tp {kv['tp']} with --mode infer --zero 3: ZeRO-Inference has no tensor parallelism; "
                          "use --zero 0 --tp N (DeepSpeed-Inference) or --tp 1")

@@ -106,7 +106,7 @@ def validate(config: str, *, model: str | ModelSpec | None = None, gpu: str | GP
         use_deepspeed = deepspeed_available()
     filled = None
     runs = cfg
-    if consumer in ("hf-trainer", "accelerate") or (consumer is None and hf_fillable(cfg)):
+    if consumer in ("hf-trainer", "accelerate") or (consumer is None and (hf_fillable(cfg) or training_args)):
         filled = fill_auto(cfg, world or 1, spec.hidden_size if spec else 1, training_args=training_args,
                            micro_batch=micro_batch, grad_accum=grad_accum, precision=precision,
                            default_precision="bf16" if gpu_spec is None or gpu_spec.bf16 else "fp16")

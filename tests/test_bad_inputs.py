@@ -54,6 +54,10 @@ CASES = {
     "estimate -g unknown": ["estimate", "-m", "tiny-qwen3", "-g", "B999"],
     "estimate --micro-batch 0": ["estimate", *SIZE, "--micro-batch", "0"],
     "estimate --seq-len -1": ["estimate", *SIZE, "--seq-len", "-1"],
+    "gen-config --mode infer --pp 2": ["gen-config", *SIZE, "--mode", "infer", "--pp", "2", "-o", "{tmp}/o3"],
+    "plan --global-batch 7 (no layout divides it)": ["plan", *SIZE, "--global-batch", "7"],
+    "validate --training-args not a mapping": ["validate", "{ds.json}", "--training-args", "{plan_list.json}",
+                                                "--no-deepspeed"],
     # planner numbers
     "plan --compute-efficiency 0": ["plan", *SIZE, "--compute-efficiency", "0"],
     "plan --compute-efficiency nan": ["plan", *SIZE, "--compute-efficiency", "nan"],
