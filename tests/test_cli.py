@@ -336,7 +336,8 @@ def test_plan_says_why_tp_is_not_considered_for_qwen3_next():
 
 TINY_PLAN = ["--model", "tiny-qwen3", "--gpu", "A100-80GB", "--nodes", "2", "--gpus-per-node", "1"]
 PLANNER_FLOATS = ["--headroom", "--cpu-mem-per-node", "--inter-node-gbps", "--compute-efficiency"]
-FLOAT_FLAGS = {"plan": PLANNER_FLOATS, "gen-config": ["--lr", "--gradient-clipping", *PLANNER_FLOATS]}
+FLOAT_FLAGS = {"plan": PLANNER_FLOATS, "gen-config": ["--lr", "--gradient-clipping", *PLANNER_FLOATS],
+               "estimate": ["--cpu-mem-per-node"]}
 
 
 def _float_cases() -> list:
