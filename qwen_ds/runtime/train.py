@@ -82,6 +82,62 @@ def metrics_for_resume(path: str | None, start: int) -> None:
         log0(f"{path}: kept {len(kept)} metrics lines up to step {start}, dropped {len(lines) - len(kept)}")
 
 
+def pipeline_stages(ds_config: dict, plan) -> int:
+    """Pipeline stages of the run: the plan's pp, else the ds_config's "pipeline": {"stages": N}."""
+    if plan is not None:
+        return int(plan.plan.pp or 1)
+    block = ds_config.get("pipeline")
+    stages = block.get("stages", 1) if isinstance(block, dict) else 1
+    return stages if isinstance(stages, int) and not isinstance(stages, bool) and stages > 1 else 1
+
+
+def init_pipeline(args: argparse.Namespace, model, pp: int, ds_config: dict, plan):
+    """deepspeed.initialize of the HF model as a PipelineModule of pp stages (runtime/pipeline.py)."""
+    import deepspeed
+
+    from .pipeline import build_pipeline_module
+
+    if plan is not None and plan.wants_fp8:
+        raise RuntimeFailure("FP8 with pipeline parallelism (pp > 1) is not supported yet; "
+                             "regenerate the config with gen-config --pp 1 or another --precision")
+    if args.save_dir or args.resume:
+        raise RuntimeFailure("--save-dir / --resume with pipeline parallelism (pp > 1) are not supported yet; "
+                             "drop them or regenerate the config with gen-config --pp 1")
+    if world_size() % pp:
+        raise RuntimeFailure(f"pp {pp} does not divide the {world_size()} ranks; fix gen-config --pp or the hostfile")
+    block = ds_config.get("pipeline") if isinstance(ds_config.get("pipeline"), dict) else {}
+    interval = block.get("activation_checkpoint_interval", 0)
+    interval = interval if isinstance(interval, int) and (plan is None or plan.plan.checkpointing) else 0
+    partition = block.get("partition", "parameters")
+    pipe = build_pipeline_module(model, pp, interval, partition if isinstance(partition, str) else "parameters")
+    log0(f"pipeline: {pp} stages x dp {world_size() // pp}, layer boundaries {[int(x) for x in pipe.parts]} "
+         f"(embedding, {model.config.num_hidden_layers} decoder layers, norm, head), parameters per stage "
+         f"{pipe.stage_param_counts} (partition {partition}), activation checkpoint interval {interval}")
+    engine, _, _, _ = deepspeed.initialize(model=pipe, config=ds_config,
+                                           model_parameters=[p for p in pipe.parameters() if p.requires_grad])
+    return engine
+
+
+def pipeline_step(engine, args: argparse.Namespace, data, vocab: int, seq: int, step: int) -> float:
+    """One optimizer step of the PipelineEngine; the mean micro-batch loss (DP-averaged, the same on every rank).
+    Micro-batch k of DP group d is sample j = d * grad_accum + k of the step; synthetic sample j is the one a
+    pp 1 run of as many ranks draws on rank j % world at micro-step j // world, so a pp 1 and a pp > 1 run
+    of one world size and global batch train on the same tokens."""
+    from .data import synthetic_batch
+    from .pipeline import pipeline_batches
+
+    micro, ga = engine.train_micro_batch_size_per_gpu(), engine.gradient_accumulation_steps()
+    d, dp, w = engine.grid.get_data_parallel_rank(), engine.dp_world_size, world_size()
+
+    def make(k: int):
+        if data is not None:
+            return data.batch(micro, step, d, dp, k, ga)
+        j = d * ga + k
+        return synthetic_batch(vocab, micro, seq, args.seed, step, j % w, j // w)
+
+    return float(engine.train_batch(pipeline_batches(make, ga)))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     return run_entry(train, args)
@@ -95,6 +151,7 @@ def train(args: argparse.Namespace) -> int:
     from .data import TokenFile, synthetic_batch
     from .loss import causal_lm_loss
     from .metrics import StepMeter, append_jsonl, gpu_peak_tflops
+    from .pipeline import bubble_fraction
 
     ds_config, plan = read_config_and_plan(args)
     check_outputs(args)
@@ -105,7 +162,9 @@ def train(args: argparse.Namespace) -> int:
     # without a plan.json: the runtime's own defaults (a short synthetic run), named in --help
     seq = args.seq_len or (plan.workload.seq_len if plan else 2048)
     loss_path = args.loss or (plan.plan.loss if plan else "chunked")
-    if loss_path == "hf" and plan and plan.plan.loss == "hf":
+    if pipeline_stages(ds_config, plan) > 1:
+        loss_path = "chunked"  # the pipeline's loss_fn (runtime/pipeline.py) is the chunked one
+    elif loss_path == "hf" and plan and plan.plan.loss == "hf":
         log0("note: plan uses the plain HF loss (full fp32 logits); --loss chunked saves that memory")
     checkpointing = plan.plan.checkpointing if plan else False
     model, keep = build_model(hf_config, ds_config, args.weights, args.seed, for_training=True)
@@ -115,9 +174,13 @@ def train(args: argparse.Namespace) -> int:
         converted = apply_fp8(model, plan.fp8_recipe)
         log0(f"FP8: {converted} Linear layers converted to torchao float8 training on {check_fp8_device()} "
              f"({fp8_share(model):.0%} of the matmul weights; the head, routers and fused MoE experts stay bf16)")
-    if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
+    pp = pipeline_stages(ds_config, plan)
+    if pp > 1:
+        engine = init_pipeline(args, model, pp, ds_config, plan)
+    else:
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
     micro, ga = engine.train_micro_batch_size_per_gpu(), engine.gradient_accumulation_steps()
     dp = engine.dp_world_size if hasattr(engine, "dp_world_size") else world_size()
     start = 0
@@ -156,8 +219,11 @@ def train(args: argparse.Namespace) -> int:
         if logger is not None and args.comm_profile_every > 0:
             logger.enabled = profiled(step + 1)
         meter.start()
+        if pp > 1:
+            rec = meter.stop(step + 1, pipeline_step(engine, args, data, hf_config.vocab_size, seq, step))
+            rec.update(pp=pp, bubble_fraction=round(bubble_fraction(pp, ga), 6))
         total = torch.zeros(1, device=device, dtype=torch.float32)  # summed on the device: no host sync per micro-step
-        for m in range(ga):
+        for m in range(ga if pp == 1 else 0):
             if data is not None:
                 ids = data.batch(micro, step, r, dp, m, ga)
             else:
@@ -167,8 +233,9 @@ def train(args: argparse.Namespace) -> int:
             engine.backward(loss)
             engine.step()
             total += loss.detach().float() / ga
-        torch.distributed.all_reduce(total)
-        rec = meter.stop(step + 1, total.item() / world_size())
+        if pp == 1:
+            torch.distributed.all_reduce(total)
+            rec = meter.stop(step + 1, total.item() / world_size())
         if profiled(step + 1):
             last_comm_share = rec["comm_share"]
         else:  # unprofiled steps run at full speed; report the last sampled share

@@ -1,0 +1,174 @@
+"""Pipeline parallelism for the built-in trainer: an HF Qwen3 / Qwen3-MoE causal LM as a DeepSpeed
+``PipelineModule`` (deepspeed.pipe).
+
+Layers: embedding, one wrapper per decoder layer, final norm, and the head. Only a hidden-state tensor
+travels between stages; each decoder wrapper computes its own position ids, rotary embeddings and causal
+mask from it, as HF's Qwen3Model does once for all layers. With tied embeddings the embedding and the
+head are one ``TiedLayerSpec`` (DeepSpeed sums their gradients across the first and the last stage). The
+loss is the chunked cross-entropy of runtime/loss.py over the normed hidden state and the head weight,
+so the full [tokens, vocab] logits never exist.
+
+The whole HF model is first built by build_model (seeded random init or from_pretrained, the config's
+dtype), so a pipeline run starts from exactly the weights of the data-parallel run; each stage then
+keeps only its layers.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .common import RuntimeFailure
+from .loss import chunked_causal_lm_loss
+
+PIPE_MODEL_TYPES = ("qwen3", "qwen3_moe")
+
+
+def causal_masks(config, hidden: torch.Tensor, position_ids: torch.Tensor) -> dict:
+    """The mask mapping HF's Qwen3Model builds (full, and sliding when the config has sliding layers)."""
+    from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+    kwargs = {"config": config, "inputs_embeds": hidden, "attention_mask": None, "cache": None,
+              "position_ids": position_ids}
+    out = {"full_attention": create_causal_mask(**kwargs)}
+    if "sliding_attention" in (getattr(config, "layer_types", None) or ()):
+        out["sliding_attention"] = create_sliding_window_causal_mask(**kwargs)
+    return out
+
+
+class EmbedPipe(nn.Module):
+    """input_ids -> hidden states (also the tied head: ``weight`` is the embedding matrix)."""
+
+    def __init__(self, embed: nn.Embedding):
+        super().__init__()
+        self.embed = embed
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.embed.weight
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.embed(input_ids)
+
+
+class DecoderPipe(nn.Module):
+    """One HF decoder layer; position embeddings and the causal mask computed here from the hidden state."""
+
+    def __init__(self, layer: nn.Module, rotary: nn.Module, config, layer_type: str):
+        super().__init__()
+        self.layer = layer
+        self.rotary = rotary  # no parameters (inv_freq is a buffer)
+        self.config = config
+        self.layer_type = layer_type
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        position_ids = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
+        position_embeddings = self.rotary(hidden, position_ids)
+        mask = causal_masks(self.config, hidden, position_ids)[self.layer_type]
+        out = self.layer(hidden, attention_mask=mask, position_embeddings=position_embeddings,
+                         position_ids=position_ids, use_cache=False)
+        return out[0] if isinstance(out, tuple) else out
+
+
+class NormPipe(nn.Module):
+    def __init__(self, norm: nn.Module):
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.norm(hidden)
+
+
+class HeadPipe(nn.Module):
+    """The untied lm_head; passes the hidden state on (the loss applies the head chunk by chunk)."""
+
+    def __init__(self, lm_head: nn.Linear):
+        super().__init__()
+        self.lm_head = lm_head
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.lm_head.weight
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden
+
+
+def _tied_head_forward(module: EmbedPipe, hidden: torch.Tensor) -> torch.Tensor:
+    return hidden  # the loss reads module.weight
+
+
+class ChunkedHeadLoss:
+    """PipelineModule loss_fn(hidden, labels): chunked causal-LM cross-entropy with the head weight of
+    the last stage (set once the PipelineModule is built; only the last stage calls it)."""
+
+    def __init__(self, chunk: int = 1024):
+        self.head: nn.Module | None = None
+        self.chunk = chunk
+
+    def __call__(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.head is None:
+            raise RuntimeError("pipeline loss called on a stage without the head")
+        proj = functools.partial(F.linear, weight=self.head.weight)
+        return chunked_causal_lm_loss(hidden, proj, labels, self.chunk)
+
+
+def build_pipeline_module(model, num_stages: int, activation_checkpoint_interval: int = 0,
+                          partition_method: str = "parameters"):
+    """The HF causal LM ``model`` (from build_model) as a deepspeed.pipe.PipelineModule of num_stages."""
+    from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
+
+    config = model.config
+    if config.model_type not in PIPE_MODEL_TYPES:
+        raise RuntimeFailure(f"pipeline parallelism (pp {num_stages}) supports model types "
+                             f"{', '.join(PIPE_MODEL_TYPES)}, not {config.model_type}; "
+                             "regenerate the config with gen-config --pp 1")
+    n_layers = config.num_hidden_layers
+    if n_layers + 2 < num_stages:
+        raise RuntimeFailure(f"pp {num_stages} exceeds the model's {n_layers} layers + embedding + head; "
+                             "lower gen-config --pp")
+    base = model.model
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    layer_types = list(getattr(config, "layer_types", None) or ["full_attention"] * n_layers)
+    specs: list[Any] = []
+    if tied:
+        specs.append(TiedLayerSpec("embed", EmbedPipe, base.embed_tokens, tied_weight_attr=["weight"]))
+    else:
+        specs.append(LayerSpec(EmbedPipe, base.embed_tokens))
+    for i, layer in enumerate(base.layers[:n_layers]):
+        specs.append(LayerSpec(DecoderPipe, layer, base.rotary_emb, config, layer_types[i]))
+    specs.append(LayerSpec(NormPipe, base.norm))
+    if tied:
+        specs.append(TiedLayerSpec("embed", EmbedPipe, base.embed_tokens, forward_fn=_tied_head_forward,
+                                   tied_weight_attr=["weight"]))
+    else:
+        specs.append(LayerSpec(HeadPipe, model.lm_head))
+    loss_fn = ChunkedHeadLoss()
+    pipe = PipelineModule(layers=specs, num_stages=num_stages, loss_fn=loss_fn, partition_method=partition_method,
+                          activation_checkpoint_interval=activation_checkpoint_interval,
+                          checkpointable_layers=["DecoderPipe"])
+    if pipe.stage_id == num_stages - 1:
+        loss_fn.head = pipe.tied_modules["embed"] if tied else pipe.forward_funcs[-1]
+    counts = pipe._count_layer_params()  # what partition_method "parameters" balanced
+    pipe.stage_param_counts = [int(sum(counts[pipe.parts[s]:pipe.parts[s + 1]])) for s in range(num_stages)]
+    # the layer specs hold the whole HF model; keep only this stage's layers alive
+    for i, spec in enumerate(pipe._layer_specs):
+        if not pipe._local_start <= i < pipe._local_stop and isinstance(spec, LayerSpec):
+            spec.module_args = ()
+    return pipe
+
+
+def bubble_fraction(pp: int, micro_batches: int) -> float:
+    """Idle share of a 1F1B / GPipe schedule: (p - 1) / (m + p - 1)."""
+    return (pp - 1) / (micro_batches + pp - 1)
+
+
+def pipeline_batches(make_batch, grad_accum: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(input_ids, labels) for each of one step's micro-batches; labels are the ids (the loss shifts)."""
+    for k in range(grad_accum):
+        ids = make_batch(k)
+        yield ids, ids.clone()
