@@ -133,7 +133,9 @@ def generate(model: str | ModelSpec, gpu: str | GPU, *, nodes: int | None = None
     runs = hf_fill(cfg, TrainArgs.of(i.plan, opts, ds_path), world, hidden) if consumer == "hf-trainer" else cfg
     ctx = Context(world_size=world, gpus_per_node=i.cluster.gpus_per_node, pp=i.plan.pp, gpu=i.cluster.gpu,
                   model=i.model)
-    problems = validate_config(runs, ctx)
+    # the templates write only DeepSpeed keys: an unknown key came from --set, where a typo loses the edit
+    problems = [dataclasses.replace(p, severity="error") if p.rule == "unknown_key" else p
+                for p in validate_config(runs, ctx)]
     bad = [p for p in problems if p.severity == "error"]
     if bad:
         raise InputError(f"the rendered config has {len(bad)} problem(s); nothing written",
