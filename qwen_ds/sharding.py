@@ -39,10 +39,11 @@ def fp8_matmul_params(s: ModelSpec) -> int:
 
 
 def autotp_shards(module_path: str) -> bool:
-    """Whether DeepSpeed's AutoTP (0.19.8, inference and training) splits this tensor over the TP ranks:
-    the Linear projections with their biases. Embedding, lm_head, norms, MoE routers and the routed
-    experts stay whole on every rank: measured on CPU with init_inference (tests/test_runtime.py),
-    e.g. tiny Qwen3-MoE TP 2 keeps all 98,304 expert weights per rank."""
+    """Whether DeepSpeed's AutoTP (0.19.8, inference and training) splits this decoder-layer tensor over the
+    TP ranks: the Linear projections with their biases. Norms (q_norm/k_norm too), MoE routers and the
+    routed experts stay whole on every rank: measured on CPU with init_inference (tests/test_runtime.py),
+    e.g. tiny Qwen3-MoE TP 2 keeps all 98,304 expert weights per rank, and with training's
+    ``tensor_parallel.autotp_size`` (tests/test_autotp_training.py). Embedding and head: autotp_head_split."""
     return linear_projection(module_path)
 
 
@@ -51,8 +52,32 @@ def autotp_sharded_params(s: ModelSpec, layers: Iterable[int] | None = None) -> 
     return sum_tensors(s, lambda module, n: autotp_shards(module), layers)
 
 
-def autotp_unsupported(s: ModelSpec) -> str | None:
-    """Why DeepSpeed's AutoTP cannot run this model with TP > 1, or None."""
+def autotp_head_split(s: ModelSpec, training: bool) -> int:
+    """Elements of the embedding / output head that AutoTP splits over the TP ranks (on the last stage).
+
+    Inference (init_inference, heuristic AutoTP): none, both stay whole.
+    Training (``tensor_parallel.autotp_size``): DeepSpeed 0.19.8 follows the HF tp_plan
+    (engine._apply_autotp_partitioning, module_inject/tp_plan_converter.py), whose ``lm_head:
+    colwise_gather_output`` splits the head over the vocabulary. Untied, the head alone is split (the
+    embedding's ``embedding_rowwise`` becomes a SKIP spec); tied, embedding and head share one
+    vocab-parallel shard (VocabParallelEmbedding + VocabParallelLinear). Either way vocab x hidden."""
+    return s.vocab_size * s.hidden_size if training and s.closed_form else 0
+
+
+#: DeepSpeed 0.19.8 (module_inject/tp_plan_converter.py SUPPORTED_STYLES) rejects a whole HF tp_plan with a
+#: style it does not know; the transformers 5 MoE plans carry "packed_colwise" and "moe_tp_experts" (fused
+#: 3-D experts), so deepspeed.initialize raises ValueError for these families unless the config gives a
+#: hand-written tensor_parallel.partition_config (tests/test_autotp_training.py checks the list).
+AUTOTP_TRAIN_REFUSED = ("qwen3_moe", "qwen3_next", "qwen2_moe", "mixtral", "olmoe", "phimoe")
+
+
+def autotp_unsupported(s: ModelSpec, training: bool = False) -> str | None:
+    """Why DeepSpeed's AutoTP cannot run this model with TP > 1, or None (training: the
+    ``tensor_parallel.autotp_size`` path of deepspeed.initialize; else init_inference)."""
+    if training and s.family in AUTOTP_TRAIN_REFUSED:
+        return (f"DeepSpeed 0.19.8 AutoTP training refuses the HuggingFace tp_plan of {s.family} (its fused experts' "
+                "'packed_colwise' / 'moe_tp_experts' styles are not supported); use --tp 1 with --zero 3 (or give "
+                "tensor_parallel.partition_config by hand)")
     if s.family == "qwen3_next":
         return ("DeepSpeed 0.19.8 AutoTP splits the Gated DeltaNet projections but not the layer's head counts, conv1d "
                 "or A_log, so the layer fails in its reshape; use --tp 1 with --zero 3 (weights sharded over the GPUs, "
