@@ -28,8 +28,19 @@ def run(cmd: str) -> str:
     return out
 
 
+PY_MARKER = re.compile(r"(# python api example[^\n]*\n(?P<code>.*?)```\n\n<!-- python api output -->\n```text\n)(?P<body>.*?)```",
+                       re.S)
+
+
+def run_python(code: str) -> str:
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    return proc.stdout if proc.returncode == 0 else f"(failed: {proc.stderr.strip().splitlines()[-1]})\n"
+
+
 def render(text: str) -> str:
-    return MARKER.sub(lambda m: f"<!-- output: {m['cmd']} -->\n```\n{run(m['cmd'])}```\n", text)
+    text = MARKER.sub(lambda m: f"<!-- output: {m['cmd']} -->\n```\n{run(m['cmd'])}```\n", text)
+    # the Python API example's output block (tests/test_readme.py runs the example and compares)
+    return PY_MARKER.sub(lambda m: f"{m.group(1)}{run_python(m['code'])}```", text)
 
 
 def main() -> int:
@@ -38,6 +49,8 @@ def main() -> int:
     new = render(text)
     if "--check" in sys.argv:
         stale = [m["cmd"] for m, n in zip(MARKER.finditer(text), MARKER.finditer(new)) if m["body"] != n["body"]]
+        stale += ["python api example" for m, n in zip(PY_MARKER.finditer(text), PY_MARKER.finditer(new))
+                  if m["body"] != n["body"]]
         for cmd in stale:
             print(f"stale README output: {cmd}")
         return 1 if stale else 0
