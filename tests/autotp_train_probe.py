@@ -7,9 +7,11 @@ Run under the DeepSpeed launcher (2 CPU ranks, DS_ACCELERATOR=cpu). Each rank wr
 - params: {name: [local numel, full numel]} for every named parameter (tied ones listed under each name);
 - replaced: {module path: [class before, class after]} for the modules AutoTP swapped for TP layers;
 - local_total / full_total: parameters of this rank / of the model, each tensor counted once;
+- head_out: last dim of the output head's own output (vocab, or vocab / TP when DeepSpeed leaves it sharded);
 - loss: the loss of one training step on data identical on every rank (seeded), and loss_after: the
   loss of the same batch after that step;
-- error: set instead of the above when deepspeed.initialize refuses the model (exit status 3).
+- error: set instead of the above when deepspeed.initialize refuses the model (exit status 3), or when the
+  first forward refuses a batch that differs within the TP group (--rank-data, exit status 4).
 """
 
 import argparse
@@ -34,6 +36,7 @@ ap.add_argument("--out", required=True, help="folder for rank<R>.json")
 ap.add_argument("--zero", type=int, default=1)
 ap.add_argument("--tp", type=int, default=2)
 ap.add_argument("--set", default="{}", help="JSON object of config.json overrides")
+ap.add_argument("--rank-data", action="store_true", help="a different batch on each rank (DeepSpeed should refuse it)")
 args = ap.parse_args()
 
 deepspeed.init_distributed(dist_backend="gloo")
@@ -81,14 +84,21 @@ replaced = {n: [before[n], cls] for n, cls in after.items() if n in before and b
 params = {n: [p.numel(), full.get(n)] for n, p in module.named_parameters(remove_duplicate=False)}
 local_total = sum(p.numel() for p in module.parameters())
 
-ids = torch.randint(0, cfg.vocab_size, (micro, 32), generator=torch.Generator().manual_seed(1))
-loss = engine(input_ids=ids, labels=ids).loss
+ids = torch.randint(0, cfg.vocab_size, (micro, 32), generator=torch.Generator().manual_seed(1 + rank * args.rank_data))
+try:
+    loss = engine(input_ids=ids, labels=ids).loss
+except AssertionError as exc:  # DeepSpeed's first-forward check that a TP group got one batch
+    with open(path, "w") as fh:
+        json.dump({"error": f"AssertionError: {exc}"}, fh)
+    sys.exit(4)
 engine.backward(loss)
 engine.step()
 with torch.no_grad():
     loss_after = engine(input_ids=ids, labels=ids).loss.item()
+    # what a loss that calls the head itself (qwen_ds.runtime.loss chunked path) gets: full or vocab-shard logits
+    head_out = module.get_output_embeddings()(torch.zeros(1, 1, cfg.hidden_size)).shape[-1]
 out = {"model": args.model, "zero": args.zero, "tp": args.tp, "world": world, "params": params, "replaced": replaced,
-       "local_total": local_total, "full_total": full_total, "loss": loss.item(), "loss_after": loss_after,
-       "finite": math.isfinite(loss.item()) and math.isfinite(loss_after)}
+       "local_total": local_total, "head_out": head_out, "full_total": full_total, "loss": loss.item(),
+       "loss_after": loss_after, "finite": math.isfinite(loss.item()) and math.isfinite(loss_after)}
 with open(path, "w") as fh:
     json.dump(out, fh, indent=1)

@@ -36,14 +36,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def probe(tmp_path, model, overrides=None):
+def probe(tmp_path, model, overrides=None, *extra):
     """(exit status, [rank0.json, rank1.json], launcher output) of the probe under the DeepSpeed launcher."""
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("localhost slots=2\n")
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--hostfile", str(hostfile), "--no_ssh_check",
            "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(PROBE), "--model", model,
-           "--out", str(out), "--zero", str(ZERO), "--set", json.dumps(overrides or {})]
+           "--out", str(out), "--zero", str(ZERO), "--set", json.dumps(overrides or {}), *extra]
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600,
                        env={**os.environ, "DS_ACCELERATOR": "cpu"})
     ranks = [json.loads(f.read_text()) for f in sorted(out.glob("rank*.json"))]
@@ -95,10 +95,21 @@ def test_autotp_training_splits_what_sharding_says(base, overrides, tmp_path):
     assert r0["finite"] and r1["finite"]
     assert r0["loss"] == pytest.approx(r1["loss"], rel=1e-6) and r0["loss_after"] < r0["loss"]
     assert r0["replaced"]["lm_head"][1] == ("VocabParallelLinear" if spec.tie_embeddings else "LinearLayer")
+    # tied: the head's own output stays vocab-sharded (DeepSpeed computes the HF loss vocab-parallel), so a
+    # loss that calls lm_head itself sees vocab / 2 logits; untied: gathered to the full vocab
+    assert r0["head_out"] == (spec.vocab_size // 2 if spec.tie_embeddings else spec.vocab_size)
     if spec.tie_embeddings:
         assert r0["replaced"]["model.embed_tokens"] == ["Embedding", "VocabParallelEmbedding"]
     else:
         assert "model.embed_tokens" not in r0["replaced"]
+
+
+def test_autotp_training_refuses_different_data_within_a_tp_group(tmp_path):
+    """TP ranks must be fed the same batch: DeepSpeed's first-forward hook (engine.py,
+    check_dataloader_inputs_same_across_ranks) broadcasts the TP group's rank-0 inputs and asserts."""
+    rc, ranks, log = probe(tmp_path, "tiny-qwen3", None, "--rank-data")
+    assert rc == 4 and ranks, log
+    assert any("Data inconsistency within the TP group" in r["error"] for r in ranks)
 
 
 @pytest.mark.parametrize("base", ["tiny-qwen3-moe", "tiny-qwen3-next"])
