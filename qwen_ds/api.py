@@ -149,7 +149,7 @@ class Estimate:
 
 def estimate_inputs(i: Inputs, plan_: Plan | None = None) -> Estimate:
     p = plan_ or i.plan
-    lay = _layout(i.model, i.cluster, p)
+    lay = _layout(i.model, i.cluster, p, training=i.workload.mode == "train")
     return Estimate(i.model, i.cluster, i.workload, p, lay, _estimate(i.model, i.cluster, i.workload, p, lay))
 
 

@@ -133,7 +133,7 @@ def plan_text(model, cluster, workload, res, top, smallest, tp_wanted: bool = Fa
     if fams:
         lines.append("\nrejected:")
         lines += [f"  {f}: {r}" for f, r in fams]
-    why = autotp_unsupported(model)
+    why = autotp_unsupported(model, training=workload.mode == "train")
     if why and tp_wanted:
         lines.append(f"\nnot considered: --tp > 1 ({why})")
     if smallest:

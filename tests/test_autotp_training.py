@@ -133,8 +133,6 @@ def test_refused_families_are_those_deepspeed_rejects():
     assert rejected == set(AUTOTP_TRAIN_REFUSED)
 
 
-@pytest.mark.xfail(strict=True, reason="estimator/layout.py does not pass the training mode to sharding yet "
-                   "(autotp_head_split, autotp_unsupported(training=True)); see issue #14")
 @pytest.mark.parametrize("base,overrides", [*DENSE, ("tiny-qwen3-moe", None)], ids=[*DENSE_IDS, "moe"])
 def test_estimator_params_per_mp_rank_is_what_autotp_training_holds(base, overrides, tmp_path):
     """(a) layout's params_per_mp_rank for a TP 2 training plan equals the probe's per-rank count (the
@@ -143,9 +141,12 @@ def test_estimator_params_per_mp_rank_is_what_autotp_training_holds(base, overri
     if spec.family in AUTOTP_TRAIN_REFUSED:
         inp = api.inputs(spec, "H100-SXM", nodes=1, gpus_per_node=2, tp=2, zero_stage=ZERO)
         with pytest.raises(InputError):
-            layout(inp.model, inp.cluster, inp.plan)
+            layout(inp.model, inp.cluster, inp.plan, training=True)
         return
     rc, ranks, log = probe(tmp_path, base, overrides)
     assert rc == 0, log
     inp = api.inputs(spec, "H100-SXM", nodes=1, gpus_per_node=2, tp=2, zero_stage=ZERO)
-    assert layout(inp.model, inp.cluster, inp.plan).params_per_mp_rank == ranks[0]["local_total"]
+    assert layout(inp.model, inp.cluster, inp.plan, training=True).params_per_mp_rank == ranks[0]["local_total"]
+    # and the planner's own path (estimate of a training plan) lays it out the same way
+    assert api.estimate(spec, "H100-SXM", nodes=1, gpus_per_node=2, tp=2, zero_stage=ZERO).layout.params_per_mp_rank \
+        == ranks[0]["local_total"]

@@ -164,7 +164,9 @@ TRIPS = [
     Trip("rule_leaf_modules", "leaf_modules", zero(stage=3), {**W16, "model": "Qwen3-Next-80B-A3B"},
          "$.zero_optimization.leaf_module", '"leaf_module": {"classes": ["Qwen3NextSparseMoeBlock"]}', "warning"),
     Trip("rule_autotp_model", "autotp_model", cfg(tensor_parallel={"autotp_size": 2}), {**W16, "model": "Qwen3-Next-80B-A3B"},
-         "$.tensor_parallel.autotp_size", "Gated DeltaNet"),
+         "$.tensor_parallel.autotp_size", "refuses the HuggingFace tp_plan of qwen3_next"),
+    Trip("rule_autotp_model", "autotp_model", cfg(tensor_parallel={"autotp_size": 2}), {**W16, "model": "Qwen3-30B-A3B"},
+         "$.tensor_parallel.autotp_size", "'packed_colwise' / 'moe_tp_experts'"),
     Trip("rule_autotp_model", "autotp_model", {"tensor_parallel": {"tp_size": 4}, "dtype": "bf16"},
          {"world_size": 4, "gpus_per_node": 4, "model": "Qwen3-Next-80B-A3B"}, "$.tensor_parallel.tp_size", "--tp 1 with --zero 3"),
     # --- NaN / Infinity (Python's json reads them, DeepSpeed trains on them)

@@ -19,7 +19,7 @@ __all__ = ["Layout", "MemoryBreakdown", "Term", "estimate", "layout"]
 def estimate(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan,
              lay: Layout | None = None) -> MemoryBreakdown:
     """``lay``: the plan's layout when the caller has it (``layout(model, cluster, plan)``)."""
-    lay = lay or layout(model, cluster, plan)
+    lay = lay or layout(model, cluster, plan, training=workload.mode == "train")
     gpn = cluster.gpus_per_node
     if workload.mode == "infer":
         gpu = inference.inference_terms(model, lay, plan, workload.seq_len, workload.new_tokens, cluster.world_size)

@@ -9,7 +9,7 @@ from ..hardware import Cluster
 from ..models.counts import ParamCounts, count_params, layers_params
 from ..models.spec import ModelSpec
 from ..knobs import Plan
-from ..sharding import autotp_sharded_params, autotp_unsupported
+from ..sharding import autotp_head_split, autotp_sharded_params, autotp_unsupported
 
 
 @dataclass(frozen=True)
@@ -30,8 +30,10 @@ class Layout:
     whole_params: int = 0
 
 
-def layout(model: ModelSpec, cluster: Cluster, plan: Plan) -> Layout:
-    """Check the degrees tile the GPUs and the model; pick the pipeline stage with most parameters."""
+def layout(model: ModelSpec, cluster: Cluster, plan: Plan, training: bool = False) -> Layout:
+    """Check the degrees tile the GPUs and the model; pick the pipeline stage with most parameters.
+    ``training``: AutoTP's training path (deepspeed.initialize with autotp_size) splits what the HF
+    tp_plan says, and refuses MoE plans; inference (init_inference) follows its own rules."""
     world, tp, pp = cluster.world_size, plan.tp, plan.pp
     if world % (tp * pp):
         raise InputError(
@@ -44,7 +46,7 @@ def layout(model: ModelSpec, cluster: Cluster, plan: Plan) -> Layout:
     if model.num_heads % tp:
         raise InputError(f"--tp {tp} does not divide the {model.num_heads} attention heads of {model.name}; choose a "
                          "divisor")
-    why = autotp_unsupported(model) if tp > 1 else None
+    why = autotp_unsupported(model, training=training) if tp > 1 else None
     if why:
         raise InputError(f"--tp {tp}: {why}")
     if plan.hpz_partition_size > 1 and world % plan.hpz_partition_size:
@@ -70,5 +72,9 @@ def layout(model: ModelSpec, cluster: Cluster, plan: Plan) -> Layout:
         split = max(0, n - counts.embedding - counts.lm_head - counts.final_norm)
     else:
         split = autotp_sharded_params(model, idx)
+        # AutoTP training also splits the head by the vocabulary (HF tp_plan; tied: with the embedding);
+        # a PipelineModule has no HF tp_plan, so only without pipeline stages
+        if tp > 1 and pp == 1:
+            split += autotp_head_split(model, training)
     return Layout(plan.dp(world), tp, pp, n - split + -(-split // tp), per, idx, stage == 0, stage == pp - 1,
                   n - split)

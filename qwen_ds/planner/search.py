@@ -124,7 +124,8 @@ def candidates(model: ModelSpec, cluster: Cluster, workload: Workload, base: Pla
     world, gpn = cluster.world_size, cluster.gpus_per_node
     infer = workload.mode == "infer"
     tps = [fixed["tp"]] if "tp" in fixed else (
-        [t for t in _divisors(gpn, gpn) if model.num_heads % t == 0 and (t == 1 or not autotp_unsupported(model))]
+        [t for t in _divisors(gpn, gpn)
+         if model.num_heads % t == 0 and (t == 1 or not autotp_unsupported(model, training=not infer))]
         if (infer or c.train_tp) else [1])
     pps = [fixed["pp"]] if "pp" in fixed else (
         [p for p in _divisors(world, 16) if model.num_layers % p == 0] if (c.train_pp and not infer) else [1])
@@ -204,7 +205,7 @@ def batch_error(global_batch: int, open_plans: list[Plan], world: int) -> InputE
 
 def evaluate(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan, c: Constraints,
              net: Network) -> Candidate:
-    lay = layout(model, cluster, plan)
+    lay = layout(model, cluster, plan, training=workload.mode == "train")
     mem = estimate(model, cluster, workload, plan, lay)
     usable = int(cluster.gpu.memory_bytes * c.headroom)
     if mem.gpu_total_bytes > usable:

@@ -329,14 +329,14 @@ def rule_zeropp_stage(cfg: dict[str, Any], ctx: Context) -> list[Problem]:
 
 def rule_autotp_model(cfg: dict[str, Any], ctx: Context) -> list[Problem]:
     """AutoTP (tensor_parallel.tp_size for inference, autotp_size for training) on a model it cannot split."""
-    why = autotp_unsupported(ctx.model) if ctx.model is not None and ctx.model.closed_form else None
     tpb = cfg.get("tensor_parallel")
-    if not why or not isinstance(tpb, dict):
+    if ctx.model is None or not ctx.model.closed_form or not isinstance(tpb, dict):
         return []
     out = []
-    for key in ("tp_size", "autotp_size"):
+    for key, training in (("tp_size", False), ("autotp_size", True)):
         tp = tpb.get(key)
-        if isinstance(tp, int) and not isinstance(tp, bool) and tp > 1:
+        why = autotp_unsupported(ctx.model, training=training)
+        if why and isinstance(tp, int) and not isinstance(tp, bool) and tp > 1:
             out.append(Problem(f"$.tensor_parallel.{key}", f"{key} {tp} with {ctx.model.name}: {why}", "autotp_model"))
     return out
 
