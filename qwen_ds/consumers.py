@@ -191,15 +191,8 @@ def hf_fillable(cfg: dict[str, Any]) -> list[str]:
     return [k for k in auto_keys(cfg) if k in HF_FILLED and (stage3 or k not in HF_ZERO3_ONLY)]
 
 
-def describe_args(args: TrainArgs) -> str:
-    return one_line(", ".join(f"{k}={v}" for k, v in asdict(args).items() if k != "deepspeed"))
-
-
 # --------------------------------------------------------------------------- "auto" in
 
-
-#: LLaMA-Factory YAML keys that differ from TrainingArguments (LLaMA-Factory checkpoints unless disabled)
-LF_ONLY = ("cutoff_len", "disable_gradient_checkpointing", "finetuning_type")
 
 
 @dataclass(frozen=True)
