@@ -199,7 +199,15 @@ def test_pipeline_first_stage_carries_embedding_and_in_flight_microbatches():
     lay = layout(m, c, Plan(zero_stage=1, pp=4))
     cnt = count_params(m)
     per_layer = cnt.layers[0].total
-    assert lay.params_per_mp_rank == max(9 * per_layer + cnt.embedding, 9 * per_layer + cnt.lm_head + cnt.final_norm)
+    # DeepSpeed's parameter-balanced partition of 36 layers + embedding, norm and head over 4 stages:
+    # 7 | 11 | 11 | 7 layers, the embedding with the first 7 and the head with the last 7
+    assert lay.stage_params == (cnt.embedding + 7 * per_layer, 11 * per_layer, 11 * per_layer,
+                                7 * per_layer + cnt.final_norm + cnt.lm_head)
+    assert sum(lay.stage_params) == cnt.total
+    assert lay.params_per_mp_rank == 11 * per_layer and lay.stage == 1 and lay.layers_per_stage == 11
+    assert not lay.first_stage and not lay.last_stage
+    # 15 % lighter than 9 layers a stage with the embedding or the head on an end stage
+    assert lay.params_per_mp_rank < 0.9 * (9 * per_layer + cnt.lm_head + cnt.final_norm)
     one = estimate(m, c, Workload(seq_len=1024), Plan(zero_stage=1, pp=4, grad_accum=1, checkpointing=False)).terms_dict()
     four = estimate(m, c, Workload(seq_len=1024), Plan(zero_stage=1, pp=4, grad_accum=8, checkpointing=False)).terms_dict()
     assert four["activations"] == 4 * one["activations"]
@@ -227,8 +235,11 @@ def test_bad_degrees_raise_input_error():
     m, c = load_model("Qwen3-8B"), Cluster(get_gpu("A100-80GB"), 1, 8)
     with pytest.raises(InputError, match="does not divide the 8 GPUs"):
         estimate(m, c, Workload(), Plan(zero_stage=1, tp=3))
-    with pytest.raises(InputError, match="layers"):
-        estimate(m, Cluster(get_gpu("A100-80GB"), 1, 5), Workload(), Plan(zero_stage=1, pp=5))
+    with pytest.raises(InputError, match="exceeds the 36 layers"):
+        estimate(m, Cluster(get_gpu("A100-80GB"), 8, 8), Workload(), Plan(zero_stage=1, pp=64))
+    # 36 layers over 5 stages: DeepSpeed's partition does not need a divisor
+    five = layout(m, Cluster(get_gpu("A100-80GB"), 1, 5), Plan(zero_stage=1, pp=5))
+    assert len(five.stage_params) == 5 and sum(five.stage_params) == count_params(m).total
     with pytest.raises(InputError, match="needs --zero 3"):
         Plan(zero_stage=2, offload_param="cpu")
     with pytest.raises(InputError, match="pipeline"):

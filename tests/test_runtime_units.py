@@ -51,6 +51,20 @@ def test_synthetic_batches_are_deterministic_and_learnable():
     assert all(len(set(row.tolist())) == 1 for row in diffs)  # a constant stride per row: learnable
 
 
+def test_micro_batch_numbering_keeps_dp_batches_and_covers_a_step_once():
+    """j = micro_step x dp + dp_rank: a dp-only run of W ranks draws the batch of (rank, micro_step); a
+    tp / pp run with fewer dp ranks and more micro-steps draws the same set of batches per step."""
+    from qwen_ds.runtime.data import sample_index, synthetic_sample
+
+    w, ga = 4, 2
+    dp_only = {(r, m): synthetic_batch(512, 1, 8, 3, 1, r, m) for r in range(w) for m in range(ga)}
+    for (r, m), ids in dp_only.items():
+        assert torch.equal(synthetic_sample(512, 1, 8, 3, 1, sample_index(r, w, m), w), ids)
+    for dp in (1, 2):  # tp or pp 4 / dp, the same global batch: dp x grad_accum' = w x ga
+        ga2 = w * ga // dp
+        js = sorted(sample_index(d, dp, k) for d in range(dp) for k in range(ga2))
+        assert js == list(range(w * ga))
+
 def test_token_file_with_a_local_tokenizer(tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -63,9 +77,12 @@ def test_token_file_with_a_local_tokenizer(tmp_path):
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps({"text": t}) + "\n" for t in corpus))
     tf = TokenFile(str(data), str(tmp_path / "tok"), seq=32)
-    b = tf.batch(micro=2, step=3, rank=1, world=2, micro_step=0, grad_accum=1)
+    b = tf.batch(micro=2, step=3, j=1, per_step=2)
     assert b.shape == (2, 32) and b.max() < 300
-    assert torch.equal(b, tf.batch(micro=2, step=3, rank=1, world=2, micro_step=0, grad_accum=1))
+    assert torch.equal(b, tf.batch(micro=2, step=3, j=1, per_step=2))
+    # consecutive micro-batches of a step, and the next step, take the next rows (wrapping around)
+    assert torch.equal(tf.batch(micro=2, step=3, j=0, per_step=2)[1], tf.rows[(3 * 2 + 0) * 2 + 1])
+    assert torch.equal(tf.batch(micro=2, step=4, j=0, per_step=2)[0], tf.rows[(4 * 2 * 2) % tf.rows.shape[0]])
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"txt": "x"}\n')
     with pytest.raises(RuntimeFailure, match="line 1"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from ..errors import InputError
 from ..hardware import Cluster
@@ -28,6 +29,51 @@ class Layout:
     last_stage: bool
     #: of params_per_mp_rank, those AutoTP keeps whole on every TP rank
     whole_params: int = 0
+    #: index of the heaviest pipeline stage (0 = first); under 1F1B it holds pp - stage micro-batches in flight
+    stage: int = 0
+    #: parameters of every pipeline stage (one entry without pipeline stages)
+    stage_params: tuple[int, ...] = ()
+
+
+def pipeline_weights(model: ModelSpec) -> tuple[int, ...]:
+    """Parameters of each layer of the PipelineModule the runtime builds (runtime/pipeline.py), in order:
+    embedding, each decoder layer, final norm, head. A tied head holds its own copy of the embedding on
+    the last stage (DeepSpeed's TiedLayerSpec), with its gradients and optimizer states."""
+    c = count_params(model)
+    head = c.embedding if model.tie_embeddings else c.lm_head
+    return (c.embedding, *(layers_params(model, [i]) for i in range(model.num_layers)), c.final_norm, head)
+
+
+@lru_cache(maxsize=256)
+def balanced_parts(weights: tuple[int, ...], parts: int) -> tuple[int, ...]:
+    """Stage boundaries of DeepSpeed 0.19's PipelineModule partition_method "parameters": over contiguous
+    splits of ``weights`` into ``parts`` stages, the dynamic programme of deepspeed.runtime.utils.
+    partition_balanced, which minimises the spread (heaviest minus lightest stage) prefix by prefix, the later
+    split winning ties. Reproduced here (no torch, numpy or deepspeed import) and checked against DeepSpeed
+    by tests/test_pipeline_layout.py, so the estimator's heaviest stage is the one the runtime builds."""
+    n = len(weights)
+    if n <= parts:
+        return tuple(min(p, n) for p in range(parts + 1))
+    inf = float("inf")
+    prefix = [0]
+    for w in weights:
+        prefix.append(prefix[-1] + w)
+    hi = [[inf] * (parts + 1) for _ in range(n + 1)]
+    lo = [[inf] * (parts + 1) for _ in range(n + 1)]
+    cost = [[inf] * (parts + 1) for _ in range(n + 1)]
+    pos = [[0] * (parts + 1) for _ in range(n + 1)]
+    hi[0][0] = cost[0][0] = 0
+    for i in range(1, n + 1):
+        for j in range(1, min(i, parts) + 1):
+            for k in range(i):
+                seg = prefix[i] - prefix[k]
+                top, bottom = max(hi[k][j - 1], seg), min(lo[k][j - 1], seg)
+                if cost[i][j] >= top - bottom:
+                    cost[i][j], hi[i][j], lo[i][j], pos[i][j] = top - bottom, top, bottom, k
+    bounds = [n]
+    for j in range(parts, 0, -1):
+        bounds.append(pos[bounds[-1]][j])
+    return tuple(reversed(bounds))
 
 
 def layout(model: ModelSpec, cluster: Cluster, plan: Plan, training: bool = False) -> Layout:
@@ -52,21 +98,36 @@ def layout(model: ModelSpec, cluster: Cluster, plan: Plan, training: bool = Fals
     if plan.hpz_partition_size > 1 and world % plan.hpz_partition_size:
         raise InputError(f"--hpz {plan.hpz_partition_size} does not divide the {world} GPUs; use a divisor (usually "
                          "--gpus-per-node)")
-    if model.num_layers % pp:
-        raise InputError(f"--pp {pp} does not divide the {model.num_layers} layers of {model.name}; choose a divisor")
+    if training and tp > 1 and pp > 1:
+        raise InputError(f"--tp {tp} with --pp {pp} for training: DeepSpeed 0.19's AutoTP finds no tensor-parallel "
+                         "policy in a PipelineModule (\"Not able to determine model policy automatically\") and its "
+                         "pipeline grid has no TP axis; train with --tp or with --pp, not both")
     counts: ParamCounts = count_params(model)
-    per = model.num_layers // pp
-    best = None
-    for stage in range(pp):
-        idx = range(stage * per, (stage + 1) * per)
-        n = layers_params(model, idx) if counts.layers else counts.total * per // model.num_layers
-        if stage == 0:
-            n += counts.embedding
-        if stage == pp - 1:
-            n += counts.lm_head + counts.final_norm
-        if best is None or n > best[0]:
-            best = (n, stage, idx)
-    n, stage, idx = best
+    stage, first, last, stage_params = 0, True, True, ()
+    if not counts.layers:  # meta-counted family: equal layers per stage, embedding first, head last
+        if model.num_layers % pp:
+            raise InputError(f"--pp {pp} does not divide the {model.num_layers} layers of {model.name}; "
+                             "choose a divisor")
+        per = model.num_layers // pp
+        ends = [counts.embedding] + [0] * (pp - 2) + [counts.lm_head + counts.final_norm] if pp > 1 else [0]
+        stage = max(range(pp), key=lambda s: ends[s])
+        idx, first, last = range(stage * per, (stage + 1) * per), stage == 0, stage == pp - 1
+        n = counts.total * per // model.num_layers + ends[stage]
+    elif pp == 1:
+        per, idx, n = model.num_layers, range(model.num_layers), counts.total
+    else:  # DeepSpeed's parameter-balanced partition of the runtime's PipelineModule
+        weights = pipeline_weights(model)
+        if pp > len(weights):
+            raise InputError(f"--pp {pp} exceeds the {model.num_layers} layers + embedding, norm and head of "
+                             f"{model.name}; lower --pp")
+        bounds = balanced_parts(weights, pp)
+        stage_params = tuple(sum(weights[bounds[s]:bounds[s + 1]]) for s in range(pp))
+        stage = max(range(pp), key=lambda s: stage_params[s])
+        n = stage_params[stage]
+        # spec i of 1..num_layers is decoder layer i - 1
+        idx = range(max(bounds[stage], 1) - 1, min(bounds[stage + 1], model.num_layers + 1) - 1)
+        per = len(idx)
+        first, last = bounds[stage] == 0, bounds[stage + 1] == len(weights)
     if not counts.layers:  # meta-counted family: whole model as one block, all but embedding and head split
         n = counts.total if pp == 1 else n
         split = max(0, n - counts.embedding - counts.lm_head - counts.final_norm)
@@ -76,5 +137,5 @@ def layout(model: ModelSpec, cluster: Cluster, plan: Plan, training: bool = Fals
         # a PipelineModule has no HF tp_plan, so only without pipeline stages
         if tp > 1 and pp == 1:
             split += autotp_head_split(model, training)
-    return Layout(plan.dp(world), tp, pp, n - split + -(-split // tp), per, idx, stage == 0, stage == pp - 1,
-                  n - split)
+    return Layout(plan.dp(world), tp, pp, n - split + -(-split // tp), per, idx, first, last, n - split, stage,
+                  stage_params or (n,))

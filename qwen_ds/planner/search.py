@@ -145,7 +145,8 @@ def candidates(model: ModelSpec, cluster: Cluster, workload: Workload, base: Pla
                 continue
             for tp in tps:
                 for pp in pps:
-                    if pp > 1 and zero >= 2 or world % (tp * pp) or (infer and zero == 3 and tp > 1):
+                    if (pp > 1 and zero >= 2 or world % (tp * pp) or (infer and zero == 3 and tp > 1)
+                            or (not infer and tp > 1 and pp > 1)):  # AutoTP has no PipelineModule policy
                         continue
                     dp = data_parallel(world, tp, pp)
                     micro_opts = [fixed["micro_batch"]] if "micro_batch" in fixed else _powers_of_two(c.max_micro_batch)

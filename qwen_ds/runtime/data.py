@@ -1,6 +1,9 @@
 """Training batches: learnable synthetic sequences, or a local jsonl / text file tokenised with a
-local tokenizer. Batches are a pure function of (seed, step, rank, micro-step), so a resumed run
-sees exactly the batches the uninterrupted run saw."""
+local tokenizer. A step's micro-batches are numbered j = micro_step x dp + dp_rank (0 <= j < dp x
+grad_accum) and each is a pure function of (seed, step, j): a resumed run sees exactly the batches
+the uninterrupted run saw, the ranks of one tensor-parallel group (one dp rank) get the same batch,
+and a tp / pp run trains on the tokens of the data-parallel run of as many ranks and the same global
+batch."""
 
 from __future__ import annotations
 
@@ -21,9 +24,21 @@ def synthetic_batch(vocab: int, micro: int, seq: int, seed: int, step: int, rank
     return (start + stride * torch.arange(seq)) % vocab
 
 
+def sample_index(dp_rank: int, dp: int, micro_step: int) -> int:
+    """Number j of the micro-batch that data-parallel rank dp_rank of dp runs at micro_step."""
+    return micro_step * dp + dp_rank
+
+
+def synthetic_sample(vocab: int, micro: int, seq: int, seed: int, step: int, j: int, world: int) -> torch.Tensor:
+    """Micro-batch j of a step: the one a data-parallel run of ``world`` ranks draws on rank j % world at
+    micro-step j // world (so a dp-only run keeps the batches of synthetic_batch by rank)."""
+    return synthetic_batch(vocab, micro, seq, seed, step, j % world, j // world)
+
+
 class TokenFile:
     """Packs a text corpus (.txt, or .jsonl with a "text" field) into seq-long rows, once, then
-    serves rows by index: row = (step * world + rank) * grad_accum * micro + ... (wraps around)."""
+    serves rows by index: micro-batch j of a step of per_step micro-batches starts at row
+    (step * per_step + j) * micro (wrapping around)."""
 
     def __init__(self, path: str, tokenizer_dir: str, seq: int):
         from transformers import AutoTokenizer
@@ -56,7 +71,7 @@ class TokenFile:
             raise RuntimeFailure(f"--data {path}: {len(ids)} tokens, fewer than one sequence of {seq}")
         self.rows = torch.tensor(ids[: len(ids) // seq * seq]).view(-1, seq)
 
-    def batch(self, micro: int, step: int, rank: int, world: int, micro_step: int, grad_accum: int) -> torch.Tensor:
-        base = ((step * world + rank) * grad_accum + micro_step) * micro
+    def batch(self, micro: int, step: int, j: int, per_step: int) -> torch.Tensor:
+        base = (step * per_step + j) * micro
         idx = torch.arange(base, base + micro) % self.rows.shape[0]
         return self.rows[idx]

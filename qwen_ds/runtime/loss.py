@@ -13,6 +13,15 @@ IGNORE = -100
 
 def _chunk_loss(hidden: torch.Tensor, labels: torch.Tensor, lm_head: torch.nn.Module) -> torch.Tensor:
     logits = lm_head(hidden).float()
+    if getattr(lm_head, "is_vocab_parallel_lm_head", False):
+        # AutoTP's vocab-split head (tied embeddings): this rank holds logits of vocab rows [start, end);
+        # DeepSpeed's vocab-parallel cross-entropy all-reduces max and sum over the TP group
+        from deepspeed.sequence.cross_entropy import vocab_parallel_cross_entropy
+
+        return vocab_parallel_cross_entropy(logits, labels, tp_group=lm_head.mp_group,
+                                            vocab_start_index=lm_head.vocab_start_index,
+                                            vocab_end_index=lm_head.vocab_end_index, ignore_index=IGNORE,
+                                            reduction="sum")
     return F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum")
 
 

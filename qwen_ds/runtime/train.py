@@ -7,6 +7,7 @@ python -m qwen_ds.runtime.train --config ds_config.json --plan plan.json [--synt
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -118,24 +119,32 @@ def init_pipeline(args: argparse.Namespace, model, pp: int, ds_config: dict, pla
     return engine
 
 
-def pipeline_step(engine, args: argparse.Namespace, data, vocab: int, seq: int, step: int) -> float:
-    """One optimizer step of the PipelineEngine; the mean micro-batch loss (DP-averaged, the same on every rank).
-    Micro-batch k of DP group d is sample j = d * grad_accum + k of the step; synthetic sample j is the one a
-    pp 1 run of as many ranks draws on rank j % world at micro-step j // world, so a pp 1 and a pp > 1 run
-    of one world size and global batch train on the same tokens."""
-    from .data import synthetic_batch
-    from .pipeline import pipeline_batches
+def data_rank(engine) -> tuple[int, int]:
+    """(data-parallel rank, data-parallel degree) of this rank: the batches a rank trains on depend on these
+    only, so the ranks of one tensor-parallel group or one pipeline are fed alike (DeepSpeed's AutoTP
+    asserts it on the first forward)."""
+    grid = getattr(engine, "grid", None)  # PipelineEngine's topology
+    if grid is not None:
+        return grid.get_data_parallel_rank(), engine.dp_world_size
+    from deepspeed.utils import groups  # AutoTP's (dp, tp) mesh; the whole world without TP
+
+    return groups._get_data_parallel_rank(), engine.dp_world_size
+
+
+def batch_source(args: argparse.Namespace, engine, data, vocab: int, seq: int):
+    """make(step, k): the micro-batch this rank trains on at micro-step k of a step (runtime/data.py numbering)."""
+    from .data import sample_index, synthetic_sample
 
     micro, ga = engine.train_micro_batch_size_per_gpu(), engine.gradient_accumulation_steps()
-    d, dp, w = engine.grid.get_data_parallel_rank(), engine.dp_world_size, world_size()
+    d, dp = data_rank(engine)
 
-    def make(k: int):
+    def make(step: int, k: int):
+        j = sample_index(d, dp, k)
         if data is not None:
-            return data.batch(micro, step, d, dp, k, ga)
-        j = d * ga + k
-        return synthetic_batch(vocab, micro, seq, args.seed, step, j % w, j // w)
+            return data.batch(micro, step, j, dp * ga)
+        return synthetic_sample(vocab, micro, seq, args.seed, step, j, world_size())
 
-    return float(engine.train_batch(pipeline_batches(make, ga)))
+    return make
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,10 +157,10 @@ def train(args: argparse.Namespace) -> int:
     import torch
 
     from ..models.counts import model_flops_per_token
-    from .data import TokenFile, synthetic_batch
+    from .data import TokenFile
     from .loss import causal_lm_loss
     from .metrics import StepMeter, append_jsonl, gpu_peak_tflops
-    from .pipeline import bubble_fraction
+    from .pipeline import bubble_fraction, pipeline_batches
 
     ds_config, plan = read_config_and_plan(args)
     check_outputs(args)
@@ -194,6 +203,7 @@ def train(args: argparse.Namespace) -> int:
         log0(f"resumed from {path} at step {start}")
     metrics_for_resume(args.metrics_file, start)
     data = TokenFile(args.data, args.tokenizer or args.weights or "", seq) if args.data else None
+    make_batch = batch_source(args, engine, data, hf_config.vocab_size, seq)
     spec = model_spec(plan, args.model)
     precision = ("bf16" if ds_config.get("bf16", {}).get("enabled")
                  else "fp16" if ds_config.get("fp16", {}).get("enabled") else "fp32")
@@ -220,15 +230,12 @@ def train(args: argparse.Namespace) -> int:
             logger.enabled = profiled(step + 1)
         meter.start()
         if pp > 1:
-            rec = meter.stop(step + 1, pipeline_step(engine, args, data, hf_config.vocab_size, seq, step))
+            loss = engine.train_batch(pipeline_batches(functools.partial(make_batch, step), ga))
+            rec = meter.stop(step + 1, float(loss))  # the mean micro-batch loss, the same on every rank
             rec.update(pp=pp, bubble_fraction=round(bubble_fraction(pp, ga), 6))
         total = torch.zeros(1, device=device, dtype=torch.float32)  # summed on the device: no host sync per micro-step
         for m in range(ga if pp == 1 else 0):
-            if data is not None:
-                ids = data.batch(micro, step, r, dp, m, ga)
-            else:
-                ids = synthetic_batch(hf_config.vocab_size, micro, seq, args.seed, step, r, m)
-            ids = ids.to(device)
+            ids = make_batch(step, m).to(device)
             loss = causal_lm_loss(engine.module, ids, loss_path)
             engine.backward(loss)
             engine.step()
