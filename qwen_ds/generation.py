@@ -31,6 +31,8 @@ class Generated:
     problems: tuple = ()  # warnings of the rendered config
     edited: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # knob: (planned, as written after --set)
     paths: tuple[Path, ...] = ()
+    #: why the built-in runtime cannot run the plan (its launch line names YOUR_SCRIPT.py then), or None
+    own_script: str | None = None
 
     def text(self) -> str:
         p, lay, mem = self.estimate.plan, self.estimate.layout, self.estimate.memory
@@ -51,7 +53,8 @@ class Generated:
                          f"gradient_accumulation_steps {args['gradient_accumulation_steps']}, "
                          f"gradient_checkpointing {args['gradient_checkpointing']}, "
                          f"{'bf16' if args['bf16'] else 'fp16' if args['fp16'] else 'fp32'} (training_args.json)")
-        lines.append("launch: " + " ".join(self.document.launch_command))
+        mark = f" (needs your own script: {self.own_script})" if self.own_script else ""
+        lines.append(f"launch{mark}: " + " ".join(self.document.launch_command))
         return "\n".join(lines)
 
 
@@ -64,9 +67,11 @@ def edits_text(edited: dict[str, tuple[Any, Any]]) -> str:
     return ", ".join(f"{k} {show(v0)} -> {show(v1)}" for k, (v0, v1) in edited.items())
 
 
-def launch_command(hostfile: str | None, out: Path, mode: str, consumer: str = "deepspeed") -> list[str]:
-    """How to run it: the built-in runtime (``train`` / ``infer``), or the user's HF Trainer / accelerate script."""
-    entry = [mode] if consumer == "deepspeed" else ["YOUR_SCRIPT.py"] + (
+def launch_command(hostfile: str | None, out: Path, mode: str, consumer: str = "deepspeed",
+                   own_script: bool = False) -> list[str]:
+    """How to run it: the built-in runtime (``train`` / ``infer``), or the user's script (HF Trainer / accelerate,
+    or a plan the built-in runtime does not run: ``own_script``)."""
+    entry = [mode] if consumer == "deepspeed" and not own_script else ["YOUR_SCRIPT.py"] + (
         ["--deepspeed", str(out / "ds_config.json")] if consumer == "hf-trainer" else [])
     return ["qwen-ds", "launch", "--hostfile", hostfile or "HOSTFILE", "--config", str(out / "ds_config.json"),
             "--plan", str(out / "plan.json"), *entry]
@@ -105,6 +110,7 @@ def generate(model: str | ModelSpec, gpu: str | GPU, *, nodes: int | None = None
     render.ConfigOptions (lr, warmup, ...); ``zero_plus_plus`` sets hpz_partition_size /
     quantized_weights / quantized_gradients; ``consumer`` is who runs the config
     (qwen_ds.consumers.CONSUMERS)."""
+    from .builtin import builtin_gap
     from .consumers import TrainArgs, check_consumer, for_consumer, hf_fill
     from .pairing import config_digest
     from .publish import check_targets, publish_files
@@ -154,13 +160,14 @@ def generate(model: str | ModelSpec, gpu: str | GPU, *, nodes: int | None = None
 
     args = TrainArgs.of(plan_, opts, ds_path) if consumer != "deepspeed" else None
     m, c = i.model, i.cluster
+    gap = builtin_gap(m.family, plan_, i.workload.mode) if consumer == "deepspeed" else None
     doc = PlanDocument(
         model=ModelRef(m.name, m.family, m.source, dict(m.config)),
         cluster=ClusterRef(c.gpu.name, c.nodes, c.gpus_per_node, c.world_size, hostfile),
         workload=i.workload, plan=plan_, dp=est.layout.dp, fp8_recipe=fp8_recipe(plan_), overrides=tuple(overrides),
         chosen_by=chosen_by, memory=planned_memory(m, est.memory),
         launch_command=tuple(launch_command(hostfile, out if out is not None else Path("."), i.workload.mode,
-                                            consumer)),
+                                            consumer, own_script=gap is not None)),
         consumer=consumer, train_args=args.to_json() if args else None,
         ds_config_sha256=config_digest(cfg), ds_config=cfg, qwen_ds_version=__version__,
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -175,7 +182,7 @@ def generate(model: str | ModelSpec, gpu: str | GPU, *, nodes: int | None = None
         files += _args_files(consumer, args, i.workload.seq_len) if args else []
         publish_files(out, files, force)
         paths = tuple(out / name for name, _ in [files[1], files[0], *files[2:]])
-    return Generated(cfg, doc, est, tuple(problems), edited, paths)
+    return Generated(cfg, doc, est, tuple(problems), edited, paths, gap)
 
 
 def _args_files(consumer: str, args: Any, seq_len: int) -> list[tuple[str, bytes]]:

@@ -33,7 +33,7 @@ def test_balanced_parts_is_deepspeeds_partition_on_real_models(name):
         assert balanced_parts(weights, pp) == tuple(partition_balanced(list(weights), pp)), pp
 
 
-@pytest.mark.parametrize("name", ["tiny-qwen3", "tiny-qwen3-moe"])
+@pytest.mark.parametrize("name", ["tiny-qwen3", "tiny-qwen3-moe", "tiny-qwen3-next"])
 def test_pipeline_weights_are_the_parameters_of_the_runtimes_layers(name):
     """Each entry is what DeepSpeed's _count_layer_params counts for that PipelineModule layer."""
     from transformers import AutoConfig, AutoModelForCausalLM

@@ -58,7 +58,8 @@ planner_options = _opts(
     click.option("--allow-nvme", is_flag=True, help="Also consider NVMe offload."),
     click.option("--allow-tp", is_flag=True, help="Also consider tensor parallelism for training (AutoTP)."),
     click.option("--allow-pp", is_flag=True,
-                 help="Also consider pipeline parallelism (needs a PipelineModule training script)."),
+                 help="Also consider pipeline parallelism for training (the built-in trainer builds the stages of "
+                      "Qwen3, Qwen3-MoE and Qwen3-Next; other models need your own PipelineModule script)."),
     click.option("--inter-node-gbps", type=float, default=None,
                  help="Network between nodes, Gbit/s per node [200 x GPUs per node]."),
     click.option("--compute-efficiency", type=float, default=0.55, show_default=True,

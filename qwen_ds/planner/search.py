@@ -33,8 +33,8 @@ class Constraints:
     allow_nvme: bool = False
     global_batch: int | None = None  # sequences per optimizer step
     max_micro_batch: int = 64
-    train_tp: bool = False  # the built-in runtime trains with TP=1; opt in for AutoTP training
-    train_pp: bool = False  # PP needs a PipelineModule script; opt in to search it
+    train_tp: bool = False  # opt in to search AutoTP training (dense families; not with pp)
+    train_pp: bool = False  # opt in to search pipeline stages (runtime/pipeline.py builds them)
     fixed: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

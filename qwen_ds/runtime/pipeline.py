@@ -1,4 +1,4 @@
-"""Pipeline parallelism for the built-in trainer: an HF Qwen3 / Qwen3-MoE causal LM as a DeepSpeed
+"""Pipeline parallelism for the built-in trainer: an HF Qwen3 / Qwen3-MoE / Qwen3-Next causal LM as a DeepSpeed
 ``PipelineModule`` (deepspeed.pipe).
 
 Layers: embedding, one wrapper per decoder layer, final norm, and the head. Only a hidden-state tensor
@@ -22,14 +22,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..builtin import PIPE_MODEL_TYPES
 from .common import RuntimeFailure
 from .loss import chunked_causal_lm_loss
 
-PIPE_MODEL_TYPES = ("qwen3", "qwen3_moe")
 
 
 def causal_masks(config, hidden: torch.Tensor, position_ids: torch.Tensor) -> dict:
-    """The mask mapping HF's Qwen3Model builds (full, and sliding when the config has sliding layers)."""
+    """The mask mapping HF's Qwen3Model / Qwen3NextModel builds: full attention, sliding when the config has
+    sliding layers, and none for Qwen3-Next's Gated DeltaNet layers (their mask is the 2D padding mask, None
+    for the unpadded batches the trainer feeds)."""
     from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
     kwargs = {"config": config, "inputs_embeds": hidden, "attention_mask": None, "cache": None,
@@ -37,6 +39,7 @@ def causal_masks(config, hidden: torch.Tensor, position_ids: torch.Tensor) -> di
     out = {"full_attention": create_causal_mask(**kwargs)}
     if "sliding_attention" in (getattr(config, "layer_types", None) or ()):
         out["sliding_attention"] = create_sliding_window_causal_mask(**kwargs)
+    out["linear_attention"] = None
     return out
 
 
@@ -160,6 +163,58 @@ def build_pipeline_module(model, num_stages: int, activation_checkpoint_interval
         if not pipe._local_start <= i < pipe._local_stop and isinstance(spec, LayerSpec):
             spec.module_args = ()
     return pipe
+
+
+def hf_name(pipe_name: str, num_layers: int) -> str | None:
+    """The HF causal LM's name of a PipelineModule parameter (layer i of the specs: 0 embedding, 1..L decoder
+    layers, L + 1 final norm, L + 2 head); None for the last stage's copy of a tied embedding."""
+    if pipe_name.startswith("tied_modules.embed."):
+        return "model.embed_tokens.weight"
+    index, _, rest = pipe_name.partition(".")
+    i = int(index)
+    wrapper, _, tail = rest.partition(".")
+    if i == 0:
+        return f"model.embed_tokens.{tail}"
+    if i <= num_layers:
+        return f"model.layers.{i - 1}.{tail}"
+    return f"model.norm.{tail}" if i == num_layers + 1 else f"lm_head.{tail}"
+
+
+def save_hf_shards(engine, out: str, hf_config) -> int:
+    """16-bit HF weights of a pipeline run, one safetensors shard per stage (written by the stage's
+    data-parallel rank 0) and the model.safetensors.index.json that from_pretrained reads; the tied
+    embedding is written once, by the first stage. Returns the parameters written (all stages)."""
+    import json
+    import os
+
+    import torch.distributed as dist
+    from safetensors.torch import save_file
+
+    pipe, grid = engine.module, engine.grid
+    stage, stages = grid.get_stage_id(), grid.get_pipe_parallel_world_size()
+    writer = grid.get_data_parallel_rank() == 0
+    tensors = {}
+    for name, param in pipe.named_parameters():
+        hf = hf_name(name, hf_config.num_hidden_layers)
+        if hf is not None and not (name.startswith("tied_modules.") and stage != 0):
+            tensors[hf] = param.detach().to("cpu").contiguous()
+    shard = f"model-{stage + 1:05d}-of-{stages:05d}.safetensors"
+    if writer:
+        os.makedirs(out, exist_ok=True)
+        save_file(tensors, os.path.join(out, shard), metadata={"format": "pt"})
+    mine = [(shard, {k: (t.numel(), t.numel() * t.element_size()) for k, t in tensors.items()})] if writer else []
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, mine)
+    weight_map, size, count = {}, 0, 0
+    for part in gathered:
+        for file, names in part:
+            for k, (numel, nbytes) in names.items():
+                weight_map[k] = file
+                size, count = size + nbytes, count + numel
+    if dist.get_rank() == 0:
+        with open(os.path.join(out, "model.safetensors.index.json"), "w", encoding="utf-8") as fh:
+            json.dump({"metadata": {"total_size": size}, "weight_map": dict(sorted(weight_map.items()))}, fh, indent=1)
+    return count
 
 
 def bubble_fraction(pp: int, micro_batches: int) -> float:

@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..builtin import builtin_gap
 from .common import (RuntimeFailure, exit_process, model_spec, run_entry, build_model, init_distributed, log0,
                      model_config, rank, read_config_and_plan, world_size)
 
@@ -98,12 +99,9 @@ def init_pipeline(args: argparse.Namespace, model, pp: int, ds_config: dict, pla
 
     from .pipeline import build_pipeline_module
 
-    if plan is not None and plan.wants_fp8:
-        raise RuntimeFailure("FP8 with pipeline parallelism (pp > 1) is not supported yet; "
-                             "regenerate the config with gen-config --pp 1 or another --precision")
-    if args.save_dir or args.resume:
-        raise RuntimeFailure("--save-dir / --resume with pipeline parallelism (pp > 1) are not supported yet; "
-                             "drop them or regenerate the config with gen-config --pp 1")
+    gap = builtin_gap(model.config.model_type, plan.plan, "train") if plan is not None else None
+    if gap:  # gen-config marked this plan "needs your own script"
+        raise RuntimeFailure(f"{gap}; regenerate the config with gen-config --pp 1, or run it with your own script")
     if world_size() % pp:
         raise RuntimeFailure(f"pp {pp} does not divide the {world_size()} ranks; fix gen-config --pp or the hostfile")
     block = ds_config.get("pipeline") if isinstance(ds_config.get("pipeline"), dict) else {}
@@ -265,7 +263,12 @@ def train(args: argparse.Namespace) -> int:
     if args.save_dir:
         engine.save_checkpoint(args.save_dir, tag=f"step{args.steps}", client_state={"step": args.steps})
         out = os.path.join(args.save_dir, "hf")
-        engine.save_16bit_model(out)
+        if pp > 1:  # save_16bit_model would write the first stage's layers only
+            from .pipeline import save_hf_shards
+
+            save_hf_shards(engine, out, hf_config)
+        else:
+            engine.save_16bit_model(out)
         if r == 0:
             hf_config.save_pretrained(out)
             log0(f"saved DeepSpeed checkpoint and 16-bit HF weights in {out}")

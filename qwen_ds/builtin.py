@@ -1,0 +1,21 @@
+"""What the built-in runtime (``qwen-ds launch ... train`` / ``infer``, qwen_ds/runtime/) runs. gen-config
+asks before it prints a launch line, and the runtime asks again before it starts, so a plan the built-in
+entry points cannot run is marked "needs your own script" where it is written, not found out on the nodes."""
+
+from __future__ import annotations
+
+from .knobs import Plan
+
+#: model types runtime/pipeline.py builds as a DeepSpeed PipelineModule
+PIPE_MODEL_TYPES = ("qwen3", "qwen3_moe", "qwen3_next")
+
+
+def builtin_gap(family: str, plan: Plan, mode: str) -> str | None:
+    """Why the built-in runtime cannot run this plan (one clause naming what is missing), or None."""
+    if mode == "train" and plan.pp > 1:
+        if family not in PIPE_MODEL_TYPES:
+            return (f"the built-in trainer builds pipeline stages for model types {', '.join(PIPE_MODEL_TYPES)}, "
+                    f"not {family}")
+        if plan.precision == "fp8":
+            return "the built-in trainer does not run FP8 with pipeline stages"
+    return None
