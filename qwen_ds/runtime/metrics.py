@@ -111,3 +111,29 @@ class StepMeter:
 def append_jsonl(path: str, rec: dict) -> None:
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(json.dumps(rec) + "\n")
+
+
+def model_state_counts(engine) -> dict:
+    """Elements of the model states this rank holds after an optimizer step: its parameters (a pipeline
+    stage's layers, AutoTP's shards), the fp32 master partition of DeepSpeed's ZeRO optimizer (0 without
+    one) and the optimizer states (Adam's m and v). What the estimator's per-GPU terms count."""
+    opt = engine.optimizer
+    masters = getattr(opt, "single_partition_of_fp32_groups", None) or getattr(opt, "fp32_partitioned_groups_flat",
+                                                                                None) or []
+    inner = getattr(opt, "optimizer", opt)
+    state = getattr(inner, "state", {})
+    states = [v for st in state.values() for v in st.values() if torch.is_tensor(v) and v.dim() > 0]
+    return {"params": sum(p.numel() for p in engine.module.parameters()),
+            "master": sum(t.numel() for t in masters), "states": sum(v.numel() for v in states)}
+
+
+def model_states_by_rank(engine) -> list[dict]:
+    """model_state_counts of every rank, in rank order, with its pipeline stage and TP rank (collective)."""
+    import torch.distributed as dist
+
+    grid = getattr(engine, "grid", None)
+    mine = {"rank": dist.get_rank(), "stage": grid.get_stage_id() if grid is not None else 0,
+            **model_state_counts(engine)}
+    every: list = [None] * dist.get_world_size()
+    dist.all_gather_object(every, mine)
+    return every

@@ -227,3 +227,46 @@ def pipeline_batches(make_batch, grad_accum: int) -> Iterator[tuple[torch.Tensor
     for k in range(grad_accum):
         ids = make_batch(k)
         yield ids, ids.clone()
+
+
+class StageIdle:
+    """Seconds this rank's pipeline stage waits in receives (activations from the previous stage, gradients from
+    the next): its share of the pipeline bubble, measured. Wraps DeepSpeed's RecvActivation / RecvGrad
+    instructions on this engine only; timed (with a device sync around each wait) while ``on``."""
+
+    def __init__(self, engine):
+        from deepspeed.runtime.pipe import schedule
+
+        self.on = False
+        self.seconds = 0.0
+        table = dict(type(engine)._INSTRUCTION_MAP)
+        for instruction in (schedule.RecvActivation, schedule.RecvGrad):
+            table[instruction] = self._timed(table[instruction])
+        engine._INSTRUCTION_MAP = table  # the instance's table shadows the class's
+
+    def _timed(self, fn):
+        import time
+
+        def run(engine, *args, **kwargs):
+            if not self.on:
+                return fn(engine, *args, **kwargs)
+            sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+            sync()
+            t0 = time.perf_counter()
+            out = fn(engine, *args, **kwargs)
+            sync()
+            self.seconds += time.perf_counter() - t0
+            return out
+
+        return run
+
+    def per_stage(self, engine) -> list[float]:
+        """Mean idle seconds of each stage over its data-parallel ranks since the last call (collective)."""
+        import torch.distributed as dist
+
+        every: list = [None] * dist.get_world_size()
+        dist.all_gather_object(every, (engine.grid.get_stage_id(), self.seconds))
+        self.seconds = 0.0
+        stages = engine.grid.get_pipe_parallel_world_size()
+        return [round(sum(s for st, s in every if st == k) / max(1, sum(st == k for st, _ in every)), 6)
+                for k in range(stages)]

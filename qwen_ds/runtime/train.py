@@ -40,8 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="start over in a --save-dir that holds a checkpoint and replace an existing --metrics-file")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--comm-profile-every", type=int, default=10,
-                    help="time collectives on step 2 and then every N steps (timing synchronises each collective, so "
-                         "it is sampled); 0 = never (comm_share null)")
+                    help="time collectives (and, with pipeline stages, each stage's waits for its neighbours) on step "
+                         "2 and then every N steps (timing synchronises each, so it is sampled); 0 = never "
+                         "(comm_share null)")
     return ap.parse_args(argv)
 
 
@@ -117,6 +118,12 @@ def init_pipeline(args: argparse.Namespace, model, pp: int, ds_config: dict, pla
     return engine
 
 
+def autotp_size(ds_config: dict) -> int:
+    block = ds_config.get("tensor_parallel")
+    size = block.get("autotp_size", 1) if isinstance(block, dict) else 1
+    return size if isinstance(size, int) and not isinstance(size, bool) else 1
+
+
 def data_rank(engine) -> tuple[int, int]:
     """(data-parallel rank, data-parallel degree) of this rank: the batches a rank trains on depend on these
     only, so the ranks of one tensor-parallel group or one pipeline are fed alike (DeepSpeed's AutoTP
@@ -157,8 +164,8 @@ def train(args: argparse.Namespace) -> int:
     from ..models.counts import model_flops_per_token
     from .data import TokenFile
     from .loss import causal_lm_loss
-    from .metrics import StepMeter, append_jsonl, gpu_peak_tflops
-    from .pipeline import bubble_fraction, pipeline_batches
+    from .metrics import StepMeter, append_jsonl, gpu_peak_tflops, model_states_by_rank
+    from .pipeline import StageIdle, bubble_fraction, pipeline_batches
 
     ds_config, plan = read_config_and_plan(args)
     check_outputs(args)
@@ -202,6 +209,7 @@ def train(args: argparse.Namespace) -> int:
     metrics_for_resume(args.metrics_file, start)
     data = TokenFile(args.data, args.tokenizer or args.weights or "", seq) if args.data else None
     make_batch = batch_source(args, engine, data, hf_config.vocab_size, seq)
+    idle = StageIdle(engine) if pp > 1 else None
     spec = model_spec(plan, args.model)
     precision = ("bf16" if ds_config.get("bf16", {}).get("enabled")
                  else "fp16" if ds_config.get("fp16", {}).get("enabled") else "fp32")
@@ -228,9 +236,13 @@ def train(args: argparse.Namespace) -> int:
             logger.enabled = profiled(step + 1)
         meter.start()
         if pp > 1:
+            idle.on = profiled(step + 1)
             loss = engine.train_batch(pipeline_batches(functools.partial(make_batch, step), ga))
             rec = meter.stop(step + 1, float(loss))  # the mean micro-batch loss, the same on every rank
             rec.update(pp=pp, bubble_fraction=round(bubble_fraction(pp, ga), 6))
+            if idle.on:  # measured: seconds each stage waited for its neighbours, and that share of the step
+                rec["stage_idle_s"] = idle.per_stage(engine)
+                rec["stage_idle_share"] = [round(s / rec["step_s"], 4) for s in rec["stage_idle_s"]]
         total = torch.zeros(1, device=device, dtype=torch.float32)  # summed on the device: no host sync per micro-step
         for m in range(ga if pp == 1 else 0):
             ids = make_batch(step, m).to(device)
@@ -241,6 +253,8 @@ def train(args: argparse.Namespace) -> int:
         if pp == 1:
             torch.distributed.all_reduce(total)
             rec = meter.stop(step + 1, total.item() / world_size())
+        if step == start:  # what each rank holds once the optimizer states exist (rank 0 writes it)
+            rec["model_states"] = model_states_by_rank(engine)
         if profiled(step + 1):
             last_comm_share = rec["comm_share"]
         else:  # unprofiled steps run at full speed; report the last sampled share
@@ -267,6 +281,13 @@ def train(args: argparse.Namespace) -> int:
             from .pipeline import save_hf_shards
 
             save_hf_shards(engine, out, hf_config)
+        elif autotp_size(ds_config) > 1 and ds_config.get("zero_optimization", {}).get("stage") != 3:
+            # below ZeRO-3, DeepSpeed 0.19.8's save_16bit_model writes rank 0's TP shards (half-size tensors
+            # that from_pretrained refuses); its TP-gathering state dict is what it uses under ZeRO-3
+            state = engine._replace_module_consolidated_state_dict()
+            if r == 0:
+                os.makedirs(out, exist_ok=True)
+                torch.save(state, os.path.join(out, "pytorch_model.bin"))
         else:
             engine.save_16bit_model(out)
         if r == 0:
