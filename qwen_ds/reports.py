@@ -103,7 +103,7 @@ def describe(c) -> dict:
 def batch_line(res) -> str:
     """The one line that says the global batch was not the planner's choice (no --global-batch, no --grad-accum)."""
     pipe = any(c.plan.pp > 1 for c in res.accepted + res.rejected)
-    ga = "GA 1, pp for pipeline plans" if pipe else "GA 1"
+    ga = "GA 1; for pipeline plans the fewest micro-batches with a bubble under 20 %" if pipe else "GA 1"
     first = ""
     if res.accepted:
         c = res.accepted[0]

@@ -16,6 +16,7 @@ from ..hardware import Cluster
 from ..models.spec import ModelSpec
 from ..knobs import Plan, Workload, data_parallel
 from ..sharding import autotp_unsupported
+from .throughput import pipeline_grad_accum
 from ..units import GIB, compute_bytes
 from .throughput import Network, StepTime, step_time
 
@@ -160,12 +161,12 @@ def candidates(model: ModelSpec, cluster: Cluster, workload: Workload, base: Pla
                         elif "grad_accum" in fixed:
                             gas = [fixed["grad_accum"]]
                         else:
-                            # the batch is the user's decision: without --global-batch, GA 1 (pp for
-                            # pipeline plans, so pp micro-batches are in flight). A larger free GA only
-                            # amortized communication by silently growing the global batch (Qwen3-32B
-                            # on 16 GPUs became 1,024 sequences); --global-batch lets the planner trade
-                            # micro-batch for GA within the batch asked for.
-                            gas = [pp]
+                            # the batch is the user's decision: without --global-batch, GA 1; pipeline
+                            # plans the fewest micro-batches that keep the bubble under 20 % (the seed's
+                            # target). A larger free GA only amortized communication by silently growing
+                            # the global batch (Qwen3-32B on 16 GPUs became 1,024 sequences);
+                            # --global-batch lets the planner trade micro-batch for GA within the batch.
+                            gas = [pipeline_grad_accum(pp)]
                         for ga in gas:
                             for ckpt in ckpts:
                                 yield dataclasses.replace(base, zero_stage=zero, offload_optimizer=oo,

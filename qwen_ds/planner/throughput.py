@@ -20,6 +20,24 @@ from ..units import compute_bytes
 GB = 1e9
 
 
+#: the seed's target for the idle share of a pipeline (1F1B) step
+BUBBLE_MAX = 0.2
+
+
+def bubble_fraction(pp: int, micro_batches: int) -> float:
+    """Idle share of a 1F1B / GPipe schedule of m micro-batches over p stages: (p - 1) / (m + p - 1)."""
+    return (pp - 1) / (micro_batches + pp - 1)
+
+
+def pipeline_grad_accum(pp: int) -> int:
+    """The smallest power-of-two number of micro-batches a step that keeps the bubble under BUBBLE_MAX
+    (1 without pipeline stages): 8 for pp 2, 16 for pp 4, 32 for pp 8."""
+    m = 1
+    while pp > 1 and bubble_fraction(pp, m) >= BUBBLE_MAX:
+        m *= 2
+    return m
+
+
 @dataclass(frozen=True)
 class Network:
     """Assumed rates. Defaults: NVLink at 70 % of the catalog's one-direction figure, one 200 Gb/s
@@ -153,7 +171,7 @@ def step_time(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan
         if plan.offload_param == "nvme":
             offload += ga * 2 * b * part * cluster.gpus_per_node / (net.nvme_gbps * GB)
     m = ga
-    bubble = (m + plan.pp - 1) / m if plan.pp > 1 else 1.0
+    bubble = 1 / (1 - bubble_fraction(plan.pp, m))  # (m + p - 1) / m
     step = (compute + recompute + exposed) * bubble + offload + cpu_opt
     return StepTime(compute, recompute, comm, exposed, offload, cpu_opt, bubble, step, tokens_per_step,
                     tokens_per_step / step, model_flops, model_flops / (step * peak * world))

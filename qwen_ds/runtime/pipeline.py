@@ -217,11 +217,6 @@ def save_hf_shards(engine, out: str, hf_config) -> int:
     return count
 
 
-def bubble_fraction(pp: int, micro_batches: int) -> float:
-    """Idle share of a 1F1B / GPipe schedule: (p - 1) / (m + p - 1)."""
-    return (pp - 1) / (micro_batches + pp - 1)
-
-
 def pipeline_batches(make_batch, grad_accum: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(input_ids, labels) for each of one step's micro-batches; labels are the ids (the loss shifts)."""
     for k in range(grad_accum):

@@ -165,7 +165,8 @@ def train(args: argparse.Namespace) -> int:
     from .data import TokenFile
     from .loss import causal_lm_loss
     from .metrics import StepMeter, append_jsonl, gpu_peak_tflops, model_states_by_rank
-    from .pipeline import StageIdle, bubble_fraction, pipeline_batches
+    from ..planner.throughput import bubble_fraction
+    from .pipeline import StageIdle, pipeline_batches
 
     ds_config, plan = read_config_and_plan(args)
     check_outputs(args)
