@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Collection
 
 from .errors import InputError
-from .estimator import Layout, MemoryBreakdown, estimate as _estimate, layout as _layout
+from .estimator import Layout, MemoryBreakdown, estimate as _estimate, plan_layout
 from .format import gib
 from .hardware import GPU, Cluster, get_gpu
 from .knobs import BY_NAME, SEARCHED, Plan, Workload
@@ -149,7 +149,7 @@ class Estimate:
 
 def estimate_inputs(i: Inputs, plan_: Plan | None = None) -> Estimate:
     p = plan_ or i.plan
-    lay = _layout(i.model, i.cluster, p, training=i.workload.mode == "train")
+    lay = plan_layout(i.model, i.cluster, i.workload, p)
     return Estimate(i.model, i.cluster, i.workload, p, lay, _estimate(i.model, i.cluster, i.workload, p, lay))
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from qwen_ds.calibration import constant
 from qwen_ds.errors import InputError
-from qwen_ds.estimator import estimate, layout
+from qwen_ds.estimator import estimate, layout, plan_layout
 from qwen_ds.estimator import activations, inference
 from qwen_ds.hardware import Cluster, get_gpu
 from qwen_ds.models import count_params, load_model
@@ -208,9 +208,18 @@ def test_pipeline_first_stage_carries_embedding_and_in_flight_microbatches():
     assert not lay.first_stage and not lay.last_stage
     # 15 % lighter than 9 layers a stage with the embedding or the head on an end stage
     assert lay.params_per_mp_rank < 0.9 * (9 * per_layer + cnt.lm_head + cnt.final_norm)
-    one = estimate(m, c, Workload(seq_len=1024), Plan(zero_stage=1, pp=4, grad_accum=1, checkpointing=False)).terms_dict()
-    four = estimate(m, c, Workload(seq_len=1024), Plan(zero_stage=1, pp=4, grad_accum=8, checkpointing=False)).terms_dict()
-    assert four["activations"] == 4 * one["activations"]
+    # 1F1B: stage s holds p - s micro-batches in flight (at most grad_accum)
+    w, ga1, ga8 = Workload(seq_len=1024), Plan(zero_stage=1, pp=4, grad_accum=1, checkpointing=False), \
+        Plan(zero_stage=1, pp=4, grad_accum=8, checkpointing=False)
+    for stage, in_flight in ((0, 4), (1, 3), (3, 1)):
+        one, eight = (estimate(m, c, w, p, layout(m, c, p, training=True, stage=stage)).terms_dict()
+                      for p in (ga1, ga8))
+        assert eight["activations"] == in_flight * one["activations"]
+    # the estimate is the fullest stage's: stage 1 (11 layers x 3 in flight) over stage 0 (7 layers x 4)
+    assert plan_layout(m, c, w, ga8).stage == 1
+    full = estimate(m, c, w, ga8).gpu_total_bytes
+    assert full == max(estimate(m, c, w, ga8, layout(m, c, ga8, training=True, stage=s)).gpu_total_bytes
+                       for s in range(4))
 
 
 def test_breakdown_totals_add_up():

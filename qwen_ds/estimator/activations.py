@@ -110,10 +110,10 @@ def layer_bytes(s: ModelSpec, kind: LayerKind, kernels: str) -> tuple[int, int]:
 
 
 def activation_terms(s: ModelSpec, lay: Layout, plan: Plan, seq_len: int) -> list[Term]:
-    """Per GPU at the activation peak (start of backward) for one micro-batch (x in-flight
-    micro-batches on the first pipeline stage under 1F1B)."""
+    """Per GPU at the activation peak (start of backward) for one micro-batch (x the micro-batches in
+    flight on the layout's pipeline stage: p - s on stage s under 1F1B, at most grad_accum)."""
     tokens = plan.micro_batch * seq_len
-    in_flight = min(lay.pp, plan.grad_accum) if lay.pp > 1 else 1
+    in_flight = min(lay.pp - lay.stage, plan.grad_accum) if lay.pp > 1 else 1
     scale = compute_bytes(plan.precision) // 2  # layer_bytes counts 16-bit activations
     # per layer kind, times how many layers of the stage have it: no work per layer
     kinds = kind_counts(s, lay.stage_layers)

@@ -35,6 +35,7 @@ class Layout:
     stage_params: tuple[int, ...] = ()
 
 
+@lru_cache(maxsize=256)
 def pipeline_weights(model: ModelSpec) -> tuple[int, ...]:
     """Parameters of each layer of the PipelineModule the runtime builds (runtime/pipeline.py), in order:
     embedding, each decoder layer, final norm, head. A tied head holds its own copy of the embedding on
@@ -76,10 +77,10 @@ def balanced_parts(weights: tuple[int, ...], parts: int) -> tuple[int, ...]:
     return tuple(reversed(bounds))
 
 
-def layout(model: ModelSpec, cluster: Cluster, plan: Plan, training: bool = False) -> Layout:
-    """Check the degrees tile the GPUs and the model; pick the pipeline stage with most parameters.
-    ``training``: AutoTP's training path (deepspeed.initialize with autotp_size) splits what the HF
-    tp_plan says, and refuses MoE plans; inference (init_inference) follows its own rules."""
+def layout(model: ModelSpec, cluster: Cluster, plan: Plan, training: bool = False, stage: int | None = None) -> Layout:
+    """Check the degrees tile the GPUs and the model; pick the pipeline stage with most parameters (or
+    ``stage``). ``training``: AutoTP's training path (deepspeed.initialize with autotp_size) splits what
+    the HF tp_plan says, and refuses MoE plans; inference (init_inference) follows its own rules."""
     world, tp, pp = cluster.world_size, plan.tp, plan.pp
     if world % (tp * pp):
         raise InputError(
@@ -103,18 +104,18 @@ def layout(model: ModelSpec, cluster: Cluster, plan: Plan, training: bool = Fals
                          "policy in a PipelineModule (\"Not able to determine model policy automatically\") and its "
                          "pipeline grid has no TP axis; train with --tp or with --pp, not both")
     counts: ParamCounts = count_params(model)
-    stage, first, last, stage_params = 0, True, True, ()
+    first, last, stage_params = True, True, ()
     if not counts.layers:  # meta-counted family: equal layers per stage, embedding first, head last
         if model.num_layers % pp:
             raise InputError(f"--pp {pp} does not divide the {model.num_layers} layers of {model.name}; "
                              "choose a divisor")
         per = model.num_layers // pp
         ends = [counts.embedding] + [0] * (pp - 2) + [counts.lm_head + counts.final_norm] if pp > 1 else [0]
-        stage = max(range(pp), key=lambda s: ends[s])
+        stage = max(range(pp), key=lambda s: ends[s]) if stage is None else stage
         idx, first, last = range(stage * per, (stage + 1) * per), stage == 0, stage == pp - 1
         n = counts.total * per // model.num_layers + ends[stage]
     elif pp == 1:
-        per, idx, n = model.num_layers, range(model.num_layers), counts.total
+        per, idx, n, stage = model.num_layers, range(model.num_layers), counts.total, 0
     else:  # DeepSpeed's parameter-balanced partition of the runtime's PipelineModule
         weights = pipeline_weights(model)
         if pp > len(weights):
@@ -122,7 +123,7 @@ def layout(model: ModelSpec, cluster: Cluster, plan: Plan, training: bool = Fals
                              f"{model.name}; lower --pp")
         bounds = balanced_parts(weights, pp)
         stage_params = tuple(sum(weights[bounds[s]:bounds[s + 1]]) for s in range(pp))
-        stage = max(range(pp), key=lambda s: stage_params[s])
+        stage = max(range(pp), key=lambda s: stage_params[s]) if stage is None else stage
         n = stage_params[stage]
         # spec i of 1..num_layers is decoder layer i - 1
         idx = range(max(bounds[stage], 1) - 1, min(bounds[stage + 1], model.num_layers + 1) - 1)
