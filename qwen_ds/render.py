@@ -138,7 +138,10 @@ def render_context(model: ModelSpec, cluster: Cluster, workload: Workload, plan:
         "scheduler": {"warmup_steps": opts.warmup_steps, "total_steps": opts.total_steps},
         "activation_checkpointing": {"partition_activations": False, "cpu_checkpointing": False,
                                      "number_checkpoints": model.num_layers} if plan.checkpointing else None,
-        "pipeline": {"activation_checkpoint_interval": 1 if plan.checkpointing else 0} if plan.pp > 1 else None,
+        # stages and partition are for the training script (DeepSpeed parses them, PipelineModule takes them):
+        # runtime/pipeline.py partitions by parameters, as the estimator's stages
+        "pipeline": {"stages": plan.pp, "partition": "parameters",
+                     "activation_checkpoint_interval": 1 if plan.checkpointing else 0} if plan.pp > 1 else None,
         "tensor_parallel": {"autotp_size": plan.tp} if plan.tp > 1 else None,
         "infer": {"tp_size": plan.tp, "dtype": "int8" if plan.precision == "int8" else dtype,
                   "kernel_inject": False, "max_out_tokens": max(opts.max_out_tokens, workload.context_len)},

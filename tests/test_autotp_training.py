@@ -56,6 +56,20 @@ def probe(tmp_path, model, overrides=None, *extra):
     return p.returncode, ranks, p.stdout[-3000:] + p.stderr[-3000:]
 
 
+@pytest.fixture(scope="module")
+def dense_probe(tmp_path_factory):
+    """probe() of a DENSE case, run once for the tests that read it."""
+    done = {}
+
+    def run(base, overrides):
+        key = (base, json.dumps(overrides))
+        if key not in done:
+            done[key] = probe(tmp_path_factory.mktemp("probe"), base, overrides)
+        return done[key]
+
+    return run
+
+
 def spec_of(tmp_path, base, overrides):
     """The qwen-ds ModelSpec of the config the probe built (a preset, or a preset with overrides as a file)."""
     if not overrides:
@@ -80,8 +94,8 @@ DENSE_IDS = ["tied", "untied"]
 
 
 @pytest.mark.parametrize("base,overrides", DENSE, ids=DENSE_IDS)
-def test_autotp_training_splits_what_sharding_says(base, overrides, tmp_path):
-    rc, ranks, log = probe(tmp_path, base, overrides)
+def test_autotp_training_splits_what_sharding_says(base, overrides, tmp_path, dense_probe):
+    rc, ranks, log = dense_probe(base, overrides)
     assert rc == 0 and len(ranks) == 2, log
     spec = spec_of(tmp_path, base, overrides)
     r0, r1 = ranks
@@ -140,7 +154,7 @@ def test_refused_families_are_those_deepspeed_rejects():
 
 
 @pytest.mark.parametrize("base,overrides", [*DENSE, ("tiny-qwen3-moe", None)], ids=[*DENSE_IDS, "moe"])
-def test_estimator_params_per_mp_rank_is_what_autotp_training_holds(base, overrides, tmp_path):
+def test_estimator_params_per_mp_rank_is_what_autotp_training_holds(base, overrides, tmp_path, dense_probe):
     """(a) layout's params_per_mp_rank for a TP 2 training plan equals the probe's per-rank count (the
     measured numbers: tied 76,160, untied 141,696), and an MoE family is refused."""
     spec = spec_of(tmp_path, base, overrides)
@@ -149,7 +163,7 @@ def test_estimator_params_per_mp_rank_is_what_autotp_training_holds(base, overri
         with pytest.raises(InputError):
             layout(inp.model, inp.cluster, inp.plan, training=True)
         return
-    rc, ranks, log = probe(tmp_path, base, overrides)
+    rc, ranks, log = dense_probe(base, overrides)
     assert rc == 0, log
     inp = api.inputs(spec, "H100-SXM", nodes=1, gpus_per_node=2, tp=2, zero_stage=ZERO)
     assert layout(inp.model, inp.cluster, inp.plan, training=True).params_per_mp_rank == ranks[0]["local_total"]

@@ -111,6 +111,9 @@ TRIPS = [
          "$.zero_optimization.stage", "stage 2 with --pp 2"),
     Trip("rule_pipeline_stage", "pipeline_stage", zero(stage=3) | {"pipeline": {"pipe_partitioned": True}}, W16,
          "$.zero_optimization.stage", "stage 3 with a pipeline block"),
+    Trip("rule_pipeline_stages", "pipeline_stages", cfg(train_batch_size=8, zero_optimization={"stage": 1},
+                                                        pipeline={"stages": 4}), {**W16, "pp": 2},
+         "$.pipeline.stages", "pipeline.stages 4 but the plan has 2 pipeline stages"),
     # --- hpZ
     Trip("rule_hpz", "hpz", zero(stage=2, zero_hpz_partition_size=8), W16, "$.zero_optimization.zero_hpz_partition_size", "needs stage 3"),
     Trip("rule_hpz", "hpz", zero(stage=3, zero_hpz_partition_size=3), W16, "$.zero_optimization.zero_hpz_partition_size",
@@ -211,6 +214,8 @@ NEARS = [
     Near("rule_offload_param_stage", "offload_param_stage", zero(stage=2, offload_param={"device": "none"}), W16),
     Near("rule_nvme_path", "nvme_path", zero(stage=3, offload_param={"device": "nvme", "nvme_path": "/nvme"}), W16),
     Near("rule_pipeline_stage", "pipeline_stage", cfg(train_batch_size=8, zero_optimization={"stage": 1}), {**W16, "pp": 2}, ds_world=8),
+    Near("rule_pipeline_stages", "pipeline_stages", cfg(train_batch_size=8, zero_optimization={"stage": 1},
+                                                       pipeline={"stages": 2}), {**W16, "pp": 2}, ds_world=8),
     Near("rule_hpz", "hpz", zero(stage=3, zero_hpz_partition_size=8), W16),
     Near("rule_precision_hw", "precision_hw", cfg(fp16={"enabled": True}), {**W16, "gpu": "V100-32GB"}),
     Near("rule_precision_hw", "precision_hw", cfg(bf16={"enabled": True}), {**W16, "gpu": "A100-80GB"}),

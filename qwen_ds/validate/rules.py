@@ -202,6 +202,16 @@ def rule_pipeline_stage(cfg: dict[str, Any], ctx: Context) -> list[Problem]:
     return []
 
 
+def rule_pipeline_stages(cfg: dict[str, Any], ctx: Context) -> list[Problem]:
+    """pipeline.stages (what a training script reads for PipelineModule num_stages) against --pp / the plan."""
+    block = cfg.get("pipeline")
+    stages = block.get("stages") if isinstance(block, dict) else None
+    if ctx.pp > 1 and isinstance(stages, int) and not isinstance(stages, bool) and stages != ctx.pp:
+        return [Problem("$.pipeline.stages", f"pipeline.stages {stages} but the plan has {ctx.pp} pipeline stages "
+                        f"(--pp {ctx.pp}); set stages to {ctx.pp} or regenerate the config", "pipeline_stages")]
+    return []
+
+
 def rule_hpz(cfg: dict[str, Any], ctx: Context) -> list[Problem]:
     """ZeRO++ hpZ: the world size must be divisible by zero_hpz_partition_size (utils/groups.py)."""
     z = _zero(cfg)
@@ -367,7 +377,8 @@ def rule_gradient_clipping(cfg: dict[str, Any], ctx: Context) -> list[Problem]:
 
 
 RULES: tuple[Callable[[dict[str, Any], Context], list[Problem]], ...] = (
-    rule_auto, rule_batch, rule_offload_param_stage, rule_nvme_path, rule_pipeline_stage, rule_hpz,
+    rule_auto, rule_batch, rule_offload_param_stage, rule_nvme_path, rule_pipeline_stage, rule_pipeline_stages,
+    rule_hpz,
     rule_precision_hw, rule_fp16_and_bf16, rule_loss_scale, rule_removed_keys, rule_unknown_top_level,
     rule_offload_ratio, rule_compute_grad_norm, rule_offload_optimizer_type, rule_zeropp_stage, rule_autotp_model,
     rule_non_finite, rule_gradient_clipping, rule_optimizer_type, rule_optimizer_params, rule_betas,
