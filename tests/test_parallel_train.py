@@ -134,6 +134,8 @@ def test_gen_config_then_its_launch_line_trains(model, name, runs):
         # step 2 is profiled: the measured seconds each stage waited for its neighbours, as a share of the step
         idle = recs[1]["stage_idle_s"]
         assert len(idle) == pp and all(s >= 0 for s in idle) and all(0 <= f < 1 for f in recs[1]["stage_idle_share"])
+        # the micro-batches each stage held in flight are the estimator's for that stage (1F1B: p - s)
+        assert recs[1]["stage_in_flight"] == [_estimated_in_flight(model, ranks, pp, ga, s) for s in range(pp)]
     # the HF weights the run saved load whole
     from transformers import AutoModelForCausalLM
 
@@ -141,6 +143,18 @@ def test_gen_config_then_its_launch_line_trains(model, name, runs):
     assert not any(info.values()), info
     spec = load_model(model)
     assert sum(t.numel() for t in hf.parameters()) == sum(t.numel() for t in _fresh(spec).parameters())
+
+
+def _estimated_in_flight(model: str, ranks: int, pp: int, ga: int, stage: int) -> int:
+    """Micro-batches in flight the estimator counts in stage ``stage``'s activations (its term says "x N in flight")."""
+    from qwen_ds.estimator import estimate
+    from qwen_ds.knobs import Workload
+
+    spec, cluster = load_model(model), Cluster(get_gpu("H100-SXM"), 1, ranks)
+    plan = Plan(zero_stage=1, pp=pp, micro_batch=1, grad_accum=ga, checkpointing=True, precision="fp32")
+    mem = estimate(spec, cluster, Workload(seq_len=32), plan, layout(spec, cluster, plan, training=True, stage=stage))
+    term = next(t for t in mem.gpu_terms if t.name == "activations_checkpoints")
+    return int(re.search(r"x (\d+) in flight", term.formula).group(1))
 
 
 def _fresh(spec):

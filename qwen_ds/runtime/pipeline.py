@@ -224,26 +224,40 @@ def pipeline_batches(make_batch, grad_accum: int) -> Iterator[tuple[torch.Tensor
         yield ids, ids.clone()
 
 
-class StageIdle:
-    """Seconds this rank's pipeline stage waits in receives (activations from the previous stage, gradients from
-    the next): its share of the pipeline bubble, measured. Wraps DeepSpeed's RecvActivation / RecvGrad
-    instructions on this engine only; timed (with a device sync around each wait) while ``on``."""
+class StageProbe:
+    """What this rank's pipeline stage does in a step, measured by wrapping DeepSpeed's pipeline instructions on
+    this engine only (the instance's instruction table shadows the class's):
+    - ``seconds``: time waiting in receives (activations from the previous stage, gradients from the next), timed
+      with a device sync around each wait while ``timing``: the stage's share of the bubble;
+    - ``in_flight``: the most micro-batches whose forward ran and backward did not yet (1F1B: p - s on stage s),
+      i.e. how many micro-batches' activations the stage holds at once; counted always (no sync)."""
 
     def __init__(self, engine):
         from deepspeed.runtime.pipe import schedule
 
-        self.on = False
+        self.timing = False
         self.seconds = 0.0
+        self.live = self.in_flight = 0
         table = dict(type(engine)._INSTRUCTION_MAP)
         for instruction in (schedule.RecvActivation, schedule.RecvGrad):
             table[instruction] = self._timed(table[instruction])
-        engine._INSTRUCTION_MAP = table  # the instance's table shadows the class's
+        table[schedule.ForwardPass] = self._counted(table[schedule.ForwardPass], +1)
+        table[schedule.BackwardPass] = self._counted(table[schedule.BackwardPass], -1)
+        engine._INSTRUCTION_MAP = table
+
+    def _counted(self, fn, step: int):
+        def run(engine, *args, **kwargs):
+            self.live += step
+            self.in_flight = max(self.in_flight, self.live)
+            return fn(engine, *args, **kwargs)
+
+        return run
 
     def _timed(self, fn):
         import time
 
         def run(engine, *args, **kwargs):
-            if not self.on:
+            if not self.timing:
                 return fn(engine, *args, **kwargs)
             sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
             sync()
@@ -255,13 +269,15 @@ class StageIdle:
 
         return run
 
-    def per_stage(self, engine) -> list[float]:
-        """Mean idle seconds of each stage over its data-parallel ranks since the last call (collective)."""
+    def per_stage(self, engine) -> tuple[list[float], list[int]]:
+        """(mean idle seconds, most micro-batches in flight) of each stage over its data-parallel ranks since the
+        last call (collective)."""
         import torch.distributed as dist
 
         every: list = [None] * dist.get_world_size()
-        dist.all_gather_object(every, (engine.grid.get_stage_id(), self.seconds))
-        self.seconds = 0.0
-        stages = engine.grid.get_pipe_parallel_world_size()
-        return [round(sum(s for st, s in every if st == k) / max(1, sum(st == k for st, _ in every)), 6)
-                for k in range(stages)]
+        dist.all_gather_object(every, (engine.grid.get_stage_id(), self.seconds, self.in_flight))
+        self.seconds, self.in_flight = 0.0, 0
+        stages = range(engine.grid.get_pipe_parallel_world_size())
+        idle = [round(sum(s for st, s, _ in every if st == k) / max(1, sum(st == k for st, _, _ in every)), 6)
+                for k in stages]
+        return idle, [max(n for st, _, n in every if st == k) for k in stages]

@@ -166,7 +166,7 @@ def train(args: argparse.Namespace) -> int:
     from .loss import causal_lm_loss
     from .metrics import StepMeter, append_jsonl, gpu_peak_tflops, model_states_by_rank
     from ..planner.throughput import bubble_fraction
-    from .pipeline import StageIdle, pipeline_batches
+    from .pipeline import StageProbe, pipeline_batches
 
     ds_config, plan = read_config_and_plan(args)
     check_outputs(args)
@@ -210,7 +210,7 @@ def train(args: argparse.Namespace) -> int:
     metrics_for_resume(args.metrics_file, start)
     data = TokenFile(args.data, args.tokenizer or args.weights or "", seq) if args.data else None
     make_batch = batch_source(args, engine, data, hf_config.vocab_size, seq)
-    idle = StageIdle(engine) if pp > 1 else None
+    probe = StageProbe(engine) if pp > 1 else None
     spec = model_spec(plan, args.model)
     precision = ("bf16" if ds_config.get("bf16", {}).get("enabled")
                  else "fp16" if ds_config.get("fp16", {}).get("enabled") else "fp32")
@@ -237,12 +237,13 @@ def train(args: argparse.Namespace) -> int:
             logger.enabled = profiled(step + 1)
         meter.start()
         if pp > 1:
-            idle.on = profiled(step + 1)
+            probe.timing = profiled(step + 1)
             loss = engine.train_batch(pipeline_batches(functools.partial(make_batch, step), ga))
             rec = meter.stop(step + 1, float(loss))  # the mean micro-batch loss, the same on every rank
             rec.update(pp=pp, bubble_fraction=round(bubble_fraction(pp, ga), 6))
-            if idle.on:  # measured: seconds each stage waited for its neighbours, and that share of the step
-                rec["stage_idle_s"] = idle.per_stage(engine)
+            if probe.timing:  # measured: seconds each stage waited for its neighbours (and that share of the
+                # step), and the most micro-batches each stage held in flight
+                rec["stage_idle_s"], rec["stage_in_flight"] = probe.per_stage(engine)
                 rec["stage_idle_share"] = [round(s / rec["step_s"], 4) for s in rec["stage_idle_s"]]
         total = torch.zeros(1, device=device, dtype=torch.float32)  # summed on the device: no host sync per micro-step
         for m in range(ga if pp == 1 else 0):
