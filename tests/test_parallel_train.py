@@ -46,6 +46,7 @@ class Run:
     out: str = ""  # the launch's output (all of its runs)
     metrics: Path | None = None
     save_dir: Path | None = None
+    resumed: Path | None = None  # the metrics of the run resumed from the step-4 checkpoint
 
     @property
     def records(self) -> list[dict]:
@@ -95,11 +96,11 @@ def runs(tmp_path_factory):
         r.metrics, r.save_dir = d / "metrics.jsonl", d / "save"
         full = model == "tiny-qwen3" and ranks == 2
         common = ("--metrics-file", str(r.metrics), "--save-dir", str(r.save_dir))
-        if full and name == "pp2":
-            r.out = launch(gen.stdout, d / "run1", "--steps", "4", *common).stdout
-            r.out += launch(gen.stdout, d / "run2", "--steps", "8", "--resume", *common).stdout
-        else:
-            r.out = launch(gen.stdout, d / "run1", "--steps", "8" if full else "3", *common).stdout
+        r.out = launch(gen.stdout, d / "run1", "--steps", "8" if full else "3", "--save-every", "4", *common).stdout
+        if full and name in ("tp2", "pp2"):  # and again from the step-4 checkpoint, into another metrics file
+            r.resumed = d / "resumed.jsonl"
+            r.out += launch(gen.stdout, d / "run2", "--steps", "8", "--resume-from", "step4",
+                            "--metrics-file", str(r.resumed), "--save-dir", str(r.save_dir)).stdout
         return r
 
     return run
@@ -194,7 +195,7 @@ def test_model_states_per_rank_are_the_estimators(model, name, runs):
 
 
 def test_tp2_and_pp2_losses_match_the_data_parallel_run(runs):
-    """tiny-qwen3, 8 steps of 4 sequences, fp32 AdamW: tp 2 and pp 2 (resumed at step 4) against dp 2. tp 2 and pp 2
+    """tiny-qwen3, 8 steps of 4 sequences, fp32 AdamW: tp 2 and pp 2 against dp 2. tp 2 and pp 2
     both accumulate the 4 sequences on one data-parallel rank and agree to float rounding; dp 2 sums two ranks' halves,
     so its losses differ by Adam's amplification of that rounding (measured 9e-4 at lr 3e-4, under 3e-4 at 1e-4)."""
     dp, tp, pp = (runs("tiny-qwen3", n).losses for n in ("dp", "tp2", "pp2"))
@@ -202,13 +203,18 @@ def test_tp2_and_pp2_losses_match_the_data_parallel_run(runs):
     assert dp[0] == tp[0] == pp[0]  # the same weights and data: the first loss is bit-identical
     assert all(abs(a - b) <= 1e-3 for a, b in zip(dp, tp)), list(zip(dp, tp))
     assert all(abs(a - b) <= 1e-3 for a, b in zip(dp, pp)), list(zip(dp, pp))
-    assert all(abs(a - b) <= 1e-5 for a, b in zip(tp, pp)), list(zip(tp, pp))  # pp resumed at step 4: exact
+    assert all(abs(a - b) <= 1e-5 for a, b in zip(tp, pp)), list(zip(tp, pp))
 
 
-def test_resume_continues_the_run_under_pp(runs):
-    r = runs("tiny-qwen3", "pp2")
-    assert "resumed from" in r.out and "at step 4" in r.out
-    assert [x["step"] for x in r.records] == list(range(1, 9))  # one line a step, none twice
+@pytest.mark.parametrize("name", ["tp2", "pp2"])
+def test_resume_from_a_checkpoint_repeats_the_uninterrupted_steps(name, runs):
+    """Steps 5-8 resumed from the step-4 checkpoint (model, optimizer, scheduler, data position) are the
+    uninterrupted run's steps 5-8."""
+    r = runs("tiny-qwen3", name)
+    assert "at step 4" in r.out
+    resumed = [json.loads(line) for line in r.resumed.read_text().splitlines()]
+    assert [x["step"] for x in resumed] == [5, 6, 7, 8]
+    assert all(abs(a["loss"] - b["loss"]) <= 1e-6 for a, b in zip(resumed, r.records[4:])), (resumed, r.records[4:])
 
 
 def test_tp2_and_pp2_export_the_same_hf_weights(runs):

@@ -298,3 +298,22 @@ def test_every_rank_refuses_a_config_its_plan_was_not_made_for(tmp_path):
     (tmp_path / "ds_config.json").write_text(json.dumps(cfg))
     with pytest.raises(RuntimeFailure, match="train_micro_batch_size_per_gpu"):
         read_config_and_plan(args)
+
+
+def test_resume_from_takes_a_checkpoint_tag_of_the_save_dir(tmp_path):
+    """--resume-from TAG names a folder of --save-dir: a path, a missing tag or no --save-dir is refused before
+    DeepSpeed starts; a tag that is there implies --resume."""
+    from qwen_ds.runtime.train import check_outputs, parse_args
+
+    (tmp_path / "step4").mkdir()
+    base = ["--config", "c.json", "--save-dir", str(tmp_path)]
+    for bad, why in ((["--resume-from", "../step4"], "a checkpoint tag is letters"),
+                     (["--resume-from", "step4/x"], "a checkpoint tag is letters"),
+                     (["--resume-from", "step8"], "no checkpoint step8 in --save-dir")):
+        with pytest.raises(RuntimeFailure, match=why):
+            check_outputs(parse_args(base + bad))
+    with pytest.raises(RuntimeFailure, match="--resume needs --save-dir"):
+        check_outputs(parse_args(["--config", "c.json", "--resume-from", "step4"]))
+    args = parse_args(base + ["--resume-from", "step4"])
+    check_outputs(args)
+    assert args.resume is True

@@ -1,7 +1,8 @@
 """Built-in training entry point, run on every rank by `qwen-ds launch ... train`.
 
 python -m qwen_ds.runtime.train --config ds_config.json --plan plan.json [--synthetic | --data F --tokenizer DIR]
-    [--weights DIR] [--steps N] [--save-dir D --save-every K] [--resume] [--metrics-file F] [--seed S]
+    [--weights DIR] [--steps N] [--save-dir D --save-every K] [--resume | --resume-from TAG] [--metrics-file F]
+    [--seed S]
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import functools
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -35,6 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--save-dir", default=None)
     ap.add_argument("--save-every", type=int, default=0)
     ap.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --save-dir")
+    ap.add_argument("--resume-from", default=None, metavar="TAG",
+                    help="continue from checkpoint TAG in --save-dir (e.g. step4; a run saves tags stepN), not the "
+                         "latest; implies --resume")
     ap.add_argument("--metrics-file", default=None, help="JSON lines, one per step (rank 0)")
     ap.add_argument("--force", action="store_true",
                     help="start over in a --save-dir that holds a checkpoint and replace an existing --metrics-file")
@@ -49,6 +54,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def check_outputs(args: argparse.Namespace) -> None:
     """Before anything runs: a new run never writes over a checkpoint or a metrics file a previous run
     left (--resume continues them, --force replaces them)."""
+    if args.resume_from is not None:
+        args.resume = True
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", args.resume_from):
+            raise RuntimeFailure(f"--resume-from {args.resume_from!r}: a checkpoint tag is letters, digits, '.', '_' "
+                                 "and '-' (the folder name of the checkpoint in --save-dir, e.g. step4)")
+    if args.resume and not args.save_dir:
+        raise RuntimeFailure("--resume needs --save-dir")
+    if args.resume_from is not None and not (Path(args.save_dir) / args.resume_from).is_dir():
+        raise RuntimeFailure(f"--resume-from {args.resume_from}: no checkpoint {args.resume_from} in --save-dir "
+                             f"{args.save_dir}")
     if args.force or args.resume:
         return
     if args.save_dir:
@@ -200,9 +215,7 @@ def train(args: argparse.Namespace) -> int:
     dp = engine.dp_world_size if hasattr(engine, "dp_world_size") else world_size()
     start = 0
     if args.resume:
-        if not args.save_dir:
-            raise RuntimeFailure("--resume needs --save-dir")
-        path, client = engine.load_checkpoint(args.save_dir)
+        path, client = engine.load_checkpoint(args.save_dir, tag=args.resume_from)
         if path is None:
             raise RuntimeFailure(f"--resume: no checkpoint in {args.save_dir}")
         start = int(client["step"])
