@@ -71,12 +71,23 @@ ds_config = {
 }
 os.makedirs(args.out, exist_ok=True)
 path = os.path.join(args.out, f"rank{rank}.json")
+
+
+def leave(status: int) -> None:
+    """Exit once the result is written, skipping C++ static destructors: a gloo / DeepSpeed helper thread torn
+    down joinable at interpreter exit aborts the process ("terminate called without an active exception")
+    after a run that succeeded (see qwen_ds.runtime.common.exit_process)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 try:
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
 except Exception as exc:  # the refusal is the result for a family AutoTP cannot run
     with open(path, "w") as fh:
         json.dump({"error": f"{type(exc).__name__}: {exc}"}, fh)
-    sys.exit(3)
+    leave(3)
 
 module = engine.module
 after = {n: type(m).__name__ for n, m in module.named_modules()}
@@ -90,7 +101,7 @@ try:
 except AssertionError as exc:  # DeepSpeed's first-forward check that a TP group got one batch
     with open(path, "w") as fh:
         json.dump({"error": f"AssertionError: {exc}"}, fh)
-    sys.exit(4)
+    leave(4)
 engine.backward(loss)
 engine.step()
 with torch.no_grad():
@@ -102,3 +113,6 @@ out = {"model": args.model, "zero": args.zero, "tp": args.tp, "world": world, "p
        "loss_after": loss_after, "finite": math.isfinite(loss.item()) and math.isfinite(loss_after)}
 with open(path, "w") as fh:
     json.dump(out, fh, indent=1)
+torch.distributed.barrier()
+torch.distributed.destroy_process_group()
+leave(0)
