@@ -74,9 +74,17 @@ path = os.path.join(args.out, f"rank{rank}.json")
 
 
 def leave(status: int) -> None:
-    """Exit once the result is written, skipping C++ static destructors: a gloo / DeepSpeed helper thread torn
-    down joinable at interpreter exit aborts the process ("terminate called without an active exception")
-    after a run that succeeded (see qwen_ds.runtime.common.exit_process)."""
+    """Exit once every rank has written its result, skipping C++ static destructors: a gloo / DeepSpeed helper
+    thread torn down joinable at interpreter exit aborts the process ("terminate called without an active
+    exception") after a run that succeeded (see qwen_ds.runtime.common.exit_process). The barrier keeps rank 0
+    (the rendezvous store) alive until the others are done, or their collectives fail with "Broken pipe"."""
+    import datetime
+
+    try:
+        torch.distributed.monitored_barrier(timeout=datetime.timedelta(seconds=120))
+        torch.distributed.destroy_process_group()
+    except RuntimeError:  # a rank that never got here: leave anyway, with this rank's status
+        pass
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
@@ -113,6 +121,4 @@ out = {"model": args.model, "zero": args.zero, "tp": args.tp, "world": world, "p
        "loss_after": loss_after, "finite": math.isfinite(loss.item()) and math.isfinite(loss_after)}
 with open(path, "w") as fh:
     json.dump(out, fh, indent=1)
-torch.distributed.barrier()
-torch.distributed.destroy_process_group()
 leave(0)

@@ -36,14 +36,12 @@ def test_balanced_parts_is_deepspeeds_partition_on_real_models(name):
 @pytest.mark.parametrize("name", ["tiny-qwen3", "tiny-qwen3-moe", "tiny-qwen3-next"])
 def test_pipeline_weights_are_the_parameters_of_the_runtimes_layers(name):
     """Each entry is what DeepSpeed's _count_layer_params counts for that PipelineModule layer."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    from qwen_ds.runtime.common import model_config
 
     spec = load_model(name)
-    raw = dict(spec.config)
-    mt = raw.pop("model_type")
-    for key in ("architectures", "torch_dtype"):
-        raw.pop(key, None)
-    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(mt, **raw))
+    model = AutoModelForCausalLM.from_config(model_config(None, name))
 
     def n(module):
         return sum(p.numel() for p in module.parameters())
