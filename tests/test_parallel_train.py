@@ -136,6 +136,8 @@ def test_gen_config_then_its_launch_line_trains(model, name, runs):
     assert [x["step"] for x in recs] == list(range(1, len(recs) + 1)) and len(recs) >= 3
     assert all(math.isfinite(x["loss"]) and 5.0 < x["loss"] < 8.0 for x in recs), recs  # ln(1024) = 6.93 at init
     assert f"micro-batch 1 x grad-accum {ga}," in r.gen.stdout  # 4 sequences a step in every layout
+    # seconds from `qwen-ds launch` to step 1, and step 1's own time (#15)
+    assert recs[0]["startup_s"] > 0 and recs[0]["first_step_s"] == recs[0]["step_s"] and "startup_s" not in recs[1]
     if name == "dp" and model in ZERO3_DP:
         ls = [x["loss"] for x in recs]
         assert len(ls) == 20 and sum(ls[-3:]) / 3 < sum(ls[:3]) / 3 - 0.05, ls

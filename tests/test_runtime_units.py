@@ -317,3 +317,21 @@ def test_resume_from_takes_a_checkpoint_tag_of_the_save_dir(tmp_path):
     args = parse_args(base + ["--resume-from", "step4"])
     check_outputs(args)
     assert args.resume is True
+
+
+def test_op_builds_named_before_deepspeed_compiles_them(tmp_path, monkeypatch):
+    """The ops a config makes DeepSpeed load, and of those the ones neither installed nor in torch's extension
+    cache (an empty TORCH_EXTENSIONS_DIR: all of them)."""
+    from qwen_ds.runtime.ops import ops_to_load, pending_op_builds
+
+    offload = {"optimizer": {"type": "AdamW"}, "zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}}}
+    assert ops_to_load(offload, on_cuda=True) == ["CPUAdamBuilder"]
+    assert ops_to_load({"optimizer": {"type": "AdamW"}}, on_cuda=True) == ["FusedAdamBuilder"]
+    assert ops_to_load({"optimizer": {"type": "AdamW", "params": {"torch_adam": True}}}, on_cuda=True) == []
+    nvme = {"zero_optimization": {"stage": 3, "offload_param": {"device": "nvme"}}}
+    assert ops_to_load(nvme, on_cuda=False) == ["AsyncIOBuilder", "ShareMemCommBuilder"]
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    assert pending_op_builds(offload, on_cuda=False) == ["cpu_adam", "deepspeed_shm_comm"]
+    (tmp_path / "deepspeed_shm_comm").mkdir(exist_ok=True)
+    (tmp_path / "deepspeed_shm_comm" / "deepspeed_shm_comm.so").write_bytes(b"")
+    assert pending_op_builds(offload, on_cuda=False) == ["cpu_adam"]

@@ -20,6 +20,9 @@ from dataclasses import asdict, dataclass, field
 FLAG = "--payload"
 MODULE = "qwen_ds.launch.rank"  # the wrapper that decodes it, started by DeepSpeed on every rank
 VERSION = 1
+#: wall-clock time (time.time()) the job was launched: set by qwen-ds launch for the runner (local ranks inherit
+#: it), else by the rank wrapper when it starts (ranks a remote shell started); the trainer reports startup from it
+LAUNCH_T0 = "QWEN_DS_LAUNCH_T0"
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from .payload import FLAG, RankPayload
+from .payload import FLAG, LAUNCH_T0, RankPayload
 
 RANK_VARS = ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID", "MV2_COMM_WORLD_RANK")
 
@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     # the user's --env and our presets; the launcher's per-rank variables (RANK, LOCAL_RANK, ...) are
     # never among them (parse_env_items refuses those keys), so nothing DeepSpeed set is overridden
     os.environ.update(job.env)
+    os.environ.setdefault(LAUNCH_T0, f"{time.time():.3f}")  # a rank a remote shell started: from here
     if local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", local_rank)
     cmd = [sys.executable, "-u"] + (["-m", job.target] if job.kind in ("builtin", "module") else [job.target])

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from .build import LaunchSpec
+from .payload import LAUNCH_T0
 
 GRACE_S = 20
 SHM_DIR = Path("/dev/shm")
@@ -93,7 +94,7 @@ def run(spec: LaunchSpec, run_dir: Path, expected_ranks: list[int], log=print, o
     # the ranks' environment travels in the payload; the runner gets ours (what qwen_ds.launch.remote
     # checked DeepSpeed's exports against) plus a tag no runner exports, which marks this job's local
     # processes so that tests can prove none outlives it
-    env = {**os.environ, "QWEN_DS_RUN_DIR": spec.payload.run_dir}
+    env = {**os.environ, "QWEN_DS_RUN_DIR": spec.payload.run_dir, LAUNCH_T0: f"{time.time():.3f}"}
     proc = subprocess.Popen(list(spec.argv), env=env, start_new_session=True)
     pgid = proc.pid
     stopping = {"signal": None}

@@ -13,11 +13,16 @@ import json
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
 from ..builtin import builtin_gap
+from ..launch.payload import LAUNCH_T0
 from .common import (RuntimeFailure, exit_process, model_spec, run_entry, build_model, init_distributed, log0,
                      model_config, rank, read_config_and_plan, world_size)
+
+
+PROCESS_T0 = time.time()  # startup is counted from here without qwen-ds launch
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -205,6 +210,12 @@ def train(args: argparse.Namespace) -> int:
         log0(f"FP8: {converted} Linear layers converted to torchao float8 training on {check_fp8_device()} "
              f"({fp8_share(model):.0%} of the matmul weights; the head, routers and fused MoE experts stay bf16)")
     pp = pipeline_stages(ds_config, plan)
+    from .ops import pending_op_builds
+
+    pending = pending_op_builds(ds_config, torch.cuda.is_available())
+    if pending:  # otherwise a silent minute inside deepspeed.initialize
+        log0(f"building DeepSpeed op{'s' if len(pending) > 1 else ''} {', '.join(pending)} (first use on this "
+             "machine, about a minute each; cached for later runs)")
     if pp > 1:
         engine = init_pipeline(args, model, pp, ds_config, plan)
     else:
@@ -248,6 +259,8 @@ def train(args: argparse.Namespace) -> int:
         logger = getattr(ds_comm, "comms_logger", None)
         if logger is not None and args.comm_profile_every > 0:
             logger.enabled = profiled(step + 1)
+        if step == start:  # from `qwen-ds launch` (or this rank's wrapper) to the first step
+            startup_s = time.time() - float(os.environ.get(LAUNCH_T0) or PROCESS_T0)
         meter.start()
         if pp > 1:
             probe.timing = profiled(step + 1)
@@ -270,6 +283,9 @@ def train(args: argparse.Namespace) -> int:
             rec = meter.stop(step + 1, total.item() / world_size())
         if step == start:  # what each rank holds once the optimizer states exist (rank 0 writes it)
             rec["model_states"] = model_states_by_rank(engine)
+            rec.update(startup_s=round(startup_s, 3), first_step_s=rec["step_s"])
+            log0(f"startup: {startup_s:.1f} s from launch to step {start + 1} (imports, model build, DeepSpeed "
+                 f"init{', op builds' if pending else ''}); step {start + 1} took {rec['step_s']:.1f} s")
         if profiled(step + 1):
             last_comm_share = rec["comm_share"]
         else:  # unprofiled steps run at full speed; report the last sampled share
