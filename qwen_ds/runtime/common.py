@@ -207,10 +207,13 @@ def torch_dtype(ds_config: dict) -> torch.dtype:
     return torch.float32
 
 
-def build_model(hf_config, ds_config: dict, weights: str | None, seed: int, for_training: bool):
-    """Random init (seeded) or from_pretrained(weights). Under ZeRO-3 a live HfDeepSpeedConfig makes
-    transformers build the model inside zero.Init, partitioned from the start; MoE blocks become
-    ZeRO-3 leaf modules (LEAF_CLASSES)."""
+def build_model(hf_config, ds_config: dict, weights: str | None, seed: int, for_training: bool,
+                on_device: bool = False):
+    """Random init (seeded) or from_pretrained(weights), in the config's training dtype. Under ZeRO-3 a live
+    HfDeepSpeedConfig makes transformers build the model inside zero.Init, partitioned from the start; MoE
+    blocks become ZeRO-3 leaf modules (LEAF_CLASSES). Otherwise, with ``on_device`` and a GPU, the weights
+    are created (and initialised, or loaded from the safetensors) on this rank's GPU: no CPU fp32 detour and
+    no host-to-device copy of the whole model (a Qwen3-4B plan spent minutes there, issue #15)."""
     from transformers import AutoModelForCausalLM
     from transformers.integrations import HfDeepSpeedConfig
 
@@ -218,8 +221,14 @@ def build_model(hf_config, ds_config: dict, weights: str | None, seed: int, for_
     keep = HfDeepSpeedConfig(ds_config) if zero3 else None  # noqa: F841  must stay alive while building
     torch.manual_seed(seed)
     dtype = torch_dtype(ds_config)
+    device = (torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+              if on_device and not zero3 and torch.cuda.is_available() else None)
     if weights:
-        model = AutoModelForCausalLM.from_pretrained(weights, config=hf_config, dtype=dtype)
+        extra = {"device_map": {"": device}} if device is not None else {}
+        model = AutoModelForCausalLM.from_pretrained(weights, config=hf_config, dtype=dtype, **extra)
+    elif device is not None:
+        with device:
+            model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
     else:
         model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
     if zero3:

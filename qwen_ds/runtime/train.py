@@ -197,19 +197,21 @@ def train(args: argparse.Namespace) -> int:
     # without a plan.json: the runtime's own defaults (a short synthetic run), named in --help
     seq = args.seq_len or (plan.workload.seq_len if plan else 2048)
     loss_path = args.loss or (plan.plan.loss if plan else "chunked")
-    if pipeline_stages(ds_config, plan) > 1:
+    pp = pipeline_stages(ds_config, plan)
+    if pp > 1:
         loss_path = "chunked"  # the pipeline's loss_fn (runtime/pipeline.py) is the chunked one
     elif loss_path == "hf" and plan and plan.plan.loss == "hf":
         log0("note: plan uses the plain HF loss (full fp32 logits); --loss chunked saves that memory")
     checkpointing = plan.plan.checkpointing if plan else False
-    model, keep = build_model(hf_config, ds_config, args.weights, args.seed, for_training=True)
+    # pipeline stages: the whole model is built on the host, each stage then keeps (and moves) its layers
+    model, keep = build_model(hf_config, ds_config, args.weights, args.seed, for_training=True,
+                              on_device=pp == 1)
     from .fp8 import apply_fp8, check_fp8_device, fp8_share
 
     if plan is not None and plan.wants_fp8:
         converted = apply_fp8(model, plan.fp8_recipe)
         log0(f"FP8: {converted} Linear layers converted to torchao float8 training on {check_fp8_device()} "
              f"({fp8_share(model):.0%} of the matmul weights; the head, routers and fused MoE experts stay bf16)")
-    pp = pipeline_stages(ds_config, plan)
     from .ops import pending_op_builds
 
     pending = pending_op_builds(ds_config, torch.cuda.is_available())
