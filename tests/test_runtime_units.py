@@ -335,3 +335,23 @@ def test_op_builds_named_before_deepspeed_compiles_them(tmp_path, monkeypatch):
     (tmp_path / "deepspeed_shm_comm").mkdir(exist_ok=True)
     (tmp_path / "deepspeed_shm_comm" / "deepspeed_shm_comm.so").write_bytes(b"")
     assert pending_op_builds(offload, on_cuda=False) == ["cpu_adam"]
+
+
+def test_profiled_step_writes_the_top_operators_with_their_shares(tmp_path):
+    """train --profile: a real torch.profiler recording (CPU here) written as a table whose shares add up to the
+    step's self time; nothing is recorded or written when the step is not the profiled one."""
+    from qwen_ds.runtime.profile import profiled_step
+
+    out = tmp_path / "profile.md"
+    a = torch.randn(128, 128)
+    with profiled_step(str(tmp_path / "skipped.md"), enabled=False):
+        a @ a
+    assert not (tmp_path / "skipped.md").exists()
+    with profiled_step(str(out), enabled=True, top=3):
+        for _ in range(4):
+            (a @ a).relu().sum()
+    rows = [ln for ln in out.read_text().splitlines() if ln.startswith("| ") and not ln.startswith("| #")]
+    assert len(rows) == 4 and "`aten::mm`" in "".join(rows[:3])  # top 3 and "all others"
+    shares = [float(ln.rsplit("|", 2)[1].strip().rstrip("%")) for ln in rows]
+    assert abs(sum(shares) - 100) < 0.5 and shares[:3] == sorted(shares[:3], reverse=True)
+    assert "self CPU time of the step" in out.read_text()

@@ -49,6 +49,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--force", action="store_true",
                     help="start over in a --save-dir that holds a checkpoint and replace an existing --metrics-file")
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--profile", default=None, metavar="FILE",
+                    help="profile step --profile-step with torch.profiler and write its top kernels (GPU) or operators "
+                         "(CPU) with their share of the step to FILE (markdown)")
+    ap.add_argument("--profile-step", type=int, default=3, help="the step --profile records [3: after warm-up]")
     ap.add_argument("--comm-profile-every", type=int, default=10,
                     help="time collectives (and, with pipeline stages, each stage's waits for its neighbours) on step "
                          "2 and then every N steps (timing synchronises each, so it is sampled); 0 = never "
@@ -187,6 +191,7 @@ def train(args: argparse.Namespace) -> int:
     from .metrics import StepMeter, append_jsonl, gpu_peak_tflops, model_states_by_rank
     from ..planner.throughput import bubble_fraction
     from .pipeline import StageProbe, pipeline_batches
+    from .profile import profiled_step
 
     ds_config, plan = read_config_and_plan(args)
     check_outputs(args)
@@ -256,13 +261,8 @@ def train(args: argparse.Namespace) -> int:
         n = args.comm_profile_every
         return n > 0 and step_no >= 2 and (step_no - 2) % n == 0
 
-    last_comm_share = None
-    for step in range(start, args.steps):
-        logger = getattr(ds_comm, "comms_logger", None)
-        if logger is not None and args.comm_profile_every > 0:
-            logger.enabled = profiled(step + 1)
-        if step == start:  # from `qwen-ds launch` (or this rank's wrapper) to the first step
-            startup_s = time.time() - float(os.environ.get(LAUNCH_T0) or PROCESS_T0)
+    def one_step(step: int) -> dict:
+        """One optimizer step (grad_accum micro-batches, or the pipeline's schedule); its metrics record."""
         meter.start()
         if pp > 1:
             probe.timing = profiled(step + 1)
@@ -273,16 +273,28 @@ def train(args: argparse.Namespace) -> int:
                 # step), and the most micro-batches each stage held in flight
                 rec["stage_idle_s"], rec["stage_in_flight"] = probe.per_stage(engine)
                 rec["stage_idle_share"] = [round(s / rec["step_s"], 4) for s in rec["stage_idle_s"]]
+            return rec
         total = torch.zeros(1, device=device, dtype=torch.float32)  # summed on the device: no host sync per micro-step
-        for m in range(ga if pp == 1 else 0):
+        for m in range(ga):
             ids = make_batch(step, m).to(device)
             loss = causal_lm_loss(engine.module, ids, loss_path)
             engine.backward(loss)
             engine.step()
             total += loss.detach().float() / ga
-        if pp == 1:
-            torch.distributed.all_reduce(total)
-            rec = meter.stop(step + 1, total.item() / world_size())
+        torch.distributed.all_reduce(total)
+        return meter.stop(step + 1, total.item() / world_size())
+
+    last_comm_share = None
+    for step in range(start, args.steps):
+        logger = getattr(ds_comm, "comms_logger", None)
+        if logger is not None and args.comm_profile_every > 0:
+            logger.enabled = profiled(step + 1)
+        if step == start:  # from `qwen-ds launch` (or this rank's wrapper) to the first step
+            startup_s = time.time() - float(os.environ.get(LAUNCH_T0) or PROCESS_T0)
+        with profiled_step(args.profile if r == 0 else None, step + 1 == args.profile_step):
+            rec = one_step(step)
+        if args.profile and step + 1 == args.profile_step:
+            rec["torch_profiled"] = True  # this step's time includes the profiler's overhead
         if step == start:  # what each rank holds once the optimizer states exist (rank 0 writes it)
             rec["model_states"] = model_states_by_rank(engine)
             rec.update(startup_s=round(startup_s, 3), first_step_s=rec["step_s"])
