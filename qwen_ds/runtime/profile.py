@@ -30,7 +30,10 @@ def profiled_step(path: str | None, enabled: bool, top: int = 25):
 def kernel_table(events, on_device: bool, top: int = 25) -> str:
     """Markdown: the ``top`` events by self time (device time on a GPU, CPU time otherwise) and their shares."""
     attr = "self_device_time_total" if on_device else "self_cpu_time_total"
-    rows = sorted((e for e in events if getattr(e, attr, 0) > 0), key=lambda e: getattr(e, attr), reverse=True)
+    # on a GPU only the kernels (and copies) themselves: an operator's self device time is its kernels' time again
+    mine = [e for e in events if getattr(e, attr, 0) > 0
+            and (not on_device or getattr(e, "device_type", None) != torch.autograd.DeviceType.CPU)]
+    rows = sorted(mine, key=lambda e: getattr(e, attr), reverse=True)
     total = sum(getattr(e, attr) for e in rows) or 1
     what = "device" if on_device else "CPU"
     lines = [f"| # | {'kernel' if on_device else 'operator'} | calls | self {what} ms | share |",
