@@ -143,8 +143,10 @@ def init_pipeline(args: argparse.Namespace, model, pp: int, ds_config: dict, pla
 
 
 def autotp_size(ds_config: dict) -> int:
-    block = ds_config.get("tensor_parallel")
-    size = block.get("autotp_size", 1) if isinstance(block, dict) else 1
+    """AutoTP's training degree in the config (1 without tensor_parallel.autotp_size)."""
+    from ..knobs import lookup
+
+    size = lookup(ds_config, "tensor_parallel.autotp_size")
     return size if isinstance(size, int) and not isinstance(size, bool) else 1
 
 
