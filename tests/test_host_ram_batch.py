@@ -124,12 +124,18 @@ def test_rejected_family_shows_ram_reason_even_when_members_overflow_the_gpu():
 # --------------------------------------------------------------------------- 6. the batch as a decision
 
 
-def test_without_global_batch_the_planner_uses_ga_1_and_pp_for_pipelines():
+def test_without_global_batch_the_planner_uses_ga_1_and_a_bubble_under_20_pct_for_pipelines():
+    """GA 1 without pipeline stages; with them the fewest micro-batches (a power of two) whose 1F1B bubble
+    (p - 1) / (m + p - 1) is under 20 %: 8 for pp 2, 16 for pp 4, 32 for pp 8, 64 for pp 16."""
+    from qwen_ds.planner.throughput import bubble_fraction
+
     m, c = load_model("Qwen3-32B"), Cluster(H100, 2, 8)
     res = search(m, c, Workload(seq_len=4096), BASE, Constraints(train_pp=True))
     plans = [x.plan for x in res.accepted + res.rejected]
-    assert any(p.pp > 1 for p in plans)
-    assert all(p.grad_accum == p.pp for p in plans)
+    assert {p.pp for p in plans} >= {1, 2, 4, 8}
+    assert all(p.grad_accum == {1: 1, 2: 8, 4: 16, 8: 32, 16: 64}[p.pp] for p in plans)
+    assert all(bubble_fraction(p.pp, p.grad_accum) < 0.2 <= bubble_fraction(p.pp, p.grad_accum // 2)
+               for p in plans if p.pp > 1)
     assert res.grad_accum_fixed_at_one
     text = plan_text(m, c, Workload(seq_len=4096), res, 3, None)
     assert "global batch: micro x GA x dp" in text and "pass --global-batch N" in text
