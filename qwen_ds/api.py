@@ -258,6 +258,10 @@ def search_inputs(i: Inputs, pinned: dict[str, Any], options: SearchOptions, sma
 
     cons, net = options.constraints(pinned), options.network()
     res = search(i.model, i.cluster, i.workload, i.plan, cons, net)
+    if not res.considered and pinned:  # the pinned knobs break a layout rule: name it (e.g. tp x pp training)
+        from .estimator import layout
+
+        layout(i.model, i.cluster, i.plan, training=i.workload.mode == "train")
     small = None
     no_offload_fits = any(c.plan.offload_optimizer == c.plan.offload_param == "none" for c in res.accepted)
     if smallest and i.workload.mode == "train" and not no_offload_fits:

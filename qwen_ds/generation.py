@@ -85,9 +85,6 @@ def _choose(i: Inputs, pinned: dict[str, Any], options: SearchOptions) -> tuple[
         return i, None, "flags"
     found = search_inputs(i, pinned, options, smallest=False)
     if not found.result.considered:
-        from .estimator import layout
-
-        layout(i.model, i.cluster, i.plan, training=i.workload.mode == "train")  # names the rule the pins break
         raise InputError("no plan matches the pinned knobs "
                          f"({', '.join(f'{k}={v}' for k, v in sorted(pinned.items()))}); "
                          "pin fewer or see qwen-ds plan")

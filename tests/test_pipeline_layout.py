@@ -68,3 +68,13 @@ def test_tensor_and_pipeline_parallel_training_together_is_refused():
     with pytest.raises(InputError, match="AutoTP finds no tensor-parallel policy in a PipelineModule"):
         layout(m, Cluster(get_gpu("H100-SXM"), 1, 4), Plan(zero_stage=1, tp=2, pp=2), training=True)
     layout(m, Cluster(get_gpu("H100-SXM"), 1, 4), Plan(zero_stage=1, tp=2, pp=1), training=True)
+
+
+def test_plan_names_why_pinned_tp_and_pp_match_no_plan(tmp_path):
+    from helpers import run_cli
+
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("localhost slots=4\n")
+    rc, out, err = run_cli("plan", "-m", "tiny-qwen3", "-g", "H100-SXM", "--hostfile", str(hostfile), "--tp", "2",
+                           "--pp", "2", "--zero", "1")
+    assert rc == 2 and "AutoTP finds no tensor-parallel policy in a PipelineModule" in err and not out
