@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Collection
 
 from .errors import InputError
-from .estimator import Layout, MemoryBreakdown, estimate as _estimate, plan_layout
+from .estimator import Layout, MemoryBreakdown, planned
 from .format import gib
 from .hardware import GPU, Cluster, get_gpu
 from .knobs import BY_NAME, SEARCHED, Plan, Workload
@@ -149,8 +149,8 @@ class Estimate:
 
 def estimate_inputs(i: Inputs, plan_: Plan | None = None) -> Estimate:
     p = plan_ or i.plan
-    lay = plan_layout(i.model, i.cluster, i.workload, p)
-    return Estimate(i.model, i.cluster, i.workload, p, lay, _estimate(i.model, i.cluster, i.workload, p, lay))
+    lay, mem = planned(i.model, i.cluster, i.workload, p)
+    return Estimate(i.model, i.cluster, i.workload, p, lay, mem)
 
 
 def estimate(model: str | ModelSpec, gpu: str | GPU, *, nodes: int | None = None, gpus_per_node: int | None = None,

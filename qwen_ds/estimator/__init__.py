@@ -13,27 +13,34 @@ from . import activations, buffers, inference, model_states
 from .breakdown import MemoryBreakdown, Term
 from .layout import Layout, layout
 
-__all__ = ["Layout", "MemoryBreakdown", "Term", "estimate", "layout", "plan_layout"]
+__all__ = ["Layout", "MemoryBreakdown", "Term", "estimate", "layout", "plan_layout", "planned"]
 
 
-def plan_layout(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan) -> Layout:
-    """The layout of the GPU that holds the most. With pipeline stages (training) that is the stage whose
-    estimate is largest: the stages differ in parameters (DeepSpeed's partition) and in micro-batches in
-    flight (1F1B: p on the first stage, 1 on the last)."""
+def planned(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan) -> tuple[Layout, MemoryBreakdown]:
+    """The layout of the GPU that holds the most, and its estimate. With pipeline stages (training) that is the
+    stage whose estimate is largest: the stages differ in parameters (DeepSpeed's partition) and in micro-batches
+    in flight (1F1B: p on the first stage, 1 on the last)."""
     lay = layout(model, cluster, plan, training=workload.mode == "train")
     if workload.mode != "train" or lay.pp == 1 or len(lay.stage_params) != lay.pp:
-        return lay
+        return lay, estimate(model, cluster, workload, plan, lay)
     # a stage with no more parameters and no more in flight than an earlier one holds less, unless it is the
     # last (the loss): the first stage, the first of the most parameters, and the last can hold the most
     heaviest = lay.stage_params.index(max(lay.stage_params))
     stages = [layout(model, cluster, plan, training=True, stage=s) for s in sorted({0, heaviest, lay.pp - 1})]
-    return max(stages, key=lambda st: estimate(model, cluster, workload, plan, st).gpu_total_bytes)
+    return max(((st, estimate(model, cluster, workload, plan, st)) for st in stages),
+               key=lambda pair: pair[1].gpu_total_bytes)
+
+
+def plan_layout(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan) -> Layout:
+    """The layout of ``planned``: the GPU that holds the most."""
+    return planned(model, cluster, workload, plan)[0]
 
 
 def estimate(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan,
              lay: Layout | None = None) -> MemoryBreakdown:
-    """``lay``: the plan's layout when the caller has it (``plan_layout(model, cluster, workload, plan)``)."""
-    lay = lay or plan_layout(model, cluster, workload, plan)
+    """``lay``: the layout to estimate (a pipeline stage); without it, the fullest GPU's (``planned``)."""
+    if lay is None:
+        return planned(model, cluster, workload, plan)[1]
     gpn = cluster.gpus_per_node
     if workload.mode == "infer":
         gpu = inference.inference_terms(model, lay, plan, workload.seq_len, workload.new_tokens, cluster.world_size)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from ..errors import InputError, finite_positive
-from ..estimator import Layout, MemoryBreakdown, estimate, plan_layout
+from ..estimator import Layout, MemoryBreakdown, estimate, planned
 from ..hardware import Cluster
 from ..models.spec import ModelSpec
 from ..knobs import Plan, Workload, data_parallel
@@ -207,8 +207,7 @@ def batch_error(global_batch: int, open_plans: list[Plan], world: int) -> InputE
 
 def evaluate(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan, c: Constraints,
              net: Network) -> Candidate:
-    lay = plan_layout(model, cluster, workload, plan)
-    mem = estimate(model, cluster, workload, plan, lay)
+    lay, mem = planned(model, cluster, workload, plan)
     usable = int(cluster.gpu.memory_bytes * c.headroom)
     if mem.gpu_total_bytes > usable:
         return Candidate(plan, lay, mem, None, f"{mem.gpu_total_bytes / GIB:.1f} GiB > {usable / GIB:.1f} GiB "

@@ -128,7 +128,7 @@ def model_state_counts(engine) -> dict:
 
 
 def model_states_by_rank(engine) -> list[dict]:
-    """model_state_counts of every rank, in rank order, with its pipeline stage and TP rank (collective)."""
+    """model_state_counts of every rank, in rank order, with its rank and pipeline stage (collective)."""
     import torch.distributed as dist
 
     grid = getattr(engine, "grid", None)

@@ -165,14 +165,14 @@ def build_pipeline_module(model, num_stages: int, activation_checkpoint_interval
     return pipe
 
 
-def hf_name(pipe_name: str, num_layers: int) -> str | None:
+def hf_name(pipe_name: str, num_layers: int) -> str:
     """The HF causal LM's name of a PipelineModule parameter (layer i of the specs: 0 embedding, 1..L decoder
-    layers, L + 1 final norm, L + 2 head); None for the last stage's copy of a tied embedding."""
+    layers, L + 1 final norm, L + 2 head; a tied embedding is ``tied_modules.embed``)."""
     if pipe_name.startswith("tied_modules.embed."):
         return "model.embed_tokens.weight"
     index, _, rest = pipe_name.partition(".")
     i = int(index)
-    wrapper, _, tail = rest.partition(".")
+    tail = rest.partition(".")[2]  # past the wrapper's attribute (embed, layer, norm, lm_head)
     if i == 0:
         return f"model.embed_tokens.{tail}"
     if i <= num_layers:
@@ -195,9 +195,8 @@ def save_hf_shards(engine, out: str, hf_config) -> int:
     writer = grid.get_data_parallel_rank() == 0
     tensors = {}
     for name, param in pipe.named_parameters():
-        hf = hf_name(name, hf_config.num_hidden_layers)
-        if hf is not None and not (name.startswith("tied_modules.") and stage != 0):
-            tensors[hf] = param.detach().to("cpu").contiguous()
+        if not (name.startswith("tied_modules.") and stage != 0):  # the last stage's copy of a tied embedding
+            tensors[hf_name(name, hf_config.num_hidden_layers)] = param.detach().to("cpu").contiguous()
     shard = f"model-{stage + 1:05d}-of-{stages:05d}.safetensors"
     if writer:
         os.makedirs(out, exist_ok=True)
