@@ -29,7 +29,7 @@ def qwen_ds(*args: str, timeout: float | None = None) -> subprocess.CompletedPro
 
 def versions() -> dict:
     out = {}
-    for name in ("torch", "deepspeed", "transformers"):
+    for name in ("torch", "deepspeed", "transformers", "torchao"):
         p = subprocess.run([sys.executable, "-c", f"import {name}; print({name}.__version__)"], capture_output=True,
                            text=True)
         out[name] = p.stdout.strip().splitlines()[-1] if p.returncode == 0 and p.stdout.strip() else None

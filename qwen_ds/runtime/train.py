@@ -2,7 +2,7 @@
 
 python -m qwen_ds.runtime.train --config ds_config.json --plan plan.json [--synthetic | --data F --tokenizer DIR]
     [--weights DIR] [--steps N] [--save-dir D --save-every K] [--resume | --resume-from TAG] [--metrics-file F]
-    [--seed S]
+    [--seed S] [--compile auto|on|off] [--profile FILE --profile-step N]
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..builtin import builtin_gap
 from ..launch.payload import LAUNCH_T0
+from .compiled import CHOICES as COMPILE_CHOICES
 from .common import (RuntimeFailure, exit_process, model_spec, run_entry, build_model, init_distributed, log0,
                      model_config, rank, read_config_and_plan, world_size)
 
@@ -53,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="profile step --profile-step with torch.profiler and write its top kernels (GPU) or operators "
                          "(CPU) with their share of the step to FILE (markdown)")
     ap.add_argument("--profile-step", type=int, default=3, help="the step --profile records [3: after warm-up]")
+    ap.add_argument("--compile", choices=COMPILE_CHOICES, default="auto",
+                    help="torch.compile each decoder layer (runtime/compiled.py); auto: on a CUDA device for dense "
+                         "Qwen3 layers without pipeline stages or ZeRO-3 [auto]")
     ap.add_argument("--comm-profile-every", type=int, default=10,
                     help="time collectives (and, with pipeline stages, each stage's waits for its neighbours) on step "
                          "2 and then every N steps (timing synchronises each, so it is sampled); 0 = never "
@@ -219,6 +223,13 @@ def train(args: argparse.Namespace) -> int:
         converted = apply_fp8(model, plan.fp8_recipe)
         log0(f"FP8: {converted} Linear layers converted to torchao float8 training on {check_fp8_device()} "
              f"({fp8_share(model):.0%} of the matmul weights; the head, routers and fused MoE experts stay bf16)")
+    from .compiled import compile_layers, compile_reason
+
+    zero_stage = ds_config.get("zero_optimization", {}).get("stage", 0)
+    why_not = compile_reason(args.compile, hf_config.model_type, pp, zero_stage, torch.cuda.is_available())
+    compiled = 0 if why_not else compile_layers(model)
+    log0(f"torch.compile: {compiled} decoder layers (step 1 pays the compile; Inductor caches it on this machine)"
+         if compiled else f"torch.compile: off ({why_not})")
     from .ops import pending_op_builds
 
     pending = pending_op_builds(ds_config, torch.cuda.is_available())
@@ -299,7 +310,7 @@ def train(args: argparse.Namespace) -> int:
             rec["torch_profiled"] = True  # this step's time includes the profiler's overhead
         if step == start:  # what each rank holds once the optimizer states exist (rank 0 writes it)
             rec["model_states"] = model_states_by_rank(engine)
-            rec.update(startup_s=round(startup_s, 3), first_step_s=rec["step_s"])
+            rec.update(startup_s=round(startup_s, 3), first_step_s=rec["step_s"], compiled_layers=compiled)
             log0(f"startup: {startup_s:.1f} s from launch to step {start + 1} (imports, model build, DeepSpeed "
                  f"init{', op builds' if pending else ''}); step {start + 1} took {rec['step_s']:.1f} s")
         if profiled(step + 1):
