@@ -5,12 +5,13 @@ residual adds and their casts, each a separate kernel in eager mode; issue #15).
 Each decoder layer is compiled in place (``nn.Module.compile``): the layers share their code, so Dynamo
 traces one layer and the other layers reuse the graph (parameters are graph inputs), and the first step
 pays one compile, not one per layer. Inductor caches the kernels on disk, so later runs on the machine
-start faster. The embedding, final norm, head and loss stay eager.
+start faster. The embedding and final norm stay eager.
 
 ``--compile auto`` compiles where it was measured to pay: a CUDA device, dense Qwen3 layers, no pipeline
-stages (the pipeline wraps each layer in its own module) and ZeRO below 3 (ZeRO-3 fetches parameters
-in hooks inside the layer, which break the graph at every parameter). ``on`` compiles any family's layers
-where the run allows it, ``off`` never."""
+stages (the pipeline wraps each layer in its own module), ZeRO below 3 (ZeRO-3 fetches parameters in
+hooks inside the layer, which break the graph at every parameter) and no tensor parallelism. With the layers
+compiled, the chunked loss's per-chunk head, cast and cross-entropy are compiled too (runtime/loss.py).
+``on`` compiles any family's layers where the run allows it, ``off`` never."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList | None:
     return layers if isinstance(layers, torch.nn.ModuleList) else None
 
 
-def compile_reason(choice: str, model_type: str, pp: int, zero_stage: int, cuda: bool) -> str | None:
+def compile_reason(choice: str, model_type: str, pp: int, zero_stage: int, tp: int, cuda: bool) -> str | None:
     """Why the layers are not compiled (None: compile them)."""
     if choice == "off":
         return "--compile off"
@@ -37,6 +38,8 @@ def compile_reason(choice: str, model_type: str, pp: int, zero_stage: int, cuda:
         return "ZeRO-3 gathers parameters in hooks inside each layer (a graph break at every parameter)"
     if choice == "on":
         return None
+    if tp > 1:
+        return "not measured with tensor parallelism (--compile on compiles the layers)"
     if not cuda:
         return "no CUDA device (--compile on compiles on the CPU too)"
     if model_type not in MEASURED_TYPES:

@@ -25,20 +25,29 @@ def _chunk_loss(hidden: torch.Tensor, labels: torch.Tensor, lm_head: torch.nn.Mo
     return F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum")
 
 
+def compiled_chunk_loss():
+    """The chunk's head matmul, fp32 cast and cross-entropy compiled into fused kernels (``train --compile``):
+    eager, the cast and the log-softmax each read and write the chunk's [tokens, vocab] fp32 logits, twice
+    a step with the recompute in backward."""
+    return torch.compile(_chunk_loss)
+
+
 def chunked_causal_lm_loss(hidden: torch.Tensor, lm_head: torch.nn.Module, labels: torch.Tensor,
-                           chunk: int = 1024) -> torch.Tensor:
+                           chunk: int = 1024, chunk_loss=_chunk_loss) -> torch.Tensor:
     h = hidden[:, :-1, :].reshape(-1, hidden.shape[-1])
     y = labels[:, 1:].reshape(-1)
     count = (y != IGNORE).sum().clamp(min=1)
     total = hidden.new_zeros((), dtype=torch.float32)
     for i in range(0, y.numel(), chunk):
-        total = total + checkpoint(_chunk_loss, h[i:i + chunk], y[i:i + chunk], lm_head, use_reentrant=False)
+        total = total + checkpoint(chunk_loss, h[i:i + chunk], y[i:i + chunk], lm_head, use_reentrant=False)
     return total / count
 
 
-def causal_lm_loss(model, input_ids: torch.Tensor, path: str, chunk: int = 1024) -> torch.Tensor:
-    """path 'hf': model(input_ids, labels) (full fp32 logits); 'chunked': the path above."""
+def causal_lm_loss(model, input_ids: torch.Tensor, path: str, chunk: int = 1024,
+                   chunk_loss=_chunk_loss) -> torch.Tensor:
+    """path 'hf': model(input_ids, labels) (full fp32 logits); 'chunked': the path above, each chunk's loss
+    by ``chunk_loss`` (``_chunk_loss`` or ``compiled_chunk_loss()``)."""
     if path == "hf":
         return model(input_ids=input_ids, labels=input_ids, use_cache=False).loss
     out = model.model(input_ids=input_ids, use_cache=False)
-    return chunked_causal_lm_loss(out.last_hidden_state, model.lm_head, input_ids, chunk)
+    return chunked_causal_lm_loss(out.last_hidden_state, model.lm_head, input_ids, chunk, chunk_loss)

@@ -193,7 +193,7 @@ def train(args: argparse.Namespace) -> int:
 
     from ..models.counts import model_flops_per_token
     from .data import TokenFile
-    from .loss import causal_lm_loss
+    from .loss import _chunk_loss, causal_lm_loss, compiled_chunk_loss
     from .metrics import StepMeter, append_jsonl, gpu_peak_tflops, model_states_by_rank
     from ..planner.throughput import bubble_fraction
     from .pipeline import StageProbe, pipeline_batches
@@ -226,10 +226,13 @@ def train(args: argparse.Namespace) -> int:
     from .compiled import compile_layers, compile_reason
 
     zero_stage = ds_config.get("zero_optimization", {}).get("stage", 0)
-    why_not = compile_reason(args.compile, hf_config.model_type, pp, zero_stage, torch.cuda.is_available())
+    why_not = compile_reason(args.compile, hf_config.model_type, pp, zero_stage, autotp_size(ds_config),
+                             torch.cuda.is_available())
     compiled = 0 if why_not else compile_layers(model)
     log0(f"torch.compile: {compiled} decoder layers (step 1 pays the compile; Inductor caches it on this machine)"
          if compiled else f"torch.compile: off ({why_not})")
+    # AutoTP's vocab-parallel head calls DeepSpeed's collectives inside the chunk: left eager
+    chunk_loss = compiled_chunk_loss() if compiled and autotp_size(ds_config) == 1 else _chunk_loss
     from .ops import pending_op_builds
 
     pending = pending_op_builds(ds_config, torch.cuda.is_available())
@@ -290,7 +293,7 @@ def train(args: argparse.Namespace) -> int:
         total = torch.zeros(1, device=device, dtype=torch.float32)  # summed on the device: no host sync per micro-step
         for m in range(ga):
             ids = make_batch(step, m).to(device)
-            loss = causal_lm_loss(engine.module, ids, loss_path)
+            loss = causal_lm_loss(engine.module, ids, loss_path, chunk_loss=chunk_loss)
             engine.backward(loss)
             engine.step()
             total += loss.detach().float() / ga
