@@ -355,3 +355,50 @@ def test_profiled_step_writes_the_top_operators_with_their_shares(tmp_path):
     shares = [float(ln.rsplit("|", 2)[1].strip().rstrip("%")) for ln in rows]
     assert abs(sum(shares) - 100) < 0.5 and shares[:3] == sorted(shares[:3], reverse=True)
     assert "self CPU time of the step" in out.read_text()
+
+
+def test_compiled_layers_and_loss_train_like_eager():
+    """train --compile: the decoder layers compiled in place (one graph the layers share) and the chunked loss's
+    chunk compiled give the eager loss and gradients (Inductor on this CPU; the GPU speed is in benchmarks/)."""
+    import copy
+
+    from qwen_ds.runtime.compiled import compile_layers
+    from qwen_ds.runtime.loss import compiled_chunk_loss
+
+    eager = tiny_model()
+    compiled = copy.deepcopy(eager)
+    torch._dynamo.reset()
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    assert compile_layers(compiled) == compiled.config.num_hidden_layers >= 2
+    ids = synthetic_batch(eager.config.vocab_size, 2, 40, 0, 0, 0, 0)
+    want = causal_lm_loss(eager, ids, "chunked", chunk=16)
+    want.backward()
+    hidden = compiled.model(input_ids=ids, use_cache=False).last_hidden_state
+    # the layers share one frame: Dynamo traced one layer for all of them, not one graph per layer
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+    from qwen_ds.runtime.loss import chunked_causal_lm_loss
+
+    got = chunked_causal_lm_loss(hidden, compiled.lm_head, ids, 16, compiled_chunk_loss())
+    got.backward()
+    assert counters["stats"]["unique_graphs"] > 1  # the chunk loss was compiled too
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    for (name, a), b in zip(eager.named_parameters(), compiled.parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-6), name
+
+
+@pytest.mark.parametrize("choice,family,pp,zero,tp,cuda,compiles", [
+    ("auto", "qwen3", 1, 1, 1, True, True),
+    ("auto", "qwen3", 1, 1, 1, False, False),      # CPU: off unless asked
+    ("auto", "qwen3_moe", 1, 0, 1, True, False),   # not measured
+    ("auto", "qwen3", 2, 1, 1, True, False),       # pipeline stages
+    ("on", "qwen3", 1, 3, 1, True, False),         # ZeRO-3 hooks inside the layer
+    ("auto", "qwen3", 1, 1, 2, True, False),       # tensor parallelism not measured
+    ("on", "qwen3_moe", 1, 2, 2, False, True),
+    ("off", "qwen3", 1, 0, 1, True, False),
+])
+def test_compile_choice(choice, family, pp, zero, tp, cuda, compiles):
+    from qwen_ds.runtime.compiled import compile_reason
+
+    why = compile_reason(choice, family, pp, zero, tp, cuda)
+    assert (why is None) == compiles, why
