@@ -8,8 +8,10 @@ Runs (--runs picks, in the order given):
   bf16-eager      the planner's plan for --global-batch 16, --compile off (the #15 baseline)
   bf16-compiled   the same plan, decoder layers compiled; profiles step 4 (--profile)
   fp8-compiled    the same plan in FP8 (torchao tensorwise), compiled; profiles step 4
+  fp8-head        the FP8 plan with the output head in float8 too (train --fp8-head)
   bf16-gb4        ZeRO-0 micro-batch 2 x grad-accum 2, compiled, 50 steps at lr 3e-4 (the FP8 reference curve)
   fp8-gb4         the same plan in FP8 (torchao tensorwise), compiled, 50 steps
+  fp8-head-gb4    fp8-gb4 with the head in float8
   bf16-gb4-lr1e-3, fp8-gb4-lr1e-3   the two above at lr 1e-3 (the loss falls further in 50 steps)
   fp8-gb4-eager   FP8 without compile (what compile buys FP8), 12 steps
 """
@@ -35,7 +37,9 @@ RUNS = {  # name: (gen-config flags, train flags, steps)
     "bf16-eager": (("--global-batch", "16"), ("--compile", "off"), 6),
     "bf16-compiled": (("--global-batch", "16"), ("--compile", "on", "--profile-step", "4"), 6),
     "fp8-compiled": (("--global-batch", "16", "--precision", "fp8"), ("--compile", "on", "--profile-step", "4"), 6),
+    "fp8-head": (("--global-batch", "16", "--precision", "fp8"), ("--compile", "on", "--fp8-head"), 6),
     "bf16-gb4": ((*GB4, *SHORT), ("--compile", "on"), 50),
+    "fp8-head-gb4": ((*GB4, "--precision", "fp8", *SHORT), ("--compile", "on", "--fp8-head"), 50),
     "fp8-gb4": ((*GB4, "--precision", "fp8", *SHORT), ("--compile", "on"), 50),
     "bf16-gb4-lr1e-3": ((*GB4, *FAST), ("--compile", "on"), 50),
     "fp8-gb4-lr1e-3": ((*GB4, "--precision", "fp8", *FAST), ("--compile", "on"), 50),

@@ -12,9 +12,12 @@ from ..sharding import FP8_KEEP_BF16
 from .common import RuntimeFailure
 
 
-def fp8_filter(module: torch.nn.Module, fqn: str) -> bool:
-    """torchao module_filter_fn: Linear layers whose dims suit FP8 GEMMs (multiples of 16)."""
-    if not isinstance(module, torch.nn.Linear) or fqn.endswith(FP8_KEEP_BF16):
+def fp8_filter(module: torch.nn.Module, fqn: str, head: bool = False) -> bool:
+    """torchao module_filter_fn: Linear layers whose dims suit FP8 GEMMs (multiples of 16), not the ones of
+    FP8_KEEP_BF16; with ``head`` the output head too (train --fp8-head)."""
+    if not isinstance(module, torch.nn.Linear):
+        return False
+    if fqn.endswith(FP8_KEEP_BF16) and not (head and fqn.endswith("lm_head")):
         return False
     return module.in_features % 16 == 0 and module.out_features % 16 == 0
 
@@ -33,8 +36,9 @@ def check_fp8_device() -> str:
     return torch.cuda.get_device_name()
 
 
-def apply_fp8(model: torch.nn.Module, recipe: dict | None) -> int:
-    """Convert eligible Linear layers in place; returns how many were converted."""
+def apply_fp8(model: torch.nn.Module, recipe: dict | None, head: bool = False) -> int:
+    """Convert eligible Linear layers in place (with ``head`` the output head too; a head tied to the
+    embedding keeps sharing its weight); returns how many were converted."""
     check_fp8_device()
     try:
         from torchao.float8 import Float8LinearConfig, convert_to_float8_training
@@ -48,7 +52,8 @@ def apply_fp8(model: torch.nn.Module, recipe: dict | None) -> int:
         raise RuntimeFailure(f"FP8 recipe {recipe_name!r} is unknown to torchao; use tensorwise, rowwise or "
                              "rowwise_with_gw_hp (plan.json fp8_recipe.recipe)") from None
     before = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
-    convert_to_float8_training(model, config=config, module_filter_fn=fp8_filter)
+    convert_to_float8_training(model, config=config,
+                               module_filter_fn=lambda m, fqn: fp8_filter(m, fqn, head))
     after = sum(type(m).__name__ == "Float8Linear" for m in model.modules())
     if after == 0:
         raise RuntimeFailure(f"FP8: none of the model's {before} Linear layers has FP8-compatible shapes")

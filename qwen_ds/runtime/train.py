@@ -57,6 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--compile", choices=COMPILE_CHOICES, default="auto",
                     help="torch.compile each decoder layer (runtime/compiled.py); auto: on a CUDA device for dense "
                          "Qwen3 layers without pipeline stages or ZeRO-3 [auto]")
+    ap.add_argument("--fp8-head", action="store_true",
+                    help="FP8 plans: run the output head's matmuls in float8 too (the plan keeps it bf16 for the "
+                         "loss's precision; benchmarks/results/trainer_speed_*.md measures both)")
     ap.add_argument("--comm-profile-every", type=int, default=10,
                     help="time collectives (and, with pipeline stages, each stage's waits for its neighbours) on step "
                          "2 and then every N steps (timing synchronises each, so it is sampled); 0 = never "
@@ -220,9 +223,10 @@ def train(args: argparse.Namespace) -> int:
     from .fp8 import apply_fp8, check_fp8_device, fp8_share
 
     if plan is not None and plan.wants_fp8:
-        converted = apply_fp8(model, plan.fp8_recipe)
+        converted = apply_fp8(model, plan.fp8_recipe, head=args.fp8_head)
         log0(f"FP8: {converted} Linear layers converted to torchao float8 training on {check_fp8_device()} "
-             f"({fp8_share(model):.0%} of the matmul weights; the head, routers and fused MoE experts stay bf16)")
+             f"({fp8_share(model):.0%} of the matmul weights; "
+             f"{'' if args.fp8_head else 'the head, '}routers and fused MoE experts stay bf16)")
     from .compiled import compile_layers, compile_reason
 
     zero_stage = ds_config.get("zero_optimization", {}).get("stage", 0)
