@@ -160,6 +160,21 @@ def test_fp8_forward_backward_tracks_bf16():
     assert type(q).__name__ == "Float8Linear" and q.weight.grad is not None and q.weight.grad.abs().sum() > 0
 
 
+def test_fp8_head_converts_the_tied_head_and_keeps_the_tie():
+    """train --fp8-head: the output head becomes Float8Linear too, still sharing the embedding's weight (Qwen3-4B
+    ties them), and the chunked loss trains through it."""
+    pytest.importorskip("torchao")
+    m = tiny_model().to(torch.bfloat16)
+    m.lm_head.weight = m.model.embed_tokens.weight  # tie, as tie_word_embeddings does
+    assert apply_fp8(m, None, head=True) == 2 * 7 + 1
+    assert type(m.lm_head).__name__ == "Float8Linear" and m.lm_head.weight is m.model.embed_tokens.weight
+    ids = synthetic_batch(m.config.vocab_size, 2, 32, 0, 0, 0, 0)
+    causal_lm_loss(m, ids, "chunked", chunk=16).backward()
+    assert m.model.embed_tokens.weight.grad is not None and m.model.embed_tokens.weight.grad.abs().sum() > 0
+    assert fp8_filter(torch.nn.Linear(64, 128), "lm_head", head=True)
+    assert not fp8_filter(torch.nn.Linear(64, 8), "model.layers.0.mlp.gate", head=True)  # routers stay bf16
+
+
 def test_fp8_unknown_recipe_is_one_line_failure():
     pytest.importorskip("torchao")
     with pytest.raises(RuntimeFailure, match="'no-such'.*tensorwise, rowwise"):
