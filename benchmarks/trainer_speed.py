@@ -2,7 +2,7 @@
 `qwen-ds launch ... train` on one node, each a gen-config plan plus trainer flags. Each run's line is appended to
 DIR/trainer_speed.jsonl as soon as it ends (a killed matrix keeps the runs it finished).
 
-python benchmarks/trainer_speed.py --out DIR [--runs NAME,NAME,...] [--model Qwen3-4B] [--timeout 300]
+python benchmarks/trainer_speed.py --out DIR [--runs NAME,NAME,...] [--model Qwen3-4B] [--timeout 300] [--steps N]
 
 Runs (--runs picks, in the order given):
   bf16-eager      the planner's plan for --global-batch 16, --compile off (the #15 baseline)
@@ -49,6 +49,7 @@ RUNS = {  # name: (gen-config flags, train flags, steps)
 
 def run_one(name: str, args, work: Path, out: Path, hostfile: Path, base: dict) -> dict:
     gen, train, steps = RUNS[name]
+    steps = args.steps or steps
     cfg = work / name
     g = qwen_ds("gen-config", "-m", args.model, "-g", args.gpu, "--hostfile", str(hostfile), "--seq-len",
                 str(args.seq), "--loss", "chunked", *gen, "-o", str(cfg), "--force")
@@ -94,6 +95,7 @@ def main() -> None:
     ap.add_argument("--gpu", default="H200", help="catalog name for gen-config")
     ap.add_argument("--seq", type=int, default=4096)
     ap.add_argument("--timeout", type=float, default=300)
+    ap.add_argument("--steps", type=int, default=0, help="override each run's steps")
     args = ap.parse_args()
     names = [n for n in args.runs.split(",") if n]
     unknown = [n for n in names if n not in RUNS]

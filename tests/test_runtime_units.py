@@ -168,8 +168,19 @@ def test_fp8_head_converts_the_tied_head_and_keeps_the_tie():
     m.lm_head.weight = m.model.embed_tokens.weight  # tie, as tie_word_embeddings does
     assert apply_fp8(m, None, head=True) == 2 * 7 + 1
     assert type(m.lm_head).__name__ == "Float8Linear" and m.lm_head.weight is m.model.embed_tokens.weight
-    ids = synthetic_batch(m.config.vocab_size, 2, 32, 0, 0, 0, 0)
-    causal_lm_loss(m, ids, "chunked", chunk=16).backward()
+    ids = synthetic_batch(m.config.vocab_size, 2, 32, 0, 0, 0, 0)  # 62 shifted tokens: chunks 16, 16, 16, 14
+    seen = []
+    m.lm_head.register_forward_pre_hook(lambda mod, args: seen.append(args[0].shape[0]))
+    loss = causal_lm_loss(m, ids, "chunked", chunk=16)
+    loss.backward()
+    # float8 GEMMs need token counts divisible by 16 (an H200 refused a 1022-token chunk): the last chunk is
+    # padded with ignored tokens, which change neither the loss nor the count it is averaged over
+    assert seen[:4] == [16, 16, 16, 16]
+    unpadded = tiny_model().to(torch.bfloat16)
+    unpadded.lm_head.weight = unpadded.model.embed_tokens.weight
+    apply_fp8(unpadded, None, head=False)
+    ref = causal_lm_loss(unpadded, ids, "chunked", chunk=16)
+    assert loss.item() == pytest.approx(ref.item(), rel=0.03)
     assert m.model.embed_tokens.weight.grad is not None and m.model.embed_tokens.weight.grad.abs().sum() > 0
     assert fp8_filter(torch.nn.Linear(64, 128), "lm_head", head=True)
     assert not fp8_filter(torch.nn.Linear(64, 8), "model.layers.0.mlp.gate", head=True)  # routers stay bf16

@@ -36,6 +36,12 @@ def chunked_causal_lm_loss(hidden: torch.Tensor, lm_head: torch.nn.Module, label
                            chunk: int = 1024, chunk_loss=_chunk_loss) -> torch.Tensor:
     h = hidden[:, :-1, :].reshape(-1, hidden.shape[-1])
     y = labels[:, 1:].reshape(-1)
+    if type(lm_head).__name__ == "Float8Linear":  # train --fp8-head: float8 GEMMs need the token count of every
+        # chunk (a dim of the weight-gradient GEMM) divisible by 16; pad with ignored tokens, which add no loss
+        pad = -y.numel() % 16
+        if pad:
+            h = torch.cat([h, h.new_zeros(pad, h.shape[-1])])
+            y = torch.cat([y, y.new_full((pad,), IGNORE)])
     count = (y != IGNORE).sum().clamp(min=1)
     total = hidden.new_zeros((), dtype=torch.float32)
     for i in range(0, y.numel(), chunk):
