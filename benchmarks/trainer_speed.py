@@ -4,6 +4,9 @@ DIR/trainer_speed.jsonl as soon as it ends (a killed matrix keeps the runs it fi
 
 python benchmarks/trainer_speed.py --out DIR [--runs NAME,NAME,...] [--model Qwen3-4B] [--timeout 300] [--steps N]
 
+Runs share Inductor's on-disk cache: a compiled run's first_step_s depends on the runs before it (the order is
+the --runs order, kept in the output file).
+
 Runs (--runs picks, in the order given):
   bf16-eager      the planner's plan for --global-batch 16, --compile off (the #15 baseline)
   bf16-compiled   the same plan, decoder layers compiled; profiles step 4 (--profile)
@@ -68,13 +71,15 @@ def run_one(name: str, args, work: Path, out: Path, hostfile: Path, base: dict) 
                     *extra, timeout=args.timeout)
         wall, rc, log = time.time() - t0, p.returncode, p.stdout + p.stderr
     except subprocess.TimeoutExpired as exc:  # the ranks run in their own session: end them too
-        wall, rc, log = time.time() - t0, "timeout", str(exc.stdout or "")
+        streams = (exc.stdout, exc.stderr)  # bytes on POSIX even with text=True
+        log = "".join(x.decode(errors="replace") if isinstance(x, bytes) else (x or "") for x in streams)
+        wall, rc = time.time() - t0, "timeout"
         subprocess.run(["pkill", "-9", "-f", "qwen_ds.launch.rank|qwen_ds.runtime|deepspeed.launcher"])
         time.sleep(5)
     print(log[-2500:], flush=True)
     (out / f"trainer_speed_{name}.log").write_text(log[-20000:])
     recs = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
-    steady = [r for r in recs[1:] if not r.get("torch_profiled")] or recs
+    steady = [r for r in recs[1:] if not r.get("torch_profiled")]  # step 1 compiles: never its speed
     first = recs[0] if recs else {}
     return {**base, "run": name, "rc": rc, "plan": plan["plan"], "gen_config": list(gen), "train_flags": list(train),
             "launch_wall_s": round(wall, 1), "startup_s": first.get("startup_s"),

@@ -176,11 +176,15 @@ def test_fp8_head_converts_the_tied_head_and_keeps_the_tie():
     # float8 GEMMs need token counts divisible by 16 (an H200 refused a 1022-token chunk): the last chunk is
     # padded with ignored tokens, which change neither the loss nor the count it is averaged over
     assert seen[:4] == [16, 16, 16, 16]
-    unpadded = tiny_model().to(torch.bfloat16)
-    unpadded.lm_head.weight = unpadded.model.embed_tokens.weight
-    apply_fp8(unpadded, None, head=False)
-    ref = causal_lm_loss(unpadded, ids, "chunked", chunk=16)
-    assert loss.item() == pytest.approx(ref.item(), rel=0.03)
+    # the CPU's float8 emulation takes the 14-token chunk as is: the padded loss equals the unpadded sum over the
+    # 62 real tokens (a count that took in the 2 pad tokens would be 3 % off)
+    from qwen_ds.runtime.loss import _chunk_loss
+
+    with torch.no_grad():
+        hidden = m.model(input_ids=ids, use_cache=False).last_hidden_state
+        h, y = hidden[:, :-1].reshape(-1, hidden.shape[-1]), ids[:, 1:].reshape(-1)
+        ref = sum(_chunk_loss(h[i:i + 16], y[i:i + 16], m.lm_head) for i in range(0, 62, 16)) / 62
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-4)
     assert m.model.embed_tokens.weight.grad is not None and m.model.embed_tokens.weight.grad.abs().sum() > 0
     assert fp8_filter(torch.nn.Linear(64, 128), "lm_head", head=True)
     assert not fp8_filter(torch.nn.Linear(64, 8), "model.layers.0.mlp.gate", head=True)  # routers stay bf16

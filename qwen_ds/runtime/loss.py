@@ -36,16 +36,18 @@ def chunked_causal_lm_loss(hidden: torch.Tensor, lm_head: torch.nn.Module, label
                            chunk: int = 1024, chunk_loss=_chunk_loss) -> torch.Tensor:
     h = hidden[:, :-1, :].reshape(-1, hidden.shape[-1])
     y = labels[:, 1:].reshape(-1)
-    if type(lm_head).__name__ == "Float8Linear":  # train --fp8-head: float8 GEMMs need the token count of every
-        # chunk (a dim of the weight-gradient GEMM) divisible by 16; pad with ignored tokens, which add no loss
-        pad = -y.numel() % 16
-        if pad:
-            h = torch.cat([h, h.new_zeros(pad, h.shape[-1])])
-            y = torch.cat([y, y.new_full((pad,), IGNORE)])
+    # train --fp8-head: float8 GEMMs need a chunk's token count (a dim of the weight-gradient GEMM) divisible by
+    # 16; a chunk that is not gets padded with ignored tokens, which add no loss
+    align = 16 if type(lm_head).__name__ == "Float8Linear" else 1
     count = (y != IGNORE).sum().clamp(min=1)
     total = hidden.new_zeros((), dtype=torch.float32)
     for i in range(0, y.numel(), chunk):
-        total = total + checkpoint(chunk_loss, h[i:i + chunk], y[i:i + chunk], lm_head, use_reentrant=False)
+        hc, yc = h[i:i + chunk], y[i:i + chunk]
+        pad = -yc.numel() % align
+        if pad:
+            hc = torch.cat([hc, hc.new_zeros(pad, hc.shape[-1])])
+            yc = torch.cat([yc, yc.new_full((pad,), IGNORE)])
+        total = total + checkpoint(chunk_loss, hc, yc, lm_head, use_reentrant=False)
     return total / count
 
 

@@ -2,7 +2,7 @@
 
 python -m qwen_ds.runtime.train --config ds_config.json --plan plan.json [--synthetic | --data F --tokenizer DIR]
     [--weights DIR] [--steps N] [--save-dir D --save-every K] [--resume | --resume-from TAG] [--metrics-file F]
-    [--seed S] [--compile auto|on|off] [--profile FILE --profile-step N]
+    [--seed S] [--compile auto|on|off] [--fp8-head] [--profile FILE --profile-step N]
 """
 
 from __future__ import annotations
@@ -222,6 +222,8 @@ def train(args: argparse.Namespace) -> int:
                               on_device=pp == 1)
     from .fp8 import apply_fp8, check_fp8_device, fp8_share
 
+    if args.fp8_head and not (plan is not None and plan.wants_fp8):
+        log0("note: --fp8-head ignored: the plan is not FP8 (gen-config --precision fp8)")
     if plan is not None and plan.wants_fp8:
         converted = apply_fp8(model, plan.fp8_recipe, head=args.fp8_head)
         log0(f"FP8: {converted} Linear layers converted to torchao float8 training on {check_fp8_device()} "
@@ -234,14 +236,15 @@ def train(args: argparse.Namespace) -> int:
                              torch.cuda.is_available())
     compiled = 0 if why_not else compile_layers(model)
     log0(f"torch.compile: {compiled} decoder layers (step 1 pays the compile; Inductor caches it on this machine)"
-         if compiled else f"torch.compile: off ({why_not})")
+         if compiled else f"torch.compile: off ({why_not or 'the model has no decoder layer list'})")
     kernels = plan.plan.kernels if plan is not None else None
     if compiled and kernels == "hf":  # measured on an H200: compiled Qwen3-4B peaks 2.8 % under the fused estimate
         log0("note: the plan's activation memory is for eager HF kernels (--kernels hf); the compiled layers use "
              "less, close to gen-config --kernels fused")
     elif not compiled and kernels == "fused" and hf_config.model_type in MEASURED_TYPES:
+        could = why_not is not None and why_not.startswith(("--compile off", "no CUDA", "not measured"))
         log0("warning: the plan counts fused kernels (--kernels fused) but the layers run eager here: activation "
-             "memory will exceed the estimate (gen-config --kernels hf, or --compile on)")
+             f"memory will exceed the estimate (gen-config --kernels hf{', or train --compile on' if could else ''})")
     # AutoTP's vocab-parallel head calls DeepSpeed's collectives inside the chunk: left eager
     chunk_loss = compiled_chunk_loss() if compiled and autotp_size(ds_config) == 1 else _chunk_loss
     from .ops import pending_op_builds
