@@ -232,8 +232,9 @@ def train(args: argparse.Namespace) -> int:
     from .compiled import MEASURED_TYPES, compile_layers, compile_reason
 
     zero_stage = ds_config.get("zero_optimization", {}).get("stage", 0)
-    why_not = compile_reason(args.compile, hf_config.model_type, pp, zero_stage, autotp_size(ds_config),
-                             torch.cuda.is_available())
+    tp = autotp_size(ds_config)
+    run = (hf_config.model_type, pp, zero_stage, tp, torch.cuda.is_available())
+    why_not = compile_reason(args.compile, *run)
     compiled = 0 if why_not else compile_layers(model)
     log0(f"torch.compile: {compiled} decoder layers (step 1 pays the compile; Inductor caches it on this machine)"
          if compiled else f"torch.compile: off ({why_not or 'the model has no decoder layer list'})")
@@ -242,11 +243,11 @@ def train(args: argparse.Namespace) -> int:
         log0("note: the plan's activation memory is for eager HF kernels (--kernels hf); the compiled layers use "
              "less, close to gen-config --kernels fused")
     elif not compiled and kernels == "fused" and hf_config.model_type in MEASURED_TYPES:
-        could = why_not is not None and why_not.startswith(("--compile off", "no CUDA", "not measured"))
+        could = compile_reason("on", *run) is None  # --compile on would compile these layers
         log0("warning: the plan counts fused kernels (--kernels fused) but the layers run eager here: activation "
              f"memory will exceed the estimate (gen-config --kernels hf{', or train --compile on' if could else ''})")
     # AutoTP's vocab-parallel head calls DeepSpeed's collectives inside the chunk: left eager
-    chunk_loss = compiled_chunk_loss() if compiled and autotp_size(ds_config) == 1 else _chunk_loss
+    chunk_loss = compiled_chunk_loss() if compiled and tp == 1 else _chunk_loss
     from .ops import pending_op_builds
 
     pending = pending_op_builds(ds_config, torch.cuda.is_available())
