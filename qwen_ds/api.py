@@ -96,7 +96,8 @@ def inputs(model: str | ModelSpec, gpu: str | GPU, *, nodes: int | None = None, 
                          "use --zero 0 --tp N (DeepSpeed-Inference) or --tp 1")
     plan_ = Plan(zero_stage=zero, precision=precision,
                  **{k: kv[k] for k in ("offload_optimizer", "offload_param", "tp", "pp", "micro_batch", "grad_accum",
-                                       "checkpointing", "loss", "kernels")})
+                                       "checkpointing", "loss", "kernels")},
+                 allocator=kv["allocator"] or "expandable")
     return Inputs(spec, cluster, workload, plan_)
 
 

@@ -121,7 +121,8 @@ def generate(model: str | ModelSpec, gpu: str | GPU, *, nodes: int | None = None
     options = options or SearchOptions()
     opts = config_options or ConfigOptions()
     i = inputs(model, gpu, nodes=nodes, gpus_per_node=gpus_per_node, hostfile=hostfile, **knobs)
-    i = dataclasses.replace(i, plan=dataclasses.replace(i.plan, **(zero_plus_plus or {})))
+    allocator = {} if knobs.get("allocator") or consumer == "deepspeed" else {"allocator": "default"}
+    i = dataclasses.replace(i, plan=dataclasses.replace(i.plan, **(zero_plus_plus or {}), **allocator))
     check_consumer(consumer, i.plan, i.workload.mode)
     i, searched, chosen_by = _choose(i, _pinned(knobs, pinned), options)
     check_consumer(consumer, i.plan, i.workload.mode)

@@ -25,6 +25,10 @@ INFER_PRECISIONS = ("bf16", "fp16", "fp32", "fp8", "int8")
 OFFLOAD = ("none", "cpu", "nvme")
 LOSS_PATHS = ("hf", "chunked")
 KERNELS = ("hf", "fused")
+#: PyTorch's CUDA caching allocator as the run configures it: expandable segments (PYTORCH_CUDA_ALLOC_CONF=
+#: expandable_segments:True, which qwen-ds launch sets) or torch's default segments (a plain deepspeed /
+#: accelerate / torchrun launch), whose slack at peak is larger (data/calibration.json)
+ALLOCATORS = ("expandable", "default")
 OPTIMIZERS = ("adamw",)
 
 
@@ -65,6 +69,7 @@ class Plan:
     precision: str = "bf16"
     loss: str = "hf"
     kernels: str = "hf"
+    allocator: str = "expandable"
     overlap_comm: bool = True
     reduce_bucket_size: int | None = None
     allgather_bucket_size: int | None = None
@@ -86,6 +91,7 @@ class Plan:
         _choice("--precision", self.precision, INFER_PRECISIONS)
         _choice("--loss", self.loss, LOSS_PATHS)
         _choice("--kernels", self.kernels, KERNELS)
+        _choice("--allocator", self.allocator, ALLOCATORS)
         for flag, value in (("--tp", self.tp), ("--pp", self.pp), ("--micro-batch", self.micro_batch),
                             ("--grad-accum", self.grad_accum),
                             ("--hpz", self.hpz_partition_size)):
@@ -179,6 +185,10 @@ KNOBS: tuple[Knob, ...] = (
          "hf: plain forward with labels (full fp32 logits); chunked: the built-in runtime's chunked cross-entropy."),
     Knob("kernels", "--kernels", KERNELS, "hf",
          "hf: transformers defaults (sdpa, torch GDN fallback); fused: flash-attn / FLA / fused norms."),
+    Knob("allocator", "--allocator", ALLOCATORS, None,
+         "PyTorch CUDA allocator of the run: expandable (expandable_segments, set by qwen-ds launch) or default "
+         "(plain deepspeed / accelerate / HF Trainer launches; more reserved slack) [expandable; gen-config --for "
+         "hf-trainer / accelerate: default].", show_default=False),
 )
 
 BY_NAME = {k.name: k for k in KNOBS}

@@ -21,7 +21,7 @@ from . import __version__
 from .consumers import CONSUMERS
 from .errors import InputError, one_line
 from .pairing import CONFIG_KEY, DIGEST_KEY, PairCheck, check_pair
-from .knobs import INFER_PRECISIONS, KERNELS, LOSS_PATHS, MODES, OFFLOAD, Plan, Workload
+from .knobs import ALLOCATORS, INFER_PRECISIONS, KERNELS, LOSS_PATHS, MODES, OFFLOAD, Plan, Workload
 
 #: 1: the first typed document (gen-config of qwen-ds 0.1.0 after #12); files without the key are
 #: the untyped plan.json of before, read the same way (their extra ``memory.plan`` copy is ignored)
@@ -274,6 +274,7 @@ FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "plan.precision": (_one_of(INFER_PRECISIONS), f"one of {', '.join(INFER_PRECISIONS)}"),
     "plan.loss": (_one_of(LOSS_PATHS), f"one of {', '.join(LOSS_PATHS)}"),
     "plan.kernels": (_one_of(KERNELS), f"one of {', '.join(KERNELS)}"),
+    "plan.allocator": (_one_of(ALLOCATORS), f"one of {', '.join(ALLOCATORS)}"),
     "plan.overlap_comm": (_is(bool), "true or false"),
     **{f"plan.{k}": (_opt(_int(0)), "an integer >= 0 or null") for k in (
         "reduce_bucket_size", "allgather_bucket_size", "prefetch_bucket_size", "param_persistence_threshold")},

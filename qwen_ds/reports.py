@@ -40,7 +40,7 @@ def estimate_json(model, cluster, workload, plan, lay, b: MemoryBreakdown) -> di
             "offload_param": plan.offload_param,
             "dp": lay.dp, "tp": lay.tp, "pp": lay.pp, "micro_batch": plan.micro_batch, "grad_accum": plan.grad_accum,
             "seq_len": workload.seq_len, "new_tokens": workload.new_tokens, "checkpointing": plan.checkpointing,
-            "precision": plan.precision, "loss": plan.loss, "kernels": plan.kernels,
+            "precision": plan.precision, "loss": plan.loss, "kernels": plan.kernels, "allocator": plan.allocator,
         },
         **mem,
     }
@@ -66,7 +66,7 @@ def estimate_text(model, cluster, workload, plan, lay, b: MemoryBreakdown) -> st
     lines.append(
         f"\npeak allocated {gib(b.gpu_allocated_bytes)} GiB (at {b.peak_phase}) "
         f"-> reserved {gib(b.gpu_reserved_bytes)} GiB "
-        f"(+{100 * b.fragmentation:.0f}% fragmentation) "
+        f"(+{100 * b.fragmentation:.0f}% fragmentation, {plan.allocator} allocator) "
         f"-> GPU total {gib(b.gpu_total_bytes)} GiB of {gib(b.gpu_memory_bytes)} GiB"
     )
     if b.cpu_terms:

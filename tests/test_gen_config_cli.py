@@ -561,3 +561,40 @@ def test_target_that_is_a_symlink_is_replaced_not_written_through(tmp_path):
     rc, _, err = gen(out, "--force")
     assert rc == 0, err
     assert elsewhere.read_text() == "{}" and not (out / "ds_config.json").is_symlink()
+
+
+@pytest.mark.parametrize("consumer,flag,want", [
+    ("deepspeed", None, "expandable"),      # qwen-ds launch sets expandable_segments
+    ("hf-trainer", None, "default"),        # the Trainer's own launch does not
+    ("accelerate", None, "default"),
+    ("hf-trainer", "expandable", "expandable"),  # the user exports the variable and says so
+    ("deepspeed", "default", "default"),
+])
+def test_allocator_follows_the_consumer_unless_given(tmp_path, consumer, flag, want):
+    """--allocator (issue #16): reserved = allocated x (1 + the allocator's slack in calibration.json), and gen-config
+    assumes torch's default allocator for configs the HF Trainer / accelerate launch."""
+    from qwen_ds.calibration import constant
+
+    args = ["gen-config", "-m", "Qwen3-0.6B", "-g", "H100-SXM", "--gpus-per-node", "2", "--zero", "2",
+            "--micro-batch", "1", "--grad-accum", "1", "--no-checkpointing", "--tp", "1", "--pp", "1",
+            "--offload-optimizer", "none", "--for", consumer, "-o", str(tmp_path)]
+    rc, _, err = run_cli(*args, *(["--allocator", flag] if flag else []))
+    assert rc == 0, err
+    doc = json.loads((tmp_path / "plan.json").read_text())
+    assert doc["plan"]["allocator"] == want
+    slack = constant("fragmentation" if want == "expandable" else "fragmentation_default_allocator")
+    mem = doc["memory"]
+    assert mem["gpu_reserved_bytes"] == int(mem["gpu_allocated_bytes"] * (1 + slack))
+    assert constant("fragmentation_default_allocator") > constant("fragmentation")
+
+
+def test_allocator_changes_reserved_not_allocated():
+    rc1, out1, _ = run_cli("estimate", "-m", "Qwen3-0.6B", "-g", "H100-SXM", "--gpus-per-node", "1", "--zero", "0",
+                           "--json")
+    rc2, out2, _ = run_cli("estimate", "-m", "Qwen3-0.6B", "-g", "H100-SXM", "--gpus-per-node", "1", "--zero", "0",
+                           "--allocator", "default", "--json")
+    a, b = json.loads(out1), json.loads(out2)
+    assert rc1 == rc2 == 0 and a["plan"]["allocator"] == "expandable" and b["plan"]["allocator"] == "default"
+    assert a["gpu_allocated_bytes"] == b["gpu_allocated_bytes"] and b["gpu_reserved_bytes"] > a["gpu_reserved_bytes"]
+    rc, _, err = run_cli("estimate", "-m", "Qwen3-0.6B", "-g", "H100-SXM", "--allocator", "cuda-malloc")
+    assert rc == 2 and "--allocator" in err

@@ -13,6 +13,9 @@ from . import activations, buffers, inference, model_states
 from .breakdown import MemoryBreakdown, Term
 from .layout import Layout, layout
 
+#: the allocator slack constant (data/calibration.json) of each --allocator
+FRAGMENTATION = {"expandable": "fragmentation", "default": "fragmentation_default_allocator"}
+
 __all__ = ["Layout", "MemoryBreakdown", "Term", "estimate", "layout", "plan_layout", "planned"]
 
 
@@ -64,7 +67,7 @@ def estimate(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan,
         gpu_terms=tuple(t for t in gpu if t.bytes or t.phase == "persistent"),
         cpu_terms=tuple(cpu),
         nvme_terms=tuple(nvme),
-        fragmentation=constant("fragmentation"),
+        fragmentation=constant(FRAGMENTATION[plan.allocator]),
         gpu_memory_bytes=cluster.gpu.memory_bytes,
         notes=tuple(notes),
     )
