@@ -432,3 +432,18 @@ def test_compile_choice(choice, family, pp, zero, tp, cuda, compiles):
 
     why = compile_reason(choice, family, pp, zero, tp, cuda)
     assert (why is None) == compiles, why
+
+
+@pytest.mark.parametrize("allocator,env,says", [
+    ("expandable", {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}, None),   # qwen-ds launch
+    ("expandable", {}, "warning: the plan's reserved memory assumes expandable segments"),
+    ("expandable", {"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:512"}, "--allocator default"),
+    ("expandable", {"PYTORCH_ALLOC_CONF": "expandable_segments:True"}, None),        # torch's newer name
+    ("default", {}, None),
+    ("default", {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True,max_split_size_mb:64"}, "below the estimate"),
+])
+def test_the_trainer_names_an_allocator_the_plan_did_not_assume(allocator, env, says):
+    from qwen_ds.runtime.metrics import allocator_note
+
+    note = allocator_note(allocator, env)
+    assert (note is None) if says is None else (says in note)

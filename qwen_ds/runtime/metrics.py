@@ -137,3 +137,20 @@ def model_states_by_rank(engine) -> list[dict]:
     every: list = [None] * dist.get_world_size()
     dist.all_gather_object(every, mine)
     return every
+
+
+def allocator_note(plan_allocator: str, env: dict[str, str]) -> str | None:
+    """When the CUDA allocator this process runs with is not the one the plan's reserved memory assumed
+    (``--allocator``): what differs and how to make them agree. torch reads PYTORCH_CUDA_ALLOC_CONF (and the newer
+    PYTORCH_ALLOC_CONF); qwen-ds launch sets expandable_segments:True."""
+    conf = ",".join(env.get(k, "") for k in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")).replace(" ", "")
+    expandable = "expandable_segments:true" in conf.lower()
+    if plan_allocator == "expandable" and not expandable:
+        return ("warning: the plan's reserved memory assumes expandable segments (--allocator expandable) but "
+                "PYTORCH_CUDA_ALLOC_CONF does not set expandable_segments:True: reserved memory will run above the "
+                "estimate; export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (qwen-ds launch does), or "
+                "regenerate the plan with --allocator default")
+    if plan_allocator == "default" and expandable:
+        return ("note: the plan's reserved memory assumes torch's default allocator (--allocator default); with "
+                "expandable segments set, reserved memory will stay below the estimate")
+    return None

@@ -205,6 +205,12 @@ def train(args: argparse.Namespace) -> int:
     ds_config, plan = read_config_and_plan(args)
     check_outputs(args)
     device = init_distributed()
+    if plan is not None and torch.cuda.is_available():
+        from .metrics import allocator_note
+
+        note = allocator_note(plan.plan.allocator, dict(os.environ))
+        if note:
+            log0(note)
     if args.comm_profile_every > 0:
         ds_config.setdefault("comms_logger", {"enabled": True, "verbose": False, "prof_all": True, "debug": False})
     hf_config = model_config(plan, args.model)
