@@ -8,6 +8,15 @@ from .knobs import Plan
 
 #: model types runtime/pipeline.py builds as a DeepSpeed PipelineModule
 PIPE_MODEL_TYPES = ("qwen3", "qwen3_moe", "qwen3_next")
+#: model types whose decoder layers the built-in trainer compiles on a GPU (--compile auto): measured to pay
+#: (benchmarks/results/trainer_speed_*.md)
+COMPILED_MODEL_TYPES = ("qwen3",)
+
+
+def builtin_compiles(family: str, plan: Plan) -> bool:
+    """Whether the built-in trainer's --compile auto compiles this plan's layers on a GPU (runtime/compiled.py):
+    a measured model type, no pipeline stages, ZeRO below 3, no tensor parallelism."""
+    return family in COMPILED_MODEL_TYPES and plan.pp == 1 and plan.zero_stage < 3 and plan.tp == 1
 
 
 def builtin_gap(family: str, plan: Plan, mode: str) -> str | None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..builtin import builtin_compiles
+from ..calibration import constant
 from ..errors import finite_number
 from ..hardware import Cluster
 from ..models.counts import count_params, model_flops_per_token
@@ -78,12 +80,13 @@ class StepTime:
     tokens_per_s: float
     model_flops_per_step: float
     mfu: float
+    gpu_optimizer_s: float = 0.0  # the optimizer step on the GPU (not offloaded): HBM traffic per updated param
 
     def parts(self) -> dict[str, float]:
         return {
             "compute_s": self.compute_s, "recompute_s": self.recompute_s, "comm_s": self.comm_s,
             "exposed_comm_s": self.exposed_comm_s, "offload_s": self.offload_s, "cpu_optimizer_s": self.cpu_optimizer_s,
-            "bubble_factor": self.bubble_factor, "step_s": self.step_s,
+            "gpu_optimizer_s": self.gpu_optimizer_s, "bubble_factor": self.bubble_factor, "step_s": self.step_s,
         }
 
 
@@ -124,11 +127,15 @@ def step_time(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan
     # each GPU does 1/(tp*pp) of its data-parallel replica's work
     per_gpu_flops = flops_tok * tokens_per_gpu_micro * plan.grad_accum / (plan.tp * plan.pp)
     eff = net.compute_efficiency * tokens_per_gpu_micro / (tokens_per_gpu_micro + net.half_efficiency_tokens)
-    if plan.precision == "fp8":  # only the Linear layers torchao converts run at the FP8 peak
+    if plan.precision == "fp8":  # only the Linear layers torchao converts get faster, by the measured factor
+        # (float8 casts and scalings included), not the FP8 / bf16 peak ratio (calibration.json fp8_gemm_speedup)
         f = min(1.0, 6 * fp8_matmul_params(model) / flops_tok)
-        compute = per_gpu_flops * (f / peak + (1 - f) / (gpu.peak_tflops("bf16") * 1e12)) / eff
+        bf16_peak = gpu.peak_tflops("bf16") * 1e12
+        compute = per_gpu_flops * (f / (bf16_peak * constant("fp8_gemm_speedup")) + (1 - f) / bf16_peak) / eff
     else:
         compute = per_gpu_flops / (peak * eff)
+    if not builtin_compiles(model.family, plan):  # the built-in trainer runs these layers eager
+        compute *= constant("eager_slowdown")
     recompute = compute / 3 if plan.checkpointing else 0.0  # one extra forward = 1/3 of fwd+bwd
     c = count_params(model)
     b = compute_bytes(plan.precision)
@@ -170,8 +177,11 @@ def step_time(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan
         offload += ga * 2 * b * part / pcie  # each rank streams its partition in, fwd and bwd
         if plan.offload_param == "nvme":
             offload += ga * 2 * b * part * cluster.gpus_per_node / (net.nvme_gbps * GB)
+    # the optimizer step on the GPU: its HBM traffic per parameter it updates (calibration.json)
+    gpu_opt = (constant("gpu_optimizer_bytes_per_param") * part / (gpu.hbm_gbps * GB)
+               if plan.offload_optimizer == "none" else 0.0)
     m = ga
     bubble = 1 / (1 - bubble_fraction(plan.pp, m))  # (m + p - 1) / m
-    step = (compute + recompute + exposed) * bubble + offload + cpu_opt
+    step = (compute + recompute + exposed) * bubble + offload + cpu_opt + gpu_opt
     return StepTime(compute, recompute, comm, exposed, offload, cpu_opt, bubble, step, tokens_per_step,
-                    tokens_per_step / step, model_flops, model_flops / (step * peak * world))
+                    tokens_per_step / step, model_flops, model_flops / (step * peak * world), gpu_opt)

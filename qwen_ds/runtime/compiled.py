@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import torch
 
+from ..builtin import COMPILED_MODEL_TYPES  # the planner's speed model reads it too (builtin_compiles)
+
 CHOICES = ("auto", "on", "off")
-#: model types whose compiled layers were measured (benchmarks/results/trainer_speed_*.md)
-MEASURED_TYPES = ("qwen3",)
 
 
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList | None:
@@ -42,7 +42,7 @@ def compile_reason(choice: str, model_type: str, pp: int, zero_stage: int, tp: i
         return "not measured with tensor parallelism (--compile on compiles the layers)"
     if not cuda:
         return "no CUDA device (--compile on compiles on the CPU too)"
-    if model_type not in MEASURED_TYPES:
+    if model_type not in COMPILED_MODEL_TYPES:
         return f"not measured for {model_type} layers (--compile on compiles them)"
     return None
 

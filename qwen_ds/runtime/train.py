@@ -235,7 +235,8 @@ def train(args: argparse.Namespace) -> int:
         log0(f"FP8: {converted} Linear layers converted to torchao float8 training on {check_fp8_device()} "
              f"({fp8_share(model):.0%} of the matmul weights; "
              f"{'' if args.fp8_head else 'the head, '}routers and fused MoE experts stay bf16)")
-    from .compiled import MEASURED_TYPES, compile_layers, compile_reason
+    from ..builtin import COMPILED_MODEL_TYPES
+    from .compiled import compile_layers, compile_reason
 
     zero_stage = ds_config.get("zero_optimization", {}).get("stage", 0)
     tp = autotp_size(ds_config)
@@ -248,7 +249,7 @@ def train(args: argparse.Namespace) -> int:
     if compiled and kernels == "hf":  # measured on an H200: compiled Qwen3-4B peaks 2.8 % under the fused estimate
         log0("note: the plan's activation memory is for eager HF kernels (--kernels hf); the compiled layers use "
              "less, close to gen-config --kernels fused")
-    elif not compiled and kernels == "fused" and hf_config.model_type in MEASURED_TYPES:
+    elif not compiled and kernels == "fused" and hf_config.model_type in COMPILED_MODEL_TYPES:
         could = compile_reason("on", *run) is None  # --compile on would compile these layers
         log0("warning: the plan counts fused kernels (--kernels fused) but the layers run eager here: activation "
              f"memory will exceed the estimate (gen-config --kernels hf{', or train --compile on' if could else ''})")
