@@ -3,7 +3,7 @@ memory verdict of the plan it runs."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .api import Estimate, Inputs, cluster_shape, estimate_inputs, problems_text
@@ -71,7 +71,7 @@ def validate(config: str, *, model: str | ModelSpec | None = None, gpu: str | GP
              seq_len: int | None = None, new_tokens: int = 0, checkpointing: bool | None = None,
              use_deepspeed: bool | None = None, plan_path: str | None = None, consumer: str | None = None,
              training_args: str | None = None, micro_batch: int | None = None, grad_accum: int | None = None,
-             precision: str | None = None) -> Validation:
+             precision: str | None = None, allocator: str | None = None) -> Validation:
     """Check the DeepSpeed config file ``config``: JSON Schema of DeepSpeed 0.19.8, semantic rules,
     DeepSpeed's own parser (``use_deepspeed``; default: when it is installed), against a plan.json
     (``plan_path``), and with ``model`` and ``gpu`` the memory verdict.
@@ -123,7 +123,11 @@ def validate(config: str, *, model: str | ModelSpec | None = None, gpu: str | GP
     memory = None
     if not any(p.severity == "error" for p in problems) and spec and gpu_spec:
         try:
-            verdict = config_estimate(runs, spec, gpu_spec, world, gpn, pp, seq, new_tokens, ckpt)
+            # the allocator the run will have: as given, else its plan.json's, else torch's default for a config
+            # the HF Trainer / accelerate launch ("auto" filled) and qwen-ds launch's expandable segments otherwise
+            alloc = allocator or (doc.plan.allocator if doc is not None else
+                                  "default" if filled is not None else "expandable")
+            verdict = config_estimate(runs, spec, gpu_spec, world, gpn, pp, seq, new_tokens, ckpt, alloc)
             verdict.to_json()  # the totals overflow a float for absurd sizes: here, where it is a warning
             memory = verdict
         except (InputError, OverflowError, ValueError) as exc:
@@ -134,12 +138,14 @@ def validate(config: str, *, model: str | ModelSpec | None = None, gpu: str | GP
 
 
 def config_estimate(cfg: dict[str, Any], spec: ModelSpec, gpu: GPU, world: int | None, gpn: int | None, pp: int,
-                    seq_len: int, new_tokens: int, checkpointing: bool) -> Estimate:
-    """The memory of the plan a DeepSpeed config runs (its knobs read back by plan_from_config)."""
+                    seq_len: int, new_tokens: int, checkpointing: bool, allocator: str = "expandable") -> Estimate:
+    """The memory of the plan a DeepSpeed config runs (its knobs read back by plan_from_config), under the CUDA
+    allocator ``allocator`` (knobs.ALLOCATORS)."""
     from .validate import is_inference_config
     from .validate.plan_from_config import plan_from_config
 
     p = plan_from_config(cfg, pp=pp, checkpointing=checkpointing, default_precision="bf16" if gpu.bf16 else "fp16")
+    p = replace(p, allocator=allocator)
     # ZeRO-Inference configs are ZeRO-3 with params offloaded and no optimizer; a config with batch keys
     # trains (the HF Trainer brings its own optimizer when the config has none: LLaMA-Factory's ZeRO-3 offload)
     batch_keys = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
@@ -178,11 +184,11 @@ def estimate_config(config: str, model: str | ModelSpec, gpu: str | GPU, *, node
                     given: dict[str, Any] | None = None) -> ConfigEstimate:
     """Size the DeepSpeed config file ``config`` for a model and cluster (the CI gate on real configs).
     ``given``: the plan knobs the caller set; only those a config does not say (seq_len, new_tokens,
-    checkpointing, pp) or that fill its "auto" (micro_batch, grad_accum, precision) may be given."""
+    checkpointing, pp, allocator) or that fill its "auto" (micro_batch, grad_accum, precision) may be given."""
     from .knobs import BY_NAME
 
     given = dict(given or {})
-    allowed = ("micro_batch", "grad_accum", "precision", "seq_len", "new_tokens", "checkpointing", "pp")
+    allowed = ("micro_batch", "grad_accum", "precision", "seq_len", "new_tokens", "checkpointing", "pp", "allocator")
     for name in given:
         if name not in allowed:
             flag = BY_NAME[name].flag if name in BY_NAME else name
@@ -193,7 +199,7 @@ def estimate_config(config: str, model: str | ModelSpec, gpu: str | GPU, *, node
                  seq_len=given.get("seq_len"), new_tokens=given.get("new_tokens", 0),
                  checkpointing=given.get("checkpointing"), use_deepspeed=False, training_args=training_args,
                  micro_batch=given.get("micro_batch"), grad_accum=given.get("grad_accum"),
-                 precision=given.get("precision"))
+                 precision=given.get("precision"), allocator=given.get("allocator"))
     if v.errors:
         raise InputError(f"{config} has {len(v.errors)} problem(s) (qwen-ds validate {config} lists them); "
                          "no estimate", detail=problems_text(v.problems, config))

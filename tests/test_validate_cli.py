@@ -380,3 +380,29 @@ def test_plan_that_is_not_json_is_one_line_exit_2(tmp_path, content, match):
     plan.write_text(content)
     rc, _, err = run_cli("validate", write(tmp_path, VALID), "--plan", str(plan), "--no-deepspeed")
     assert rc == 2 and len(err.strip().splitlines()) == 1 and match in err, err
+
+
+def test_estimate_config_assumes_the_allocator_of_whoever_launches_it(tmp_path):
+    """An "auto" config (HF Trainer / LLaMA-Factory) runs under torch's default allocator; a plain DeepSpeed config
+    under qwen-ds launch's expandable segments; --allocator says otherwise (issue #16)."""
+    fixtures = Path(__file__).parent / "fixtures"
+
+    def reserved(config, *extra):
+        rc, out, err = run_cli("estimate", "--config", str(fixtures / config), "-m", "Qwen3-8B", "-g", "A100-80GB",
+                               "--nodes", "2", "--gpus-per-node", "8", "--micro-batch", "1", "--grad-accum", "1",
+                               *extra, "--json")
+        assert rc == 0, err
+        doc = json.loads(out)
+        return doc["plan"]["allocator"], doc["gpu_reserved_bytes"] / doc["gpu_allocated_bytes"]
+
+    auto, ratio_default = reserved("llamafactory_ds_z3_config.json")
+    assert auto == "default" and ratio_default == pytest.approx(1.30, abs=1e-6)
+    given, ratio_expandable = reserved("llamafactory_ds_z3_config.json", "--allocator", "expandable")
+    assert given == "expandable" and ratio_expandable == pytest.approx(1.08, abs=1e-6)
+    cfg = tmp_path / "plain.json"  # no "auto": a config qwen-ds launch runs as written
+    cfg.write_text(json.dumps({"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+                               "bf16": {"enabled": True}, "zero_optimization": {"stage": 2}}))
+    rc, out, err = run_cli("estimate", "--config", str(cfg), "-m", "Qwen3-8B", "-g", "A100-80GB", "--nodes", "2",
+                           "--gpus-per-node", "8", "--json")
+    assert rc == 0, err
+    assert json.loads(out)["plan"]["allocator"] == "expandable"
