@@ -65,7 +65,8 @@ def qwen_ds(*args, timeout=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "qwen_ds.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout)
 
 
-def run_case(case, work: Path, gpu: str, steps: int, timeout: float, include: str | None = None) -> dict:
+def run_case(case, work: Path, gpu: str, steps: int, timeout: float, include: str | None = None,
+             allocator: str = "expandable") -> dict:
     name, preset, layers, gpus, zero, oo, micro, seq, ckpt, loss = case
     from qwen_ds.models import load_model
     from qwen_ds.plandoc import read_plan_document
@@ -86,7 +87,7 @@ def run_case(case, work: Path, gpu: str, steps: int, timeout: float, include: st
     p = qwen_ds("gen-config", "-m", model_arg, "-g", gpu, "--hostfile", str(hf), "--zero", str(zero), "--offload-optimizer", oo,
                 "--offload-param", "none", "--micro-batch", str(micro), "--grad-accum", "1",
                 "--checkpointing" if ckpt else "--no-checkpointing", "--tp", "1", "--pp", "1", "--seq-len", str(seq), "--loss", loss,
-                "--precision", "bf16", "-o", str(out), "--force")
+                "--precision", "bf16", "--allocator", allocator, "-o", str(out), "--force")
     if p.returncode != 0:
         return {"case": name, "error": "gen-config: " + p.stderr.strip()[-400:]}
     plan = read_plan_document(str(out / "plan.json"))
@@ -95,6 +96,8 @@ def run_case(case, work: Path, gpu: str, steps: int, timeout: float, include: st
     t0 = time.time()
     try:
         extra = ["--include", include] if include else []
+        if allocator == "default":  # torch's default segments, as a plain deepspeed / HF Trainer launch runs
+            extra += ["--env", "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:False"]
         p = qwen_ds("launch", "--hostfile", str(launch_hf), "--config", str(out / "ds_config.json"), *extra,
                     "--master-port", "auto", "--run-dir", str(out / "run"), "train", "--plan", str(out / "plan.json"),
                     "--steps", str(steps), "--metrics-file", str(metrics), "--comm-profile-every", "0", timeout=timeout)
@@ -103,7 +106,7 @@ def run_case(case, work: Path, gpu: str, steps: int, timeout: float, include: st
     wall = time.time() - t0
     mem = plan.memory
     rec = {"case": name, "model": spec.name if not layers else f"{spec.name}-L{layers}", "gpus": gpus, "zero": zero,
-           "offload_optimizer": oo, "micro_batch": micro, "seq_len": seq, "checkpointing": ckpt, "loss": loss,
+           "offload_optimizer": oo, "allocator": allocator, "micro_batch": micro, "seq_len": seq, "checkpointing": ckpt, "loss": loss,
            "pred_allocated": mem.gpu_allocated_bytes, "pred_reserved": mem.gpu_reserved_bytes, "pred_total": mem.gpu_total_bytes,
            "pred_terms": mem.terms, "wall_s": round(wall, 1)}
     if p.returncode != 0 or not metrics.exists():
@@ -131,6 +134,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--only", default="", help="comma-separated case names")
     ap.add_argument("--skip", type=int, default=0, help="skip the first N cases (continue a matrix in a second call)")
+    ap.add_argument("--allocator", choices=("expandable", "default"), default="expandable",
+                    help="the CUDA allocator the cases run with (and gen-config --allocator plans for): default runs "
+                         "without expandable segments, as a plain deepspeed / HF Trainer launch does (issue #16)")
     args = ap.parse_args()
     start = time.time()
     gpu = catalog_gpu()
@@ -139,7 +145,7 @@ def main() -> None:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     date = datetime.date.today().isoformat()
-    tag = f"{gpu.lower().replace('-', '')}_{date}"
+    tag = f"{gpu.lower().replace('-', '')}_{date}" + ("_default-allocator" if args.allocator == "default" else "")
     jsonl = out_dir / f"memory_accuracy_{tag}.jsonl"
     rows = []
     cases = [c for c in CASES if not args.only or c[0] in args.only.split(",")]
@@ -164,11 +170,12 @@ def main() -> None:
                 continue  # run with its pair
             del pending_1gpu[:2]
             with ThreadPoolExecutor(2) as pool:  # two 1-GPU cases side by side, one GPU each
-                futs = [pool.submit(run_case, c, work, gpu, args.steps, left - 10, f"localhost:{i}") for i, c in enumerate(pair)]
+                futs = [pool.submit(run_case, c, work, gpu, args.steps, left - 10, f"localhost:{i}", args.allocator)
+                        for i, c in enumerate(pair)]
                 for f in futs:
                     record(f.result())
             continue
-        record(run_case(case, work, gpu, args.steps, timeout=left - 10))
+        record(run_case(case, work, gpu, args.steps, timeout=left - 10, allocator=args.allocator))
     write_report(rows, out_dir / f"memory_accuracy_{tag}.md", gpu)
 
 
