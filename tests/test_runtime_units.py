@@ -447,3 +447,21 @@ def test_the_trainer_names_an_allocator_the_plan_did_not_assume(allocator, env, 
 
     note = allocator_note(allocator, env)
     assert (note is None) if says is None else (says in note)
+
+
+def test_the_speed_model_knows_which_plans_the_trainer_compiles():
+    """planner/throughput.py times eager layers slower where the built-in trainer leaves them eager
+    (builtin.builtin_compiles); the trainer decides with compiled.compile_reason: the two agree on every plan."""
+    import dataclasses
+    import itertools
+
+    from qwen_ds.builtin import builtin_compiles
+    from qwen_ds.knobs import Plan
+    from qwen_ds.runtime.compiled import compile_reason
+
+    for family, pp, zero, tp in itertools.product(("qwen3", "qwen3_moe", "qwen3_next", "llama"), (1, 2), (0, 1, 2, 3),
+                                                  (1, 2)):
+        if pp > 1 and zero > 1:
+            continue  # no such plan (the pipeline engine allows ZeRO 0 / 1)
+        plan = dataclasses.replace(Plan(), zero_stage=zero, pp=pp, tp=tp)
+        assert builtin_compiles(family, plan) == (compile_reason("auto", family, pp, zero, tp, True) is None)
