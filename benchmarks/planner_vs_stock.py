@@ -8,7 +8,8 @@ All through `qwen-ds launch ... train` (built-in runtime, synthetic data, collec
 
 python benchmarks/planner_vs_stock.py --out DIR [--model Qwen3-4B] [--gpus 2] [--seq 4096] [--global-batch 32]
     [--grid 6] [--steps 6] [--deadline 540] [--configs-only]
-Ends with `speedup_vs_stock: X`, `fraction_of_best: Y` and the rank correlation of predicted vs measured.
+Ends with `speedup_vs_stock: X`, `fraction_of_best: Y`, the rank correlation of predicted vs measured and
+`max_speed_error_pct: Z` (largest |predicted - measured| / measured).
 """
 
 from __future__ import annotations
@@ -177,6 +178,10 @@ def report(rows: list[dict], args, gpu: str) -> None:
     rho = spearman([r["predicted_tokens_per_s"] for r in grid], [r["tokens_per_s"] for r in grid])
     if rho is not None:
         lines.append(f"rank_correlation_predicted_vs_measured: {rho:.2f}")
+    errors = [abs(r["predicted_tokens_per_s"] - r["tokens_per_s"]) / r["tokens_per_s"] for r in ok
+              if r.get("predicted_tokens_per_s")]
+    if errors:  # issue #16: the largest |predicted - measured| / measured over the plans it predicted
+        lines.append(f"max_speed_error_pct: {100 * max(errors):.1f}")
     path = Path(args.out) / f"planner_vs_stock_{gpu.lower().replace('-', '')}_{date}.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
