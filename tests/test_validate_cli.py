@@ -406,3 +406,17 @@ def test_estimate_config_assumes_the_allocator_of_whoever_launches_it(tmp_path):
                            "--gpus-per-node", "8", "--json")
     assert rc == 0, err
     assert json.loads(out)["plan"]["allocator"] == "expandable"
+
+
+def test_validate_memory_verdict_takes_the_allocator():
+    """validate's memory verdict sizes an "auto" config under torch's default allocator unless --allocator says."""
+    root = Path(__file__).parent.parent
+    args = ["validate", str(root / "tests/fixtures/readme_llamafactory_z3.json"), "--hostfile",
+            str(root / "hostfiles/a100-2x8"), "--model", "Qwen3-8B", "--gpu", "A100-80GB", "--training-args",
+            str(root / "examples/llamafactory_qwen3_full_sft.yaml"), "--no-deepspeed", "--json"]
+    rc1, out1, err1 = run_cli(*args)
+    rc2, out2, err2 = run_cli(*args, "--allocator", "expandable")
+    assert rc1 == rc2 == 0, err1 + err2
+    m1, m2 = json.loads(out1)["memory"], json.loads(out2)["memory"]
+    assert m1["plan"]["allocator"] == "default" and m2["plan"]["allocator"] == "expandable"
+    assert m1["gpu_allocated_bytes"] == m2["gpu_allocated_bytes"] and m1["gpu_reserved_bytes"] > m2["gpu_reserved_bytes"]

@@ -44,6 +44,9 @@ from ..consumers import CONSUMERS
 @click.option("--grad-accum", type=int, default=None, help="gradient_accumulation_steps for \"auto\" [1].")
 @click.option("--precision", type=click.Choice(["bf16", "fp16", "fp32"]), default=None,
               help="bf16 / fp16 for \"auto\" enabled flags [bf16 where the GPU has it, else fp16].")
+@click.option("--allocator", type=click.Choice(["expandable", "default"]), default=None,
+              help="CUDA allocator the run will have, for the memory verdict [the --plan's; else default for an "
+                   "\"auto\" (HF Trainer) config, expandable (qwen-ds launch) otherwise].")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object: ok, problems (path, message, rule, severity), memory, filled.")
 def command(config: str, as_json: bool, **kw) -> None:
