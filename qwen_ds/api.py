@@ -97,7 +97,7 @@ def inputs(model: str | ModelSpec, gpu: str | GPU, *, nodes: int | None = None, 
     plan_ = Plan(zero_stage=zero, precision=precision,
                  **{k: kv[k] for k in ("offload_optimizer", "offload_param", "tp", "pp", "micro_batch", "grad_accum",
                                        "checkpointing", "loss", "kernels")},
-                 allocator=kv["allocator"] or "expandable")
+                 **({"allocator": kv["allocator"]} if kv["allocator"] else {}))  # else Plan's default
     return Inputs(spec, cluster, workload, plan_)
 
 

@@ -22,6 +22,12 @@ from .knobs import Plan
 
 CONSUMERS = ("deepspeed", "hf-trainer", "accelerate")
 
+
+def launch_allocator(consumer: str) -> str:
+    """The CUDA allocator (knobs.ALLOCATORS) a consumer's runs get: qwen-ds launch sets expandable segments; the
+    HF Trainer / accelerate are launched by their own tools, with torch's default allocator."""
+    return "expandable" if consumer == "deepspeed" else "default"
+
 #: keys HfTrainerDeepSpeedConfig fills when they are "auto" (transformers 5.x), in its order
 HF_BATCH_KEYS = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size")
 HF_FILLED = HF_BATCH_KEYS + (

@@ -111,7 +111,7 @@ def generate(model: str | ModelSpec, gpu: str | GPU, *, nodes: int | None = None
     quantized_weights / quantized_gradients; ``consumer`` is who runs the config
     (qwen_ds.consumers.CONSUMERS)."""
     from .builtin import builtin_gap
-    from .consumers import TrainArgs, check_consumer, for_consumer, hf_fill
+    from .consumers import TrainArgs, check_consumer, for_consumer, hf_fill, launch_allocator
     from .pairing import config_digest
     from .publish import check_targets, publish_files
     from .render import ConfigOptions, apply_override, fp8_recipe, render
@@ -121,8 +121,8 @@ def generate(model: str | ModelSpec, gpu: str | GPU, *, nodes: int | None = None
     options = options or SearchOptions()
     opts = config_options or ConfigOptions()
     i = inputs(model, gpu, nodes=nodes, gpus_per_node=gpus_per_node, hostfile=hostfile, **knobs)
-    allocator = {} if knobs.get("allocator") or consumer == "deepspeed" else {"allocator": "default"}
-    i = dataclasses.replace(i, plan=dataclasses.replace(i.plan, **(zero_plus_plus or {}), **allocator))
+    allocator = knobs.get("allocator") or launch_allocator(consumer)
+    i = dataclasses.replace(i, plan=dataclasses.replace(i.plan, **(zero_plus_plus or {}), allocator=allocator))
     check_consumer(consumer, i.plan, i.workload.mode)
     i, searched, chosen_by = _choose(i, _pinned(knobs, pinned), options)
     check_consumer(consumer, i.plan, i.workload.mode)

@@ -81,7 +81,7 @@ def validate(config: str, *, model: str | ModelSpec | None = None, gpu: str | GP
     ``grad_accum`` / ``precision``, else the ``training_args`` file (training_args.json or a
     LLaMA-Factory YAML), else qwen-ds's defaults; ``Validation.filled`` says which value came from
     where. ``seq_len`` / ``checkpointing`` None: the YAML's cutoff_len / checkpointing, else 4096 / on."""
-    from .consumers import CONSUMERS, fill_auto, hf_fillable
+    from .consumers import CONSUMERS, fill_auto, hf_fillable, launch_allocator
     from .plandoc import read_plan_document
     from .validate import Context, Problem, validate_config
     from .validate.parse import read_config
@@ -126,7 +126,7 @@ def validate(config: str, *, model: str | ModelSpec | None = None, gpu: str | GP
             # the allocator the run will have: as given, else its plan.json's, else torch's default for a config
             # the HF Trainer / accelerate launch ("auto" filled) and qwen-ds launch's expandable segments otherwise
             alloc = allocator or (doc.plan.allocator if doc is not None else
-                                  "default" if filled is not None else "expandable")
+                                  launch_allocator("hf-trainer" if filled is not None else "deepspeed"))
             verdict = config_estimate(runs, spec, gpu_spec, world, gpn, pp, seq, new_tokens, ckpt, alloc)
             verdict.to_json()  # the totals overflow a float for absurd sizes: here, where it is a warning
             memory = verdict

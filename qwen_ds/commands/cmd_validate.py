@@ -9,6 +9,7 @@ import click
 
 from .. import api
 from ..consumers import CONSUMERS
+from ..knobs import ALLOCATORS
 
 
 @click.command("validate", help="Check a DeepSpeed config: JSON Schema of 0.19.8, semantic rules, "
@@ -44,7 +45,7 @@ from ..consumers import CONSUMERS
 @click.option("--grad-accum", type=int, default=None, help="gradient_accumulation_steps for \"auto\" [1].")
 @click.option("--precision", type=click.Choice(["bf16", "fp16", "fp32"]), default=None,
               help="bf16 / fp16 for \"auto\" enabled flags [bf16 where the GPU has it, else fp16].")
-@click.option("--allocator", type=click.Choice(["expandable", "default"]), default=None,
+@click.option("--allocator", type=click.Choice(ALLOCATORS), default=None,
               help="CUDA allocator the run will have, for the memory verdict [the --plan's; else default for an "
                    "\"auto\" (HF Trainer) config, expandable (qwen-ds launch) otherwise].")
 @click.option("--json", "as_json", is_flag=True,
