@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-# name, preset, layers (None = full), gpus, zero, offload_optimizer, micro, seq, checkpointing, loss
+# name, preset, layers (None = full), gpus, zero, offload_optimizer, micro, seq, checkpointing, loss[, offload_param]
 CASES = [
     ("q0.6b-z3-ckpt-chunked", "Qwen3-0.6B", None, 2, 3, "none", 2, 2048, True, "chunked"),
     ("q4b-z3-ckpt-chunked-s4096", "Qwen3-4B", None, 2, 3, "none", 2, 4096, True, "chunked"),
@@ -53,6 +53,15 @@ CASES = [
     ("qnext-L4-z3-nockpt-chunked-s1024", "Qwen3-Next-80B-A3B", 4, 2, 3, "none", 1, 1024, False, "chunked"),
     ("q8b-z3-offload-ckpt-hf", "Qwen3-8B", None, 2, 3, "cpu", 1, 4096, True, "hf"),
     ("llama8b-L8-z2-nockpt-hf", "Llama-3.1-8B", 8, 2, 2, "none", 1, 2048, False, "hf"),
+    # issue #16, one GPU: ZeRO-3 parameter offload, Qwen3-Next on transformers' torch Gated-DeltaNet path, a large
+    # eager no-checkpointing run (activation churn for the default allocator)
+    ("q4b-z3-poff-ckpt-hf-1gpu", "Qwen3-4B", None, 1, 3, "cpu", 1, 4096, True, "hf", "cpu"),
+    ("q4b-z3-poff-nockpt-chunked-1gpu", "Qwen3-4B", None, 1, 3, "cpu", 2, 4096, False, "chunked", "cpu"),
+    ("q4b-z3-poff-optgpu-ckpt-chunked-1gpu", "Qwen3-4B", None, 1, 3, "none", 4, 4096, True, "chunked", "cpu"),
+    ("qnext-L2-z3-nockpt-hf-s4096-1gpu", "Qwen3-Next-80B-A3B", 2, 1, 3, "none", 1, 4096, False, "hf"),
+    ("qnext-L2-z3-ckpt-chunked-s4096-1gpu", "Qwen3-Next-80B-A3B", 2, 1, 3, "none", 2, 4096, True, "chunked"),
+    ("qnext-L4-z3-ckpt-chunked-1gpu", "Qwen3-Next-80B-A3B", 4, 1, 3, "none", 1, 2048, True, "chunked"),
+    ("q4b-z0-nockpt-chunked-s4096-1gpu", "Qwen3-4B", None, 1, 0, "none", 1, 4096, False, "chunked"),
 ]
 
 
@@ -67,7 +76,8 @@ def qwen_ds(*args, timeout=None) -> subprocess.CompletedProcess:
 
 def run_case(case, work: Path, gpu: str, steps: int, timeout: float, include: str | None = None,
              allocator: str = "expandable") -> dict:
-    name, preset, layers, gpus, zero, oo, micro, seq, ckpt, loss = case
+    name, preset, layers, gpus, zero, oo, micro, seq, ckpt, loss, *rest = case
+    op = rest[0] if rest else "none"
     from qwen_ds.models import load_model
     from qwen_ds.plandoc import read_plan_document
 
@@ -85,7 +95,7 @@ def run_case(case, work: Path, gpu: str, steps: int, timeout: float, include: st
         launch_hf.write_text("localhost slots=2\n")
     out = work / name
     p = qwen_ds("gen-config", "-m", model_arg, "-g", gpu, "--hostfile", str(hf), "--zero", str(zero), "--offload-optimizer", oo,
-                "--offload-param", "none", "--micro-batch", str(micro), "--grad-accum", "1",
+                "--offload-param", op, "--micro-batch", str(micro), "--grad-accum", "1",
                 "--checkpointing" if ckpt else "--no-checkpointing", "--tp", "1", "--pp", "1", "--seq-len", str(seq), "--loss", loss,
                 "--precision", "bf16", "--allocator", allocator, "-o", str(out), "--force")
     if p.returncode != 0:
@@ -100,13 +110,15 @@ def run_case(case, work: Path, gpu: str, steps: int, timeout: float, include: st
             extra += ["--env", "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:False"]
         p = qwen_ds("launch", "--hostfile", str(launch_hf), "--config", str(out / "ds_config.json"), *extra,
                     "--master-port", "auto", "--run-dir", str(out / "run"), "train", "--plan", str(out / "plan.json"),
-                    "--steps", str(steps), "--metrics-file", str(metrics), "--comm-profile-every", "0", timeout=timeout)
+                    "--steps", str(steps), "--metrics-file", str(metrics), "--comm-profile-every", "0",
+                    # eager layers: the plan's activations are for transformers' kernels (gen-config --kernels hf)
+                    "--compile", "off", timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"case": name, "error": f"timeout after {timeout:.0f} s"}
     wall = time.time() - t0
     mem = plan.memory
     rec = {"case": name, "model": spec.name if not layers else f"{spec.name}-L{layers}", "gpus": gpus, "zero": zero,
-           "offload_optimizer": oo, "allocator": allocator, "micro_batch": micro, "seq_len": seq, "checkpointing": ckpt, "loss": loss,
+           "offload_optimizer": oo, "offload_param": op, "allocator": allocator, "micro_batch": micro, "seq_len": seq, "checkpointing": ckpt, "loss": loss,
            "pred_allocated": mem.gpu_allocated_bytes, "pred_reserved": mem.gpu_reserved_bytes, "pred_total": mem.gpu_total_bytes,
            "pred_terms": mem.terms, "wall_s": round(wall, 1)}
     if p.returncode != 0 or not metrics.exists():
@@ -205,7 +217,7 @@ def write_report(rows: list[dict], path: Path, gpu: str) -> None:
             continue
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "-"
         cs = f"{100 * r['comm_share']:.0f}%" if r.get("comm_share") is not None else "-"
-        lines.append(f"| {r['case']} | {r['gpus']} | {r['zero']} | {r['offload_optimizer']} | {r['micro_batch']} | {r['seq_len']} | "
+        lines.append(f"| {r['case']} | {r['gpus']} | {r['zero']} | {r['offload_optimizer']}{'/p:' + r['offload_param'] if r.get('offload_param', 'none') != 'none' else ''} | {r['micro_batch']} | {r['seq_len']} | "
                      f"{r['checkpointing']} | {r['loss']} | {r['pred_allocated'] / g:.2f} | {r['meas_allocated'] / g:.2f} | "
                      f"{r['err_allocated_pct']:+.1f} | {r['pred_reserved'] / g:.2f} | {r['meas_reserved'] / g:.2f} | "
                      f"{r['err_reserved_pct']:+.1f} | {r['tokens_per_s']:.0f} | {mfu} | {cs} |")

@@ -7,9 +7,15 @@
 All through `qwen-ds launch ... train` (built-in runtime, synthetic data, collective timing off).
 
 python benchmarks/planner_vs_stock.py --out DIR [--model Qwen3-4B] [--gpus 2] [--seq 4096] [--global-batch 32]
-    [--grid 6] [--steps 6] [--deadline 540] [--configs-only]
+    [--grid 6] [--pick diverse|top] [--select 0,1,..] [--steps 6] [--stock-steps 4] [--deadline 540] [--configs-only]
+python benchmarks/planner_vs_stock.py --report-from A.jsonl,B.jsonl ...   (one report from runs of several calls)
+The grid: `top` measures the planner's first N plans; `diverse` (default) its first plan of each kind (ZeRO-3 or
+not x offload x checkpointing), then of each micro-batch, so the ranking is tested across plans that differ.
+`--select` runs only those entries of the list (grid, then the stock configs) to split a matrix over device calls;
+each run is appended to `planner_vs_stock_<gpu>_<date>.jsonl` as it ends.
 Ends with `speedup_vs_stock: X`, `fraction_of_best: Y`, the rank correlation of predicted vs measured and
-`max_speed_error_pct: Z` (largest |predicted - measured| / measured).
+`max_speed_error_pct: Z` (largest |predicted - measured| / measured over the planner's plans; the stock configs'
+predictions, for the same knobs, are shown beside them).
 """
 
 from __future__ import annotations
@@ -63,14 +69,44 @@ def spearman(xs: list[float], ys: list[float]) -> float | None:
     return 1 - 6 * sum((rx[i] - ry[i]) ** 2 for i in range(n)) / (n * (n * n - 1))
 
 
-def measure(name: str, cfg_dir: Path, hostfile: Path, steps: int, timeout: float, loss: str | None) -> dict:
+def versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    def v(pkg: str) -> str:
+        try:
+            return version(pkg)
+        except PackageNotFoundError:
+            return "-"
+    return " | ".join(f"{pkg} {v(pkg)}" for pkg in ("torch", "deepspeed", "transformers", "torchao"))
+
+
+def pick(accepted: list, n: int, how: str) -> list[tuple[int, object]]:
+    """(rank in the planner's order, candidate): its first n, or its first of each kind, then of each micro-batch."""
+    ranked = list(enumerate(accepted, 1))
+    if how == "top":
+        return ranked[:n]
+    kind = lambda p: (p.zero_stage == 3, p.offload_optimizer, p.offload_param, p.checkpointing)
+    chosen: list = []
+    for key in (kind, lambda p: (*kind(p), p.micro_batch)):
+        seen = {key(c.plan) for _, c in chosen}
+        for rank, c in ranked:
+            if len(chosen) < n and key(c.plan) not in seen:
+                chosen.append((rank, c))
+                seen.add(key(c.plan))
+    return chosen
+
+
+def measure(name: str, cfg_dir: Path, hostfile: Path, steps: int, timeout: float, stock: tuple[str, int] | None) -> dict:
+    """One run. ``stock`` = (model, seq len): a stock config runs without a plan.json (launch and the runtime refuse
+    a plan made for another config), as its users run it: HF loss, activation checkpointing on."""
     metrics = cfg_dir / "metrics.jsonl"
     metrics.unlink(missing_ok=True)
-    args = ["launch", "--hostfile", str(hostfile), "--config", str(cfg_dir / "ds_config.json"), "--plan", str(cfg_dir / "plan.json"),
+    plan = [] if stock else ["--plan", str(cfg_dir / "plan.json")]
+    args = ["launch", "--hostfile", str(hostfile), "--config", str(cfg_dir / "ds_config.json"), *plan,
             "--master-port", "auto", "--run-dir", str(cfg_dir / "run"), "train", "--steps", str(steps),
             "--metrics-file", str(metrics), "--comm-profile-every", "0"]
-    if loss:
-        args += ["--loss", loss]
+    if stock:
+        args += ["--model", stock[0], "--seq-len", str(stock[1]), "--loss", "hf", "--checkpointing", "on"]
     try:
         p = qwen_ds(*args, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -80,9 +116,15 @@ def measure(name: str, cfg_dir: Path, hostfile: Path, steps: int, timeout: float
         return {"name": name, "error": " | ".join(tail)[-400:]}
     recs = [json.loads(line) for line in metrics.read_text().splitlines()]
     steady = recs[2:] or recs[1:] or recs
+    from qwen_ds.plandoc import read_plan_document
+
+    mem = read_plan_document(str(cfg_dir / "plan.json")).memory
     return {"name": name, "tokens_per_s": statistics.median(r["tokens_per_s"] for r in steady),
             "mfu": statistics.median(r["mfu"] for r in steady) if steady[0]["mfu"] is not None else None,
-            "peak_allocated": max(r["peak_allocated_bytes"] or 0 for r in steady)}
+            "step_s": [r.get("step_s") for r in recs], "steps": len(recs),
+            "peak_allocated": max(r["peak_allocated_bytes"] or 0 for r in steady),
+            "peak_reserved": max(r.get("peak_reserved_bytes") or 0 for r in steady),
+            "pred_allocated": mem.gpu_allocated_bytes, "pred_reserved": mem.gpu_reserved_bytes}
 
 
 def main() -> None:
@@ -93,17 +135,28 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=4096)
     ap.add_argument("--global-batch", type=int, default=32)
     ap.add_argument("--grid", type=int, default=6, help="how many of the planner's top plans to measure")
+    ap.add_argument("--gpu", default="", help="catalog GPU name [from nvidia-smi]")
+    ap.add_argument("--pick", choices=("diverse", "top"), default="diverse")
+    ap.add_argument("--select", default="", help="comma-separated indices into the run list (grid, then stock)")
     ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--stock-steps", type=int, default=4)
     ap.add_argument("--deadline", type=float, default=540)
     ap.add_argument("--configs-only", action="store_true", help="write the configs, run nothing (no GPU needed)")
+    ap.add_argument("--report-from", default="", help="comma-separated jsonl files of earlier calls: write the report only")
     args = ap.parse_args()
     t0 = time.time()
     from qwen_ds.hardware import Cluster, get_gpu
     from qwen_ds.models import load_model
     from qwen_ds.knobs import Plan, Workload
     from qwen_ds.planner import Constraints, search
+    from qwen_ds.planner.throughput import step_time
 
-    gpu = catalog_gpu()
+    if args.report_from:
+        rows = [json.loads(line) for f in args.report_from.split(",") for line in Path(f).read_text().splitlines() if line]
+        report(rows, args, rows[0].get("gpu", catalog_gpu()) if rows else catalog_gpu())
+        return
+
+    gpu = args.gpu or catalog_gpu()
     work = Path("/tmp/qwen-ds-pvs")
     work.mkdir(parents=True, exist_ok=True)
     hostfile = work / "hostfile"
@@ -111,8 +164,8 @@ def main() -> None:
     spec = load_model(args.model)
     res = search(spec, Cluster(get_gpu(gpu), 1, args.gpus), Workload(seq_len=args.seq), Plan(loss="chunked"),
                  Constraints(global_batch=args.global_batch))
-    runs = []  # (name, dir, predicted tokens/s or None, loss override)
-    for i, cand in enumerate(res.accepted[: args.grid]):
+    runs = []  # (name, dir, predicted tokens/s)
+    for i, cand in pick(res.accepted, args.grid, args.pick):
         p = cand.plan
         d = work / f"grid{i}"
         g = qwen_ds("gen-config", "-m", args.model, "-g", gpu, "--hostfile", str(hostfile), "--seq-len", str(args.seq), "--loss", "chunked",
@@ -120,8 +173,8 @@ def main() -> None:
                     "--micro-batch", str(p.micro_batch), "--grad-accum", str(p.grad_accum), "--tp", "1", "--pp", "1",
                     "--checkpointing" if p.checkpointing else "--no-checkpointing", "-o", str(d), "--force")
         if g.returncode == 0:
-            runs.append((f"planner #{i + 1}: {cand.family}, mb {p.micro_batch} x ga {p.grad_accum}, ckpt {p.checkpointing}", d,
-                         cand.time.tokens_per_s, None))
+            runs.append((f"planner #{i}: {cand.family}, mb {p.micro_batch} x ga {p.grad_accum}, ckpt {p.checkpointing}", d,
+                         cand.time.tokens_per_s))
     dp = args.gpus
     for kind in ("stock-llamafactory-z3", "deepspeed-defaults"):
         d = work / kind
@@ -131,21 +184,34 @@ def main() -> None:
         if g.returncode != 0:
             continue
         (d / "ds_config.json").write_text(json.dumps(stock_config(kind, 1, args.global_batch // dp, dp, spec.hidden_size), indent=2))
-        runs.append((kind, d, None, "hf"))
+        # the speed model for the same knobs (its buckets and overlap_comm are the planner's, not the stock file's)
+        same = Plan(zero_stage=3, micro_batch=1, grad_accum=args.global_batch // dp, checkpointing=True, loss="hf")
+        pred = step_time(spec, Cluster(get_gpu(gpu), 1, args.gpus), Workload(seq_len=args.seq), same).tokens_per_s
+        runs.append((kind, d, pred))
     if args.configs_only:
-        for name, d, pred, _ in runs:
-            print(f"{name}: {d}/ds_config.json predicted tokens/s {pred}")
+        for i, (name, d, pred) in enumerate(runs):
+            print(f"[{i}] {name}: {d}/ds_config.json predicted tokens/s {pred:.0f}")
         return
+    if args.select:
+        runs = [runs[int(i)] for i in args.select.split(",")]
+    date = datetime.date.today().isoformat()
+    jsonl = Path(args.out) / f"planner_vs_stock_{gpu.lower().replace('-', '')}_{date}.jsonl"
+    jsonl.parent.mkdir(parents=True, exist_ok=True)
     rows = []
-    for name, d, pred, loss in runs:
+    for name, d, pred in runs:
         left = args.deadline - (time.time() - t0)
         if left < 60:
             rows.append({"name": name, "error": "not run (time)"})
             continue
-        r = measure(name, d, hostfile, args.steps, left - 5, loss)
-        r["predicted_tokens_per_s"] = pred
+        stock = not name.startswith("planner")
+        r = measure(name, d, hostfile, args.stock_steps if stock else args.steps, left - 5,
+                    (args.model, args.seq) if stock else None)
+        r.update(predicted_tokens_per_s=pred, gpu=gpu, model=args.model, seq=args.seq, global_batch=args.global_batch,
+                 gpus=args.gpus, versions=versions(), ds_config=json.loads((d / "ds_config.json").read_text()))
         rows.append(r)
-        print(json.dumps(r), flush=True)
+        with jsonl.open("a") as fh:
+            fh.write(json.dumps(r) + "\n")
+        print(json.dumps({k: v for k, v in r.items() if k != "ds_config"}), flush=True)
     report(rows, args, gpu)
 
 
@@ -160,17 +226,24 @@ def report(rows: list[dict], args, gpu: str) -> None:
     best = max((r["tokens_per_s"] for r in grid), default=None)
     first = next((r for r in grid if r["name"].startswith("planner #1:")), None)
     date = datetime.date.today().isoformat()
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else gpu
+    vers = next((r["versions"] for r in rows if r.get("versions")), versions())
     lines = [f"# Planner vs stock configs, {date}", "",
-             f"GPU: {torch.cuda.get_device_name()} x {args.gpus} | torch {torch.__version__} | model {args.model} | seq {args.seq} | "
+             f"GPU: {device} x {args.gpus} | {vers} | model {args.model} | seq {args.seq} | "
              f"global batch {args.global_batch} sequences", "",
-             "| run | predicted tokens/s | measured tokens/s | MFU | peak allocated GiB |", "|---|---|---|---|---|"]
+             "| run | predicted tokens/s | measured tokens/s | error | MFU | peak allocated GiB (predicted) "
+             "| peak reserved GiB (predicted) |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         if "tokens_per_s" not in r:
-            lines.append(f"| {r['name']} | | | | {r.get('error', '')[:120]} |")
+            lines.append(f"| {r['name']} | | | | | | {r.get('error', '')[:120]} |")
             continue
-        pred = f"{r['predicted_tokens_per_s']:.0f}" if r.get("predicted_tokens_per_s") else "-"
+        pred = r.get("predicted_tokens_per_s")
+        err = f"{100 * (pred - r['tokens_per_s']) / r['tokens_per_s']:+.1f}%" if pred else "-"
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "-"
-        lines.append(f"| {r['name']} | {pred} | {r['tokens_per_s']:.0f} | {mfu} | {r['peak_allocated'] / GIB:.2f} |")
+        mem = lambda k: (f"{r['peak_' + k] / GIB:.2f}" + (f" ({r['pred_' + k] / GIB:.2f})" if r.get("pred_" + k) else "")
+                         if r.get("peak_" + k) else "-")
+        lines.append(f"| {r['name']} | {f'{pred:.0f}' if pred else '-'} | {r['tokens_per_s']:.0f} | {err} | {mfu} | "
+                     f"{mem('allocated')} | {mem('reserved')} |")
     if first and stock:
         lines += ["", f"speedup_vs_stock: {first['tokens_per_s'] / stock['tokens_per_s']:.2f}"]
     if first and best:
@@ -178,7 +251,7 @@ def report(rows: list[dict], args, gpu: str) -> None:
     rho = spearman([r["predicted_tokens_per_s"] for r in grid], [r["tokens_per_s"] for r in grid])
     if rho is not None:
         lines.append(f"rank_correlation_predicted_vs_measured: {rho:.2f}")
-    errors = [abs(r["predicted_tokens_per_s"] - r["tokens_per_s"]) / r["tokens_per_s"] for r in ok
+    errors = [abs(r["predicted_tokens_per_s"] - r["tokens_per_s"]) / r["tokens_per_s"] for r in grid
               if r.get("predicted_tokens_per_s")]
     if errors:  # issue #16: the largest |predicted - measured| / measured over the plans it predicted
         lines.append(f"max_speed_error_pct: {100 * max(errors):.1f}")

@@ -39,6 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="learnable synthetic sequences (the default without --data)")
     ap.add_argument("--seq-len", type=int, default=None, help="[the plan's seq len, else 2048]")
     ap.add_argument("--loss", choices=("hf", "chunked"), default=None, help="[the plan's loss path, else chunked]")
+    ap.add_argument("--checkpointing", choices=("on", "off"), default=None,
+                    help="per-layer activation checkpointing [the plan's, else off]; for a config of your own run "
+                         "without a plan.json, as the HF Trainer's gradient_checkpointing")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--save-dir", default=None)
     ap.add_argument("--save-every", type=int, default=0)
@@ -222,7 +225,10 @@ def train(args: argparse.Namespace) -> int:
         loss_path = "chunked"  # the pipeline's loss_fn (runtime/pipeline.py) is the chunked one
     elif loss_path == "hf" and plan and plan.plan.loss == "hf":
         log0("note: plan uses the plain HF loss (full fp32 logits); --loss chunked saves that memory")
-    checkpointing = plan.plan.checkpointing if plan else False
+    checkpointing = args.checkpointing == "on" if args.checkpointing else bool(plan and plan.plan.checkpointing)
+    if plan and checkpointing != plan.plan.checkpointing:
+        log0(f"note: --checkpointing {args.checkpointing} overrides the plan's; its activation memory no longer "
+             "matches this run")
     # pipeline stages: the whole model is built on the host, each stage then keeps (and moves) its layers
     model, keep = build_model(hf_config, ds_config, args.weights, args.seed, for_training=True,
                               on_device=pp == 1)
