@@ -55,8 +55,8 @@ CASES = [
     ("llama8b-L8-z2-nockpt-hf", "Llama-3.1-8B", 8, 2, 2, "none", 1, 2048, False, "hf"),
     # issue #16, one GPU: ZeRO-3 parameter offload, Qwen3-Next on transformers' torch Gated-DeltaNet path, a large
     # eager no-checkpointing run (activation churn for the default allocator)
-    ("q4b-z3-poff-ckpt-hf-1gpu", "Qwen3-4B", None, 1, 3, "cpu", 1, 4096, True, "hf", "cpu"),
-    ("q4b-z3-poff-nockpt-chunked-1gpu", "Qwen3-4B", None, 1, 3, "cpu", 2, 4096, False, "chunked", "cpu"),
+    ("q1.7b-z3-poff-ckpt-hf-1gpu", "Qwen3-1.7B", None, 1, 3, "cpu", 1, 4096, True, "hf", "cpu"),
+    ("q1.7b-z3-poff-nockpt-chunked-1gpu", "Qwen3-1.7B", None, 1, 3, "cpu", 2, 4096, False, "chunked", "cpu"),
     ("q4b-z3-poff-optgpu-ckpt-chunked-1gpu", "Qwen3-4B", None, 1, 3, "none", 4, 4096, True, "chunked", "cpu"),
     ("qnext-L2-z3-nockpt-hf-s4096-1gpu", "Qwen3-Next-80B-A3B", 2, 1, 3, "none", 1, 4096, False, "hf"),
     ("qnext-L2-z3-ckpt-chunked-s4096-1gpu", "Qwen3-Next-80B-A3B", 2, 1, 3, "none", 2, 4096, True, "chunked"),

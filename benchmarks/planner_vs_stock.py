@@ -184,8 +184,12 @@ def main() -> None:
         if g.returncode != 0:
             continue
         (d / "ds_config.json").write_text(json.dumps(stock_config(kind, 1, args.global_batch // dp, dp, spec.hidden_size), indent=2))
-        # the speed model for the same knobs (its buckets and overlap_comm are the planner's, not the stock file's)
-        same = Plan(zero_stage=3, micro_batch=1, grad_accum=args.global_batch // dp, checkpointing=True, loss="hf")
+        # the speed model for the same knobs, buckets and overlap_comm (DeepSpeed's defaults for its defaults)
+        same = Plan(zero_stage=3, micro_batch=1, grad_accum=args.global_batch // dp, checkpointing=True, loss="hf",
+                    **({"overlap_comm": False, "reduce_bucket_size": 500_000_000, "prefetch_bucket_size": 500_000_000,
+                        "param_persistence_threshold": 10 * spec.hidden_size} if kind == "stock-llamafactory-z3" else
+                       {"overlap_comm": False, "reduce_bucket_size": 500_000_000, "prefetch_bucket_size": 50_000_000,
+                        "param_persistence_threshold": 100_000}))
         pred = step_time(spec, Cluster(get_gpu(gpu), 1, args.gpus), Workload(seq_len=args.seq), same).tokens_per_s
         runs.append((kind, d, pred))
     if args.configs_only:
