@@ -85,6 +85,14 @@ def autotp_unsupported(s: ModelSpec, training: bool = False) -> str | None:
     return None
 
 
+def gathered_tensors(s: ModelSpec, threshold: int) -> int:
+    """Parameter tensors ZeRO-3 fetches (all-gathers) each time their module runs: those at or above
+    ``stage3_param_persistence_threshold``, the embedding, and the output head when it is not tied."""
+    per_layer = sum(count * sum(1 for _, n in kind_tensors(s, kind) if n >= threshold)
+                    for kind, count in kind_counts(s).items())
+    return per_layer + 1 + (0 if s.tie_embeddings else 1)
+
+
 def persistent_params(s: ModelSpec, threshold: int) -> int:
     """Elements of parameter tensors smaller than ``stage3_param_persistence_threshold``: ZeRO-3
     keeps these unpartitioned on every rank (`partition_parameters.py`, ds_persist)."""

@@ -16,6 +16,14 @@ from .layout import Layout, layout
 #: the allocator slack constant (data/calibration.json) of each --allocator
 FRAGMENTATION = {"expandable": "fragmentation", "default": "fragmentation_default_allocator"}
 
+
+def fragmentation(plan: Plan) -> float:
+    """Reserved / allocated - 1 at peak for the plan's allocator; ZeRO-3 parameter offload has its own (measured
+    1.40 and 1.62: parameters streamed from the host come and go in every layer)."""
+    if plan.offload_param != "none":
+        return constant("fragmentation_param_offload" + ("" if plan.allocator == "expandable" else "_default_allocator"))
+    return constant(FRAGMENTATION[plan.allocator])
+
 __all__ = ["Layout", "MemoryBreakdown", "Term", "estimate", "layout", "plan_layout", "planned"]
 
 
@@ -67,7 +75,7 @@ def estimate(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan,
         gpu_terms=tuple(t for t in gpu if t.bytes or t.phase == "persistent"),
         cpu_terms=tuple(cpu),
         nvme_terms=tuple(nvme),
-        fragmentation=constant(FRAGMENTATION[plan.allocator]),
+        fragmentation=fragmentation(plan),
         gpu_memory_bytes=cluster.gpu.memory_bytes,
         notes=tuple(notes),
     )

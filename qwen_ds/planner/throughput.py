@@ -16,7 +16,7 @@ from ..hardware import Cluster
 from ..models.counts import count_params, model_flops_per_token
 from ..models.spec import ModelSpec
 from ..knobs import Plan, Workload
-from ..sharding import fp8_matmul_params
+from ..sharding import fp8_matmul_params, gathered_tensors
 from ..units import compute_bytes
 
 GB = 1e9
@@ -81,12 +81,13 @@ class StepTime:
     model_flops_per_step: float
     mfu: float
     gpu_optimizer_s: float = 0.0  # the optimizer step on the GPU (not offloaded): HBM traffic per updated param
+    zero3_fetch_s: float = 0.0  # ZeRO-3's per-parameter gather / release hooks (calibration.json zero3_fetch_s)
 
     def parts(self) -> dict[str, float]:
         return {
             "compute_s": self.compute_s, "recompute_s": self.recompute_s, "comm_s": self.comm_s,
             "exposed_comm_s": self.exposed_comm_s, "offload_s": self.offload_s, "cpu_optimizer_s": self.cpu_optimizer_s,
-            "gpu_optimizer_s": self.gpu_optimizer_s, "bubble_factor": self.bubble_factor, "step_s": self.step_s,
+            "gpu_optimizer_s": self.gpu_optimizer_s, "zero3_fetch_s": self.zero3_fetch_s, "bubble_factor": self.bubble_factor, "step_s": self.step_s,
         }
 
 
@@ -173,15 +174,22 @@ def step_time(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan
         cpu_opt = 16 * part * cluster.gpus_per_node / (net.cpu_adam_gbps * GB)
         if plan.offload_optimizer == "nvme":
             cpu_opt += 2 * 12 * part * cluster.gpus_per_node / (net.nvme_gbps * GB)
-    if plan.offload_param != "none":
-        offload += ga * 2 * b * part / pcie  # each rank streams its partition in, fwd and bwd
+    passes = 3 if plan.checkpointing else 2  # times a micro-step runs each layer: forward, recompute, backward
+    if plan.offload_param != "none":  # each rank fetches its partition from host memory in every pass, at the rate
+        # measured for DeepSpeed's fetches (calibration.json param_offload_gbps), far under the PCIe link
+        offload += ga * passes * b * part / (constant("param_offload_gbps") * GB)
         if plan.offload_param == "nvme":
             offload += ga * 2 * b * part * cluster.gpus_per_node / (net.nvme_gbps * GB)
     # the optimizer step on the GPU: its HBM traffic per parameter it updates (calibration.json)
     gpu_opt = (constant("gpu_optimizer_bytes_per_param") * part / (gpu.hbm_gbps * GB)
                if plan.offload_optimizer == "none" else 0.0)
+    # ZeRO-3's hooks gather and release each large parameter in every pass, one at a time, even on one GPU
+    fetch = 0.0
+    if plan.zero_stage == 3:
+        threshold = plan.buckets(model.hidden_size)["param_persistence_threshold"]
+        fetch = ga * passes * gathered_tensors(model, threshold) * constant("zero3_fetch_s") / plan.pp
     m = ga
     bubble = 1 / (1 - bubble_fraction(plan.pp, m))  # (m + p - 1) / m
-    step = (compute + recompute + exposed) * bubble + offload + cpu_opt + gpu_opt
+    step = (compute + recompute + exposed) * bubble + offload + cpu_opt + gpu_opt + fetch
     return StepTime(compute, recompute, comm, exposed, offload, cpu_opt, bubble, step, tokens_per_step,
-                    tokens_per_step / step, model_flops, model_flops / (step * peak * world), gpu_opt)
+                    tokens_per_step / step, model_flops, model_flops / (step * peak * world), gpu_opt, fetch)
