@@ -69,6 +69,32 @@ def spearman(xs: list[float], ys: list[float]) -> float | None:
     return 1 - 6 * sum((rx[i] - ry[i]) ** 2 for i in range(n)) / (n * (n * n - 1))
 
 
+def stock_plan(kind: str, global_batch: int, dp: int, hidden: int):
+    """The knobs of a stock config as the speed model takes them (its buckets and overlap_comm; DeepSpeed's defaults
+    for its defaults)."""
+    from qwen_ds.knobs import Plan
+
+    buckets = ({"reduce_bucket_size": 500_000_000, "prefetch_bucket_size": 500_000_000, "param_persistence_threshold": 10 * hidden}
+               if kind == "stock-llamafactory-z3" else
+               {"reduce_bucket_size": 500_000_000, "prefetch_bucket_size": 50_000_000, "param_persistence_threshold": 100_000})
+    return Plan(zero_stage=3, micro_batch=1, grad_accum=global_batch // dp, checkpointing=True, loss="hf", overlap_comm=False,
+                **buckets)
+
+
+def row_plan(r: dict, hidden: int):
+    """The plan a result row ran, from its name (planner rows) or its stock kind."""
+    import re
+
+    from qwen_ds.knobs import Plan
+
+    if not r["name"].startswith("planner"):
+        return stock_plan(r["name"], r["global_batch"], r["gpus"], hidden)
+    m = re.match(r"planner #\d+: ZeRO-(\d)(?: \+ offload opt=(\w+) param=(\w+))?, mb (\d+) x ga (\d+), ckpt (\w+)", r["name"])
+    z, oo, op, mb, ga, ck = m.groups()
+    return Plan(zero_stage=int(z), offload_optimizer=oo or "none", offload_param=op or "none", micro_batch=int(mb),
+                grad_accum=int(ga), checkpointing=ck == "True", loss="chunked")
+
+
 def versions() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -151,9 +177,14 @@ def main() -> None:
     from qwen_ds.planner import Constraints, search
     from qwen_ds.planner.throughput import step_time
 
-    if args.report_from:
+    if args.report_from:  # earlier calls' rows, each also predicted by the model as it is now
         rows = [json.loads(line) for f in args.report_from.split(",") for line in Path(f).read_text().splitlines() if line]
-        report(rows, args, rows[0].get("gpu", catalog_gpu()) if rows else catalog_gpu())
+        gpu = rows[0].get("gpu", "H200") if rows else "H200"
+        spec = load_model(args.model)
+        for r in rows:
+            r["predicted_now"] = step_time(spec, Cluster(get_gpu(gpu), 1, args.gpus), Workload(seq_len=args.seq),
+                                           row_plan(r, spec.hidden_size)).tokens_per_s
+        report(rows, args, gpu)
         return
 
     gpu = args.gpu or catalog_gpu()
@@ -184,12 +215,8 @@ def main() -> None:
         if g.returncode != 0:
             continue
         (d / "ds_config.json").write_text(json.dumps(stock_config(kind, 1, args.global_batch // dp, dp, spec.hidden_size), indent=2))
-        # the speed model for the same knobs, buckets and overlap_comm (DeepSpeed's defaults for its defaults)
-        same = Plan(zero_stage=3, micro_batch=1, grad_accum=args.global_batch // dp, checkpointing=True, loss="hf",
-                    **({"overlap_comm": False, "reduce_bucket_size": 500_000_000, "prefetch_bucket_size": 500_000_000,
-                        "param_persistence_threshold": 10 * spec.hidden_size} if kind == "stock-llamafactory-z3" else
-                       {"overlap_comm": False, "reduce_bucket_size": 500_000_000, "prefetch_bucket_size": 50_000_000,
-                        "param_persistence_threshold": 100_000}))
+        # the speed model for the same knobs, buckets and overlap_comm
+        same = stock_plan(kind, args.global_batch, dp, spec.hidden_size)
         pred = step_time(spec, Cluster(get_gpu(gpu), 1, args.gpus), Workload(seq_len=args.seq), same).tokens_per_s
         runs.append((kind, d, pred))
     if args.configs_only:
@@ -236,18 +263,21 @@ def report(rows: list[dict], args, gpu: str) -> None:
              f"GPU: {device} x {args.gpus} | {vers} | model {args.model} | seq {args.seq} | "
              f"global batch {args.global_batch} sequences", "",
              "| run | predicted tokens/s | measured tokens/s | error | MFU | peak allocated GiB (predicted) "
-             "| peak reserved GiB (predicted) |", "|---|---|---|---|---|---|---|"]
+             "| peak reserved GiB (predicted) | predicted when run |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "tokens_per_s" not in r:
-            lines.append(f"| {r['name']} | | | | | | {r.get('error', '')[:120]} |")
+            lines.append(f"| {r['name']} | | | | | | {r.get('error', '')[:120]} | |")
             continue
+        when = r.get("predicted_tokens_per_s")
+        if "predicted_now" in r:  # --report-from: the model as it is now; the prediction made before the run beside it
+            r["predicted_tokens_per_s"] = r["predicted_now"]
         pred = r.get("predicted_tokens_per_s")
         err = f"{100 * (pred - r['tokens_per_s']) / r['tokens_per_s']:+.1f}%" if pred else "-"
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "-"
         mem = lambda k: (f"{r['peak_' + k] / GIB:.2f}" + (f" ({r['pred_' + k] / GIB:.2f})" if r.get("pred_" + k) else "")
                          if r.get("peak_" + k) else "-")
         lines.append(f"| {r['name']} | {f'{pred:.0f}' if pred else '-'} | {r['tokens_per_s']:.0f} | {err} | {mfu} | "
-                     f"{mem('allocated')} | {mem('reserved')} |")
+                     f"{mem('allocated')} | {mem('reserved')} | {f'{when:.0f}' if when else '-'} |")
     if first and stock:
         lines += ["", f"speedup_vs_stock: {first['tokens_per_s'] / stock['tokens_per_s']:.2f}"]
     if first and best:

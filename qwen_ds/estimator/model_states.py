@@ -82,14 +82,18 @@ def optimizer_states(lay: Layout, plan: Plan) -> Term:
 
 
 def step_fp32_grads(lay: Layout, plan: Plan) -> Term:
-    """fp32 gradients made for the optimizer step: 4·M (ZeRO-0), 4·M/D (ZeRO 1/2), and for ZeRO-3
-    one sub-group at a time 4·min(sub_group_size, M/D). None on GPU with optimizer offload or fp32."""
+    """fp32 gradients made for the optimizer step: 4·M/D (ZeRO 1/2), for ZeRO-3 one sub-group at a time
+    4·min(sub_group_size, M/D), and 8·M for ZeRO-0: DeepSpeed's bf16 optimizer holds an fp32 gradient per
+    parameter and the step a second fp32 buffer as large (measured on an H200: Qwen3-4B ZeRO-0 plans peak at
+    24.0 B per parameter in the step, whatever the micro-batch: 96.61 GB in five runs,
+    benchmarks/results/planner_vs_stock_h200_2026-12-02.md). None on GPU with optimizer offload or fp32."""
     if plan.precision == "fp32" or plan.offload_optimizer != "none":
         return Term("step_fp32_grads", 0, "step", "none on GPU")
     n = _opt_partition(lay, plan)
     if plan.zero_stage == 3:
         n = min(n, plan.sub_group_size)
-    return Term("step_fp32_grads", 4 * n, "step", f"4 B x {n:,}")
+    per = 8 if plan.zero_stage == 0 else 4
+    return Term("step_fp32_grads", per * n, "step", f"{per} B x {n:,}" + (" (fp32 grads + the step's copy)" if per == 8 else ""))
 
 
 def gpu_terms(lay: Layout, plan: Plan) -> list[Term]:

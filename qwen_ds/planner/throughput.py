@@ -81,7 +81,7 @@ class StepTime:
     model_flops_per_step: float
     mfu: float
     gpu_optimizer_s: float = 0.0  # the optimizer step on the GPU (not offloaded): HBM traffic per updated param
-    zero3_fetch_s: float = 0.0  # ZeRO-3's per-parameter gather / release hooks (calibration.json zero3_fetch_s)
+    zero3_fetch_s: float = 0.0  # host time of ZeRO-3's parameter hooks the GPU waits for (zero3_host_s_per_tensor)
 
     def parts(self) -> dict[str, float]:
         return {
@@ -183,11 +183,13 @@ def step_time(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan
     # the optimizer step on the GPU: its HBM traffic per parameter it updates (calibration.json)
     gpu_opt = (constant("gpu_optimizer_bytes_per_param") * part / (gpu.hbm_gbps * GB)
                if plan.offload_optimizer == "none" else 0.0)
-    # ZeRO-3's hooks gather and release each large parameter in every pass, one at a time, even on one GPU
+    # ZeRO-3's hooks gather, release and reduce each large parameter on the host, in Python, one at a time; the GPU
+    # waits for them when a micro-step's kernels take less time than the hooks (small micro-batches)
     fetch = 0.0
     if plan.zero_stage == 3:
         threshold = plan.buckets(model.hidden_size)["param_persistence_threshold"]
-        fetch = ga * passes * gathered_tensors(model, threshold) * constant("zero3_fetch_s") / plan.pp
+        host = gathered_tensors(model, threshold) * constant("zero3_host_s_per_tensor") / plan.pp
+        fetch = ga * max(0.0, host - (compute + recompute + exposed) / ga)
     m = ga
     bubble = 1 / (1 - bubble_fraction(plan.pp, m))  # (m + p - 1) / m
     step = (compute + recompute + exposed) * bubble + offload + cpu_opt + gpu_opt + fetch
