@@ -388,3 +388,17 @@ def test_unknown_model_type_uses_meta_fallback(tmp_path, model_type):
     # the directory form goes the same way
     load_model.cache_clear()
     assert count_params(load_model(str(tmp_path))).total == expected
+
+
+@pytest.mark.runtime
+@pytest.mark.parametrize("name", ["Qwen3-4B", "Qwen3-30B-A3B", "Qwen3-Next-80B-A3B", "Llama-3.1-8B"])
+def test_gathered_tensors_match_the_meta_model(name):
+    """sharding.gathered_tensors (the speed model's ZeRO-3 host term) counts the parameters at or above the persistence
+    threshold, as DeepSpeed partitions them: checked on transformers' meta-device model, at two thresholds."""
+    from qwen_ds.sharding import gathered_tensors
+
+    spec = load_model(name)
+    model = _meta(spec.config)
+    for threshold in (10 * spec.hidden_size, 100_000):
+        meta = sum(1 for p in model.parameters() if p.numel() >= threshold)
+        assert gathered_tensors(spec, threshold) == meta, (name, threshold)

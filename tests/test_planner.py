@@ -97,12 +97,47 @@ def test_time_model_parts_are_visible_and_consistent():
     m, c, w = load_model("Qwen3-8B"), Cluster(get_gpu("H100-SXM"), 2, 8), Workload(seq_len=4096)
     t = step_time(m, c, w, dataclasses.replace(BASE, zero_stage=3, micro_batch=2, grad_accum=4), Network())
     assert t.step_s == pytest.approx((t.compute_s + t.recompute_s + t.exposed_comm_s) * t.bubble_factor + t.offload_s
-                                     + t.cpu_optimizer_s + t.gpu_optimizer_s)
+                                     + t.cpu_optimizer_s + t.gpu_optimizer_s + t.zero3_fetch_s)
     assert t.gpu_optimizer_s > 0 and t.parts()["gpu_optimizer_s"] == t.gpu_optimizer_s  # ZeRO-3 updates a partition
     assert t.tokens_per_step == 2 * 4 * 4096 * 16
     assert 0 < t.mfu < 1
     slow = step_time(m, c, w, dataclasses.replace(BASE, zero_stage=3, micro_batch=2, grad_accum=4), Network(inter_node_gbps=25))
     assert slow.comm_s > t.comm_s
+
+
+def test_zero3_micro_steps_wait_for_the_hooks_host_time_only_when_their_kernels_are_shorter():
+    """calibration.json zero3_host_s_per_tensor: a ZeRO-3 micro-step takes max(GPU time, host time of the hooks),
+    the host time fixed per gathered tensor. Small micro-batches are host-bound (measured on an H200: Qwen3-4B mb 2
+    x GA 8 at 8,584 tokens/s, mb 16 x GA 1 at 10,572); ZeRO 0-2 have no such term."""
+    from qwen_ds.calibration import constant
+    from qwen_ds.sharding import gathered_tensors
+
+    m, c, w = load_model("Qwen3-4B"), Cluster(get_gpu("H200"), 1, 1), Workload(seq_len=4096)
+    z3 = dataclasses.replace(BASE, zero_stage=3, checkpointing=False, loss="chunked")
+    small = step_time(m, c, w, dataclasses.replace(z3, micro_batch=2, grad_accum=8))
+    big = step_time(m, c, w, dataclasses.replace(z3, micro_batch=16, grad_accum=1, checkpointing=True))
+    host = gathered_tensors(m, z3.buckets(m.hidden_size)["param_persistence_threshold"]) * constant("zero3_host_s_per_tensor")
+    gpu_micro = (small.compute_s + small.recompute_s + small.exposed_comm_s) / 8
+    assert gpu_micro < host and small.zero3_fetch_s == pytest.approx(8 * (host - gpu_micro))
+    assert big.zero3_fetch_s == 0.0 and big.tokens_per_s > small.tokens_per_s  # the order measured
+    z0 = step_time(m, c, w, dataclasses.replace(z3, zero_stage=0, micro_batch=2, grad_accum=8))
+    assert z0.zero3_fetch_s == 0.0 and z0.tokens_per_s > 1.5 * small.tokens_per_s
+
+
+def test_parameter_offload_streams_every_pass_at_the_measured_rate():
+    """calibration.json param_offload_gbps: each pass (forward, recompute, backward) fetches the rank's bf16
+    partition from host memory at the rate DeepSpeed reached, not the PCIe link's."""
+    from qwen_ds.calibration import constant
+
+    m, c, w = load_model("Qwen3-4B"), Cluster(get_gpu("H200"), 1, 1), Workload(seq_len=4096)
+    base = dataclasses.replace(BASE, zero_stage=3, micro_batch=16, grad_accum=1, loss="chunked")
+    on = step_time(m, c, w, dataclasses.replace(base, offload_param="cpu", checkpointing=True))
+    off = step_time(m, c, w, dataclasses.replace(base, offload_param="cpu", checkpointing=False))
+    from qwen_ds.models.counts import count_params
+
+    per_pass = 2 * count_params(m).total / (constant("param_offload_gbps") * 1e9)
+    assert on.offload_s == pytest.approx(3 * per_pass) and off.offload_s == pytest.approx(2 * per_pass)
+    assert on.offload_s > 10  # 24 GB at 1.47 GB/s: the measured 16 s, not PCIe's 0.5 s
 
 
 def test_fp8_speeds_up_only_the_converted_linear_flops():

@@ -465,3 +465,21 @@ def test_the_speed_model_knows_which_plans_the_trainer_compiles():
             continue  # no such plan (the pipeline engine allows ZeRO 0 / 1)
         plan = dataclasses.replace(Plan(), zero_stage=zero, pp=pp, tp=tp)
         assert builtin_compiles(family, plan) == (compile_reason("auto", family, pp, zero, tp, True) is None)
+
+
+def test_train_checkpointing_flag_overrides_the_plan_and_serves_configs_without_one():
+    """train --checkpointing: a config of your own (no plan.json) can turn per-layer checkpointing on, as the HF
+    Trainer's gradient_checkpointing does (benchmarks/planner_vs_stock.py runs the LLaMA-Factory config so); against
+    a plan it wins, with a note that the plan's memory no longer holds."""
+    from qwen_ds.runtime.train import activation_checkpointing, parse_args
+
+    assert parse_args(["--config", "c.json", "--checkpointing", "on"]).checkpointing == "on"
+    assert parse_args(["--config", "c.json"]).checkpointing is None
+    assert activation_checkpointing(None, None) == (False, None)
+    assert activation_checkpointing("on", None) == (True, None)
+    assert activation_checkpointing(None, True) == (True, None)
+    assert activation_checkpointing("off", False) == (False, None)
+    on, note = activation_checkpointing("off", True)
+    assert on is False and "overrides the plan" in note
+    with pytest.raises(SystemExit):
+        parse_args(["--config", "c.json", "--checkpointing", "yes"])

@@ -70,6 +70,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def activation_checkpointing(choice: str | None, planned: bool | None) -> tuple[bool, str | None]:
+    """(on?, a note to print): --checkpointing on|off, else the plan's, else off (a config run without a plan.json)."""
+    on = choice == "on" if choice else bool(planned)
+    if planned is not None and on != planned:
+        return on, (f"note: --checkpointing {choice} overrides the plan's; its activation memory no longer matches "
+                    "this run")
+    return on, None
+
+
 def check_outputs(args: argparse.Namespace) -> None:
     """Before anything runs: a new run never writes over a checkpoint or a metrics file a previous run
     left (--resume continues them, --force replaces them)."""
@@ -225,10 +234,9 @@ def train(args: argparse.Namespace) -> int:
         loss_path = "chunked"  # the pipeline's loss_fn (runtime/pipeline.py) is the chunked one
     elif loss_path == "hf" and plan and plan.plan.loss == "hf":
         log0("note: plan uses the plain HF loss (full fp32 logits); --loss chunked saves that memory")
-    checkpointing = args.checkpointing == "on" if args.checkpointing else bool(plan and plan.plan.checkpointing)
-    if plan and checkpointing != plan.plan.checkpointing:
-        log0(f"note: --checkpointing {args.checkpointing} overrides the plan's; its activation memory no longer "
-             "matches this run")
+    checkpointing, note = activation_checkpointing(args.checkpointing, plan.plan.checkpointing if plan else None)
+    if note:
+        log0(note)
     # pipeline stages: the whole model is built on the host, each stage then keeps (and moves) its layers
     model, keep = build_model(hf_config, ds_config, args.weights, args.seed, for_training=True,
                               on_device=pp == 1)
