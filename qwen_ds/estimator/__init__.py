@@ -21,7 +21,8 @@ def fragmentation(plan: Plan) -> float:
     """Reserved / allocated - 1 at peak for the plan's allocator; ZeRO-3 parameter offload has its own (measured
     1.40 and 1.62: parameters streamed from the host come and go in every layer)."""
     if plan.offload_param != "none":
-        return constant("fragmentation_param_offload" + ("" if plan.allocator == "expandable" else "_default_allocator"))
+        suffix = "" if plan.allocator == "expandable" else "_default_allocator"
+        return constant("fragmentation_param_offload" + suffix)
     return constant(FRAGMENTATION[plan.allocator])
 
 __all__ = ["Layout", "MemoryBreakdown", "Term", "estimate", "layout", "plan_layout", "planned"]

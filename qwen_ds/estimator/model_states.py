@@ -93,7 +93,8 @@ def step_fp32_grads(lay: Layout, plan: Plan) -> Term:
     if plan.zero_stage == 3:
         n = min(n, plan.sub_group_size)
     per = 8 if plan.zero_stage == 0 else 4
-    return Term("step_fp32_grads", per * n, "step", f"{per} B x {n:,}" + (" (fp32 grads + the step's copy)" if per == 8 else ""))
+    why = " (fp32 grads + the step's copy)" if per == 8 else ""
+    return Term("step_fp32_grads", per * n, "step", f"{per} B x {n:,}{why}")
 
 
 def gpu_terms(lay: Layout, plan: Plan) -> list[Term]:

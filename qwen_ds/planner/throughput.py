@@ -87,7 +87,8 @@ class StepTime:
         return {
             "compute_s": self.compute_s, "recompute_s": self.recompute_s, "comm_s": self.comm_s,
             "exposed_comm_s": self.exposed_comm_s, "offload_s": self.offload_s, "cpu_optimizer_s": self.cpu_optimizer_s,
-            "gpu_optimizer_s": self.gpu_optimizer_s, "zero3_fetch_s": self.zero3_fetch_s, "bubble_factor": self.bubble_factor, "step_s": self.step_s,
+            "gpu_optimizer_s": self.gpu_optimizer_s, "zero3_fetch_s": self.zero3_fetch_s,
+            "bubble_factor": self.bubble_factor, "step_s": self.step_s,
         }
 
 
