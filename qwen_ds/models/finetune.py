@@ -1,0 +1,156 @@
+"""Trainable parameters of a fine-tuning method in closed form (no torch): full, LoRA / QLoRA, freeze.
+
+LoRA follows what peft (0.21) does on transformers 5 models, checked against ``peft.get_peft_model`` on the meta
+device (tests/test_finetune.py):
+
+- Each targeted ``nn.Linear`` (in -> out) gains A (r x in) and B (out x r): r * (in + out) parameters; biases stay
+  frozen (peft's default ``bias="none"``); the output head is never a target of ``all-linear``.
+- ``all-linear`` targets every ``nn.Linear`` but the head. On Qwen3-MoE and Qwen3-Next (transformers 5 fuses the
+  routed experts into 3-D parameters) peft maps the transformers-4 names onto parameters: ``gate`` to the router
+  weight [E, h] (r * (h + E)), ``gate_proj`` + ``up_proj`` to the fused ``experts.gate_up_proj`` [E, 2Im, h] at rank
+  2r (r_e * E * (h + 2Im)), ``down_proj`` to ``experts.down_proj`` [E, h, Im] (r * E * (Im + h)). Those names then
+  leave the module targets, so the ``nn.Linear`` layers called gate_proj / up_proj / down_proj elsewhere in the model
+  (Qwen3-Next's shared expert, the dense layers of ``mlp_only_layers``) are *not* adapted. Routed experts are
+  therefore targeted by ``all-linear``, and so is the router.
+- A list of names targets the modules whose name ends with one of them; on the MoE families the four names above are
+  mapped the same way (``gate_proj`` needs ``up_proj``: they are one fused tensor).
+
+Freeze (LLaMA-Factory's ``finetuning_type: freeze``): the last N decoder layers train (the first |N| when N < 0),
+all of each layer's parameters or only the sub-modules named (``mlp``, ``self_attn``, ``linear_attn``, ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import InputError
+from .counts import count_params, kind_counts, kind_tensors
+from .spec import LINEAR_ATTENTION, MOE, ModelSpec
+
+FINETUNE_METHODS = ("full", "lora", "qlora", "freeze")
+ALL_LINEAR = "all-linear"
+#: model_type -> peft's transformers-5 conversion of MoE targets (peft utils/transformers_weight_conversion.py)
+MOE_FAMILIES = ("qwen3_moe", "qwen3_next")
+_MOE_MAPPED = ("gate", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class Linear:
+    path: str  # below the decoder layer, e.g. "self_attn.q_proj"
+    fan_in: int
+    fan_out: int
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit(".", 1)[-1]
+
+
+def layer_linears(s: ModelSpec, mixer_type: str, mlp_type: str) -> list[Linear]:
+    """The ``nn.Linear`` modules of a decoder layer of this kind (transformers 5 module names)."""
+    h = s.hidden_size
+    out: list[Linear] = []
+    if mixer_type == LINEAR_ATTENTION:
+        nv = s.linear_num_value_heads
+        kd = s.linear_num_key_heads * s.linear_key_head_dim
+        vd = nv * s.linear_value_head_dim
+        out += [Linear("linear_attn.in_proj_qkvz", h, 2 * kd + 2 * vd), Linear("linear_attn.in_proj_ba", h, 2 * nv),
+                Linear("linear_attn.out_proj", vd, h)]
+    else:
+        q = 2 * s.q_dim if s.family == "qwen3_next" else s.q_dim  # Qwen3-Next's q_proj also emits the output gate
+        out += [Linear("self_attn.q_proj", h, q), Linear("self_attn.k_proj", h, s.kv_dim),
+                Linear("self_attn.v_proj", h, s.kv_dim), Linear("self_attn.o_proj", s.q_dim, h)]
+    if mlp_type == MOE:
+        if s.family == "qwen3_next":
+            Is = s.shared_expert_intermediate_size
+            out += [Linear("mlp.shared_expert.gate_proj", h, Is), Linear("mlp.shared_expert.up_proj", h, Is),
+                    Linear("mlp.shared_expert.down_proj", Is, h), Linear("mlp.shared_expert_gate", h, 1)]
+    else:
+        inter = s.intermediate_size
+        out += [Linear("mlp.gate_proj", h, inter), Linear("mlp.up_proj", h, inter), Linear("mlp.down_proj", inter, h)]
+    return out
+
+
+def target_names(s: ModelSpec) -> tuple[str, ...]:
+    """The names --lora-targets accepts for this model: its Linear modules' names (and on the MoE families the
+    expert / router names peft maps onto parameters)."""
+    names = {lin.name for kind in kind_counts(s) for lin in layer_linears(s, *kind)}
+    if s.family in MOE_FAMILIES and s.n_moe_layers:
+        names |= set(_MOE_MAPPED)
+    return tuple(sorted(names))
+
+
+def parse_targets(s: ModelSpec, targets: str) -> frozenset[str]:
+    """--lora-targets: ``all-linear`` or a comma-separated list of module names; InputError on a name the model
+    does not have, or on gate_proj without up_proj (and back) where they are one fused expert tensor."""
+    allowed = target_names(s)
+    text = targets.strip()
+    if text.lower() == ALL_LINEAR:
+        chosen = set(allowed)
+        if s.family in MOE_FAMILIES and s.n_moe_layers:
+            chosen |= set(_MOE_MAPPED)
+        return frozenset(chosen)
+    chosen = {t.strip() for t in text.split(",") if t.strip()}
+    bad = sorted(chosen - set(allowed))
+    if not chosen or bad:
+        raise InputError(f"--lora-targets {targets!r}: {', '.join(bad) or 'no names'} not in {s.name}'s Linear layers; "
+                         f"choose {ALL_LINEAR} or from: {', '.join(allowed)}")
+    if s.family in MOE_FAMILIES and s.n_moe_layers and len(chosen & {"gate_proj", "up_proj"}) == 1:
+        raise InputError(f"--lora-targets {targets!r}: gate_proj and up_proj are one fused expert tensor "
+                         f"(experts.gate_up_proj) in {s.name}; target both or neither")
+    return frozenset(chosen)
+
+
+def lora_params(s: ModelSpec, targets: str, rank: int) -> int:
+    """Adapter parameters peft adds with ``target_modules=targets`` and ``r=rank``."""
+    chosen = parse_targets(s, targets)
+    moe_map = s.family in MOE_FAMILIES and s.n_moe_layers > 0
+    module_targets = chosen - set(_MOE_MAPPED) if moe_map else chosen
+    total = 0
+    for (mixer_type, mlp_type), count in kind_counts(s).items():
+        per = sum(rank * (lin.fan_in + lin.fan_out) for lin in layer_linears(s, mixer_type, mlp_type)
+                  if lin.name in module_targets)
+        if moe_map and mlp_type == MOE:
+            h, E, Im = s.hidden_size, s.num_experts, s.moe_intermediate_size
+            if "gate" in chosen:  # router weight [E, h]
+                per += rank * (h + E)
+            if "gate_proj" in chosen:  # experts.gate_up_proj [E, 2Im, h] at rank 2r
+                per += 2 * rank * E * (h + 2 * Im)
+            if "down_proj" in chosen:  # experts.down_proj [E, h, Im]
+                per += rank * E * (Im + h)
+        total += count * per
+    return total
+
+
+def freeze_params(s: ModelSpec, layers: int, modules: str = "all") -> int:
+    """Parameters that train under freeze: the last ``layers`` decoder layers (the first -layers when negative),
+    all their parameters or those below the named sub-modules (comma-separated, e.g. ``mlp,self_attn``)."""
+    n = s.num_layers
+    if layers == 0 or abs(layers) > n:
+        raise InputError(f"--freeze-layers {layers}: choose 1..{n} (the last N layers train) or -{n}..-1 (the first N)")
+    idx = range(n - layers, n) if layers > 0 else range(0, -layers)
+    wanted = [m.strip() for m in modules.split(",") if m.strip()]
+    if not wanted:
+        raise InputError(f"--trainable-modules {modules!r}: name sub-modules (mlp, self_attn, ...) or all")
+    every = "all" in wanted
+    known = {path.split(".", 1)[0] for kind in kind_counts(s) for path, _ in kind_tensors(s, kind)}
+    bad = sorted(set(wanted) - known - {"all"})
+    if bad:
+        raise InputError(f"--trainable-modules {modules!r}: {', '.join(bad)} not in {s.name}'s layers; "
+                         f"choose all or from: {', '.join(sorted(known))}")
+    return sum(count * sum(numel for path, numel in kind_tensors(s, kind)
+                           if every or path.split(".", 1)[0] in wanted)
+               for kind, count in kind_counts(s, idx).items())
+
+
+def trainable_params(s: ModelSpec, method: str, rank: int = 16, targets: str = ALL_LINEAR, freeze_layers: int = 2,
+                     modules: str = "all") -> int:
+    """Parameters the optimizer updates under ``method``."""
+    if method not in FINETUNE_METHODS:
+        raise InputError(f"--finetune {method!r}: choose one of {', '.join(FINETUNE_METHODS)}")
+    if method == "full":
+        return count_params(s).total
+    if method == "freeze":
+        return freeze_params(s, freeze_layers, modules)
+    if rank < 1:
+        raise InputError(f"--lora-rank {rank}: choose a positive integer (8, 16, 64 are common)")
+    return lora_params(s, targets, rank)

@@ -1,0 +1,105 @@
+"""Trainable parameters of LoRA / freeze in closed form (qwen_ds/models/finetune.py) against peft itself:
+``peft.get_peft_model`` on transformers' meta-device model, counting the parameters that require grad."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+
+from qwen_ds.errors import InputError
+from qwen_ds.models import count_params, load_model
+from qwen_ds.models.finetune import freeze_params, lora_params, target_names, trainable_params
+
+
+def reduced(name: str, layers: int, tmp_path) -> str:
+    """The preset at fewer layers (every per-layer tensor at full size): peft on the 48-layer Qwen3-Next takes a minute."""
+    spec = load_model(name)
+    path = tmp_path / f"{name}-L{layers}.json"
+    path.write_text(json.dumps({**spec.config, "num_hidden_layers": layers}))
+    return str(path)
+
+
+def peft_trainable(model_ref: str, rank: int, targets: str) -> int:
+    pytest.importorskip("peft")
+    from peft import LoraConfig, get_peft_model
+
+    from qwen_ds.models.meta import build_meta_model
+
+    model = build_meta_model(dict(load_model(model_ref).config))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cfg = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets if targets == "all-linear" else targets.split(","))
+        peft_model = get_peft_model(model, cfg)
+    return sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+
+
+@pytest.mark.runtime
+@pytest.mark.parametrize("name,layers,rank,targets", [
+    ("Qwen3-0.6B", None, 8, "all-linear"),
+    ("Qwen3-0.6B", None, 32, "q_proj,k_proj,v_proj,o_proj"),
+    ("Qwen3-8B", None, 16, "all-linear"),
+    ("Qwen3-8B", None, 64, "q_proj,v_proj"),
+    ("Qwen3-8B", None, 8, "gate_proj,up_proj,down_proj"),
+    ("Qwen3-30B-A3B", 4, 16, "all-linear"),  # routed experts (fused 3-D) and the router are targeted
+    ("Qwen3-30B-A3B", None, 8, "q_proj,k_proj,v_proj,o_proj"),
+    ("Qwen3-30B-A3B", 4, 4, "gate,gate_proj,up_proj,down_proj"),
+    ("Qwen3-Next-80B-A3B", 4, 16, "all-linear"),  # 3 Gated DeltaNet + 1 gated attention; shared expert MLP not
+    ("Qwen3-Next-80B-A3B", None, 8, "in_proj_qkvz,out_proj,q_proj"),
+    ("Qwen3-Next-80B-A3B", 4, 4, "shared_expert_gate,down_proj"),
+])
+def test_lora_trainable_params_equal_peft(name, layers, rank, targets, tmp_path):
+    ref = reduced(name, layers, tmp_path) if layers else name
+    assert lora_params(load_model(ref), targets, rank) == peft_trainable(ref, rank, targets)
+
+
+def test_lora_counts_scale_with_rank_and_depth():
+    """Closed form: linear in the rank; on the full Qwen3-Next it is the reduced model's per-layer sum x 12."""
+    next_ = load_model("Qwen3-Next-80B-A3B")
+    assert lora_params(next_, "all-linear", 32) == 2 * lora_params(next_, "all-linear", 16)
+    dense = load_model("Qwen3-8B")
+    # all-linear r16 on Qwen3-8B: 36 layers x 16 x (q 4096+4096, k 4096+1024, v 4096+1024, o 4096+4096,
+    # gate/up 4096+12288 each, down 12288+4096)
+    per_layer = 16 * ((4096 + 4096) * 2 + (4096 + 1024) * 2 + (4096 + 12288) * 3)
+    assert lora_params(dense, "all-linear", 16) == 36 * per_layer == 43_646_976
+
+
+def test_moe_all_linear_targets_the_experts_and_not_the_shared_expert_mlp():
+    """Stated decision (issue #17): peft 0.21 maps all-linear's gate / gate_proj / up_proj / down_proj onto the
+    router and the fused expert tensors of Qwen3-MoE / Qwen3-Next, so routed experts train (a large count) and the
+    shared expert's own Linear layers of those names do not."""
+    moe = load_model("Qwen3-30B-A3B")
+    attn_only = lora_params(moe, "q_proj,k_proj,v_proj,o_proj", 16)
+    everything = lora_params(moe, "all-linear", 16)
+    assert everything > 50 * attn_only  # the experts dominate: 0.997 B at r16 (3.3 % of the model), attention 13 M
+    assert "experts" not in target_names(moe) and {"gate", "gate_proj", "up_proj", "down_proj"} <= set(target_names(moe))
+
+
+def test_bad_targets_and_methods_are_one_line_errors():
+    spec = load_model("Qwen3-30B-A3B")
+    with pytest.raises(InputError, match="gate_proj and up_proj are one fused expert tensor"):
+        lora_params(spec, "gate_proj", 8)
+    with pytest.raises(InputError, match=r"mlp_fc not in .*choose all-linear or from: .*q_proj"):
+        lora_params(spec, "q_proj,mlp_fc", 8)
+    with pytest.raises(InputError, match="--finetune 'adapter'"):
+        trainable_params(spec, "adapter")
+    with pytest.raises(InputError, match="--lora-rank 0"):
+        trainable_params(spec, "lora", rank=0)
+    with pytest.raises(InputError, match="--freeze-layers 99"):
+        freeze_params(load_model("Qwen3-8B"), 99)
+    with pytest.raises(InputError, match="--trainable-modules 'attn'"):
+        freeze_params(load_model("Qwen3-8B"), 2, "attn")
+
+
+def test_freeze_trains_the_last_layers_or_their_named_modules():
+    """LLaMA-Factory's freeze: freeze_trainable_layers N (last N; first N when negative), freeze_trainable_modules."""
+    spec = load_model("Qwen3-8B")
+    full = count_params(spec)
+    per_layer = (full.total - 2 * 151_936 * 4096 - 4096) // 36  # untied head + embedding, final norm
+    assert freeze_params(spec, 2) == 2 * per_layer
+    assert freeze_params(spec, -3) == 3 * per_layer
+    assert freeze_params(spec, 2, "mlp") == 2 * 3 * 4096 * 12_288
+    assert freeze_params(spec, 2, "mlp,self_attn") < freeze_params(spec, 2) == trainable_params(spec, "freeze")
+    assert trainable_params(spec, "full") == full.total
+    assert trainable_params(spec, "qlora", rank=16) == trainable_params(spec, "lora", rank=16)
