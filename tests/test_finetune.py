@@ -14,7 +14,8 @@ from qwen_ds.models.finetune import freeze_params, lora_params, target_names, tr
 
 
 def reduced(name: str, layers: int, tmp_path) -> str:
-    """The preset at fewer layers (every per-layer tensor at full size): peft on the 48-layer Qwen3-Next takes a minute."""
+    """The preset at fewer layers (every per-layer tensor at full size): peft wraps the 48-layer Qwen3-Next in a
+    minute."""
     spec = load_model(name)
     path = tmp_path / f"{name}-L{layers}.json"
     path.write_text(json.dumps({**spec.config, "num_hidden_layers": layers}))
@@ -30,7 +31,8 @@ def peft_trainable(model_ref: str, rank: int, targets: str) -> int:
     model = build_meta_model(dict(load_model(model_ref).config))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        cfg = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets if targets == "all-linear" else targets.split(","))
+        cfg = LoraConfig(r=rank, lora_alpha=2 * rank,
+                         target_modules=targets if targets == "all-linear" else targets.split(","))
         peft_model = get_peft_model(model, cfg)
     return sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
 
@@ -72,7 +74,7 @@ def test_moe_all_linear_targets_the_experts_and_not_the_shared_expert_mlp():
     moe = load_model("Qwen3-30B-A3B")
     attn_only = lora_params(moe, "q_proj,k_proj,v_proj,o_proj", 16)
     everything = lora_params(moe, "all-linear", 16)
-    assert everything > 50 * attn_only  # the experts dominate: 0.997 B at r16 (3.3 % of the model), attention 13 M
+    assert everything > 50 * attn_only  # experts dominate: 0.997 B at r16 (3.3 % of the model); attention 13 M
     assert "experts" not in target_names(moe) and {"gate", "gate_proj", "up_proj", "down_proj"} <= set(target_names(moe))
 
 
