@@ -91,12 +91,16 @@ def inputs(model: str | ModelSpec, gpu: str | GPU, *, nodes: int | None = None, 
         raise InputError(f"--pp {kv['pp']} with --mode infer: DeepSpeed inference has no pipeline stages "
                          "(init_inference splits layers by AutoTP only); use --tp N (DeepSpeed-Inference) or --zero 3 "
                          "(ZeRO-Inference), --pp 1")
+    if mode == "infer" and kv["finetune"] != "full":
+        raise InputError(f"--finetune {kv['finetune']} with --mode infer: fine-tuning methods are for training; "
+                         "drop --finetune (inference serves the merged or base weights)")
     if mode == "infer" and zero == 3 and kv["tp"] > 1:
         raise InputError(f"--tp {kv['tp']} with --mode infer --zero 3: ZeRO-Inference has no tensor parallelism; "
                          "use --zero 0 --tp N (DeepSpeed-Inference) or --tp 1")
     plan_ = Plan(zero_stage=zero, precision=precision,
                  **{k: kv[k] for k in ("offload_optimizer", "offload_param", "tp", "pp", "micro_batch", "grad_accum",
-                                       "checkpointing", "loss", "kernels")},
+                                       "checkpointing", "loss", "kernels", "finetune", "lora_rank", "lora_alpha",
+                                       "lora_targets", "freeze_layers", "trainable_modules")},
                  **({"allocator": kv["allocator"]} if kv["allocator"] else {}))  # else Plan's default
     return Inputs(spec, cluster, workload, plan_)
 

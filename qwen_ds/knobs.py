@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import InputError
+from .models.finetune import FINETUNE_METHODS
 
 MODES = ("train", "infer")
 TRAIN_PRECISIONS = ("bf16", "fp16", "fp32", "fp8")  # int8 is for inference weights only
@@ -82,6 +83,13 @@ class Plan:
     hpz_partition_size: int = 1
     quantized_weights: bool = False
     quantized_gradients: bool = False
+    #: fine-tuning method (qwen_ds/models/finetune.py): full, lora, qlora (4-bit NF4 base), freeze
+    finetune: str = "full"
+    lora_rank: int = 16
+    lora_alpha: int | None = None  # None: 2 x lora_rank (LLaMA-Factory's default)
+    lora_targets: str = "all-linear"
+    freeze_layers: int = 2  # freeze: the last N decoder layers train (the first -N when negative)
+    trainable_modules: str = "all"  # freeze: their sub-modules that train (comma-separated) or all
 
     def __post_init__(self) -> None:
         if self.zero_stage not in (0, 1, 2, 3):
@@ -92,6 +100,16 @@ class Plan:
         _choice("--loss", self.loss, LOSS_PATHS)
         _choice("--kernels", self.kernels, KERNELS)
         _choice("--allocator", self.allocator, ALLOCATORS)
+        _choice("--finetune", self.finetune, FINETUNE_METHODS)
+        _positive("--lora-rank", self.lora_rank)
+        if self.lora_alpha is not None:
+            _positive("--lora-alpha", self.lora_alpha)
+        if isinstance(self.freeze_layers, bool) or not isinstance(self.freeze_layers, int) or self.freeze_layers == 0:
+            raise InputError(f"--freeze-layers {self.freeze_layers!r}: a non-zero integer (N: the last N layers train, "
+                             "-N: the first N)")
+        if self.finetune == "qlora" and self.precision not in ("bf16", "fp16"):
+            raise InputError(f"--finetune qlora with --precision {self.precision}: QLoRA computes in bf16 or fp16 over "
+                             "its 4-bit base; choose --precision bf16 or fp16")
         for flag, value in (("--tp", self.tp), ("--pp", self.pp), ("--micro-batch", self.micro_batch),
                             ("--grad-accum", self.grad_accum),
                             ("--hpz", self.hpz_partition_size)):
@@ -185,6 +203,17 @@ KNOBS: tuple[Knob, ...] = (
          "hf: plain forward with labels (full fp32 logits); chunked: the built-in runtime's chunked cross-entropy."),
     Knob("kernels", "--kernels", KERNELS, "hf",
          "hf: transformers defaults (sdpa, torch GDN fallback); fused: flash-attn / FLA / fused norms."),
+    Knob("finetune", "--finetune", FINETUNE_METHODS, "full",
+         "What trains: full (every parameter), lora (adapters on a frozen 16-bit base, peft), qlora (adapters on a "
+         "4-bit NF4 base, double quantization, bitsandbytes), freeze (the last --freeze-layers layers)."),
+    Knob("lora_rank", "--lora-rank", int, 16, "LoRA / QLoRA rank r."),
+    Knob("lora_alpha", "--lora-alpha", int, None, "LoRA alpha [2 x --lora-rank].", show_default=False),
+    Knob("lora_targets", "--lora-targets", str, "all-linear",
+         "LoRA target modules: all-linear (peft's shorthand; on Qwen3-MoE / Qwen3-Next it includes the router and "
+         "the fused routed experts) or names, e.g. q_proj,k_proj,v_proj,o_proj."),
+    Knob("freeze_layers", "--freeze-layers", int, 2, "Freeze: the last N decoder layers train (-N: the first N)."),
+    Knob("trainable_modules", "--trainable-modules", str, "all",
+         "Freeze: the sub-modules of those layers that train (mlp, self_attn, linear_attn, ...) or all."),
     Knob("allocator", "--allocator", ALLOCATORS, None,
          "PyTorch CUDA allocator of the run: expandable (expandable_segments, set by qwen-ds launch) or default "
          "(plain deepspeed / accelerate / HF Trainer launches; more reserved slack) [expandable; gen-config --for "

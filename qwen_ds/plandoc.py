@@ -21,6 +21,7 @@ from . import __version__
 from .consumers import CONSUMERS
 from .errors import InputError, one_line
 from .pairing import CONFIG_KEY, DIGEST_KEY, PairCheck, check_pair
+from .models.finetune import FINETUNE_METHODS
 from .knobs import ALLOCATORS, INFER_PRECISIONS, KERNELS, LOSS_PATHS, MODES, OFFLOAD, Plan, Workload
 
 #: 1: the first typed document (gen-config of qwen-ds 0.1.0 after #12); files without the key are
@@ -281,6 +282,12 @@ FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     **{f"plan.{k}": (_int(0), "an integer >= 0")
        for k in ("max_live_parameters", "max_reuse_distance", "sub_group_size")},
     "plan.hpz_partition_size": _POS,
+    "plan.finetune": (_one_of(FINETUNE_METHODS), f"one of {', '.join(FINETUNE_METHODS)}"),
+    "plan.lora_rank": _POS,
+    "plan.lora_alpha": (_opt(_int(1)), "a positive integer or null"),
+    "plan.lora_targets": _STR,
+    "plan.freeze_layers": (lambda v: _is(int)(v) and v != 0, "a non-zero integer"),
+    "plan.trainable_modules": _STR,
     "plan.quantized_weights": (_is(bool), "true or false"),
     "plan.quantized_gradients": (_is(bool), "true or false"),
     "fp8_recipe": (_opt(_is(dict)), "an object or null"),

@@ -16,10 +16,36 @@ def planned_memory(model, b: MemoryBreakdown) -> PlannedMemory:
     return PlannedMemory.of(c.total, c.active, b)
 
 
+def trainable_params(model, workload, plan) -> int | None:
+    """Parameters the optimizer updates (qwen_ds/models/finetune.py); None for inference."""
+    if workload.mode != "train":
+        return None
+    from .models.finetune import trainable_params as count
+
+    return count(model, plan.finetune, plan.lora_rank, plan.lora_targets, plan.freeze_layers, plan.trainable_modules)
+
+
+def finetune_text(model, plan) -> str:
+    """', finetune lora r16 (a 32) all-linear: 43.6M trainable' for the plan line; '' for full training."""
+    if plan.finetune == "full":
+        return ""
+    from .models.finetune import trainable_params as count
+
+    n = count(model, plan.finetune, plan.lora_rank, plan.lora_targets, plan.freeze_layers, plan.trainable_modules)
+    if plan.finetune == "freeze":
+        how = f"freeze, last {plan.freeze_layers} layers ({plan.trainable_modules})" if plan.freeze_layers > 0 else (
+            f"freeze, first {-plan.freeze_layers} layers ({plan.trainable_modules})")
+    else:
+        how = (f"{plan.finetune} r{plan.lora_rank} (alpha {plan.lora_alpha or 2 * plan.lora_rank}) {plan.lora_targets}"
+               + (", 4-bit NF4 base" if plan.finetune == "qlora" else ""))
+    return f", {how}: {human_count(n)} trainable"
+
+
 def estimate_json(model, cluster, workload, plan, lay, b: MemoryBreakdown) -> dict:
     """``estimate --json``: the inputs, then the memory as plan.json keeps it (PlannedMemory)."""
     mem = planned_memory(model, b).to_json()
     counts = {k: mem.pop(k) for k in ("total_params", "active_params")}
+    counts["trainable_params"] = trainable_params(model, workload, plan)
     # the node total of the load_peak term, right after the CPU total it may set
     load = sum(t.bytes for t in b.cpu_terms if t.name == "load_peak")
     out = {}
@@ -41,6 +67,11 @@ def estimate_json(model, cluster, workload, plan, lay, b: MemoryBreakdown) -> di
             "dp": lay.dp, "tp": lay.tp, "pp": lay.pp, "micro_batch": plan.micro_batch, "grad_accum": plan.grad_accum,
             "seq_len": workload.seq_len, "new_tokens": workload.new_tokens, "checkpointing": plan.checkpointing,
             "precision": plan.precision, "loss": plan.loss, "kernels": plan.kernels, "allocator": plan.allocator,
+            "finetune": plan.finetune,
+            **({"lora_rank": plan.lora_rank, "lora_alpha": plan.lora_alpha or 2 * plan.lora_rank,
+                "lora_targets": plan.lora_targets} if plan.finetune in ("lora", "qlora") else {}),
+            **({"freeze_layers": plan.freeze_layers, "trainable_modules": plan.trainable_modules}
+               if plan.finetune == "freeze" else {}),
         },
         **mem,
     }
@@ -59,7 +90,8 @@ def estimate_text(model, cluster, workload, plan, lay, b: MemoryBreakdown) -> st
         head += f"param offload={plan.offload_param}"
     else:
         head += (f"offload optimizer={plan.offload_optimizer} params={plan.offload_param}, "
-                 f"checkpointing {'on' if plan.checkpointing else 'off'}, loss {plan.loss}, kernels {plan.kernels}")
+                 f"checkpointing {'on' if plan.checkpointing else 'off'}, loss {plan.loss}, kernels {plan.kernels}"
+                 f"{finetune_text(model, plan)}")
     total = b.gpu_total_bytes or 1
     rows = [[t.name, t.phase, gib(t.bytes), f"{100 * t.bytes / total:.1f}%", t.formula] for t in b.gpu_terms]
     lines = [head, "", "per GPU:", table(["term", "phase", "GiB", "share", "formula"], rows, "llrrl")]

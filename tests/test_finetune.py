@@ -106,3 +106,70 @@ def test_freeze_trains_the_last_layers_or_their_named_modules():
     assert freeze_params(spec, 2, "mlp,self_attn") < freeze_params(spec, 2) == trainable_params(spec, "freeze")
     assert trainable_params(spec, "full") == full.total
     assert trainable_params(spec, "qlora", rank=16) == trainable_params(spec, "lora", rank=16)
+
+
+# --------------------------------------------------------------------------- memory terms (issue #17 point 3)
+
+from qwen_ds.estimator import estimate  # noqa: E402
+from qwen_ds.estimator.model_states import NF4_BYTES  # noqa: E402
+from qwen_ds.hardware import Cluster, get_gpu  # noqa: E402
+from qwen_ds.knobs import Plan, Workload  # noqa: E402
+
+
+def _terms(model: str, **plan):
+    b = estimate(load_model(model), Cluster(get_gpu("A100-80GB"), 1, 8), Workload(seq_len=4096), Plan(**plan))
+    return b, b.terms_dict()
+
+
+@pytest.mark.parametrize("zero", [0, 2, 3])
+def test_lora_keeps_optimizer_states_for_the_adapters_only(zero):
+    """Adapters get 16-bit grads, fp32 masters and Adam m, v (partitioned as the stage says); the frozen base keeps
+    only its 16-bit weights, partitioned by ZeRO-3 like any parameter."""
+    spec = load_model("Qwen3-8B")
+    total, adapters = count_params(spec).total, lora_params(spec, "all-linear", 16)
+    _, t = _terms("Qwen3-8B", zero_stage=zero, finetune="lora")
+    dp_opt = 8 if zero >= 1 else 1
+    assert t["optimizer_states"] == 8 * -(-adapters // dp_opt)
+    assert t["master_weights_fp32"] == 4 * -(-adapters // dp_opt)
+    assert t["gradients"] == 2 * (-(-adapters // 8) if zero >= 2 else adapters)
+    assert t["params"] == (-(-2 * (total + adapters) // 8) if zero == 3 else 2 * (total + adapters))
+    _, full = _terms("Qwen3-8B", zero_stage=zero)
+    assert t["optimizer_states"] < full["optimizer_states"] / 100
+
+
+def test_qlora_stores_the_linear_weights_in_nf4():
+    from qwen_ds.models.finetune import linear_weights
+
+    spec = load_model("Qwen3-32B")
+    total, adapters, q = count_params(spec).total, lora_params(spec, "all-linear", 16), linear_weights(spec)
+    _, t = _terms("Qwen3-32B", zero_stage=2, finetune="qlora")
+    assert t["params"] == 2 * (total + adapters - q) + round(NF4_BYTES * q)
+    assert 0.9 * total < q < total  # all but the embedding, head and norms
+    _, lora = _terms("Qwen3-32B", zero_stage=2, finetune="lora")
+    assert t["params"] < 0.3 * lora["params"]
+
+
+def test_freeze_saves_activations_only_for_the_trained_layers():
+    _, full = _terms("Qwen3-8B", zero_stage=2, checkpointing=False, finetune="full")
+    _, last2 = _terms("Qwen3-8B", zero_stage=2, checkpointing=False, finetune="freeze", freeze_layers=2)
+    _, first2 = _terms("Qwen3-8B", zero_stage=2, checkpointing=False, finetune="freeze", freeze_layers=-2)
+    assert last2["activations"] * 18 == full["activations"]  # 2 of 36 layers
+    assert first2["activations"] == full["activations"]  # the gradient passes through every later layer
+
+
+def test_estimate_json_and_cli_errors():
+    from helpers import run_cli
+
+    rc, out, err = run_cli("estimate", "-m", "Qwen3-8B", "-g", "A100-80GB", "--gpus-per-node", "8", "--finetune", "lora",
+                           "--lora-rank", "8", "--lora-targets", "q_proj,v_proj", "--json")
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert doc["trainable_params"] == lora_params(load_model("Qwen3-8B"), "q_proj,v_proj", 8)
+    assert doc["plan"]["finetune"] == "lora" and doc["plan"]["lora_alpha"] == 16
+    rc, _, err = run_cli("estimate", "-m", "Qwen3-8B", "-g", "A100-80GB", "--finetune", "lora", "--lora-targets",
+                         "qkv")
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "--lora-targets 'qkv'" in err
+    rc, _, err = run_cli("estimate", "-m", "Qwen3-8B", "-g", "A100-80GB", "--mode", "infer", "--finetune", "qlora")
+    assert rc == 2 and "--finetune qlora with --mode infer" in err
+    rc, _, err = run_cli("estimate", "-m", "Qwen3-8B", "-g", "A100-80GB", "--finetune", "qlora", "--precision", "fp32")
+    assert rc == 2 and "QLoRA computes in bf16 or fp16" in err

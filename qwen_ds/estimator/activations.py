@@ -109,14 +109,36 @@ def layer_bytes(s: ModelSpec, kind: LayerKind, kernels: str) -> tuple[int, int]:
     return 2 * norm_bytes(s, kernels), mixer + mlp
 
 
+def lora_targeted_linears(s: ModelSpec, targets: str, kinds: dict) -> int:
+    """Targeted nn.Linear modules (and mapped expert / router tensors, one each) over the layers of ``kinds``."""
+    from ..models.finetune import MOE_MAPPED, MOE_FAMILIES, layer_linears, parse_targets
+
+    chosen = parse_targets(s, targets)
+    moe = s.family in MOE_FAMILIES and s.n_moe_layers > 0
+    modules = chosen - set(MOE_MAPPED) if moe else chosen
+    total = 0
+    for (mixer, mlp), n in kinds.items():
+        per = sum(lin.name in modules for lin in layer_linears(s, mixer, mlp))
+        if moe and mlp == "moe":
+            per += ("gate" in chosen) + ("gate_proj" in chosen) + ("down_proj" in chosen)
+        total += n * per
+    return total
+
+
 def activation_terms(s: ModelSpec, lay: Layout, plan: Plan, seq_len: int) -> list[Term]:
     """Per GPU at the activation peak (start of backward) for one micro-batch (x the micro-batches in
     flight on the layout's pipeline stage: p - s on stage s under 1F1B, at most grad_accum)."""
     tokens = plan.micro_batch * seq_len
     in_flight = min(lay.pp - lay.stage, plan.grad_accum) if lay.pp > 1 else 1
     scale = compute_bytes(plan.precision) // 2  # layer_bytes counts 16-bit activations
-    # per layer kind, times how many layers of the stage have it: no work per layer
-    kinds = kind_counts(s, lay.stage_layers)
+    # per layer kind, times how many layers of the stage have it: no work per layer; freeze of the last N layers:
+    # no gradient reaches the layers before them, so autograd saves nothing there
+    layers = lay.stage_layers
+    if plan.finetune == "freeze" and plan.freeze_layers > 0:
+        layers = range(max(layers.start, s.num_layers - plan.freeze_layers), layers.stop)
+        if not len(layers):
+            return []
+    kinds = kind_counts(s, layers)
     per_kind = {}
     for kind in kinds:
         rep, split = layer_bytes(s, kind, plan.kernels)
@@ -133,8 +155,14 @@ def activation_terms(s: ModelSpec, lay: Layout, plan: Plan, seq_len: int) -> lis
         ]
     per_token = sum(n * per_kind[kind] for kind, n in kinds.items())
     total = per_token * tokens * in_flight * scale
-    return [Term("activations", total, "fwd_bwd",
-                 f"{per_token:,} B/token over {n_layers} layers x {tokens:,} tokens x {in_flight} in flight")]
+    out = [Term("activations", total, "fwd_bwd",
+                f"{per_token:,} B/token over {n_layers} layers x {tokens:,} tokens x {in_flight} in flight")]
+    if plan.finetune in ("lora", "qlora"):  # x @ A (rank r) saved for B's gradient, per targeted Linear
+        targets = lora_targeted_linears(s, plan.lora_targets, kinds)
+        lora = 2 * scale * plan.lora_rank * targets * tokens * in_flight
+        out.append(Term("lora_intermediates", lora, "fwd_bwd",
+                        f"r {plan.lora_rank} x {targets} targeted Linear layers x {tokens:,} tokens x {2 * scale} B"))
+    return out
 
 
 def loss_terms(s: ModelSpec, lay: Layout, plan: Plan, seq_len: int) -> list[Term]:

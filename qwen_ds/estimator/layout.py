@@ -7,6 +7,7 @@ from functools import lru_cache
 
 from ..errors import InputError
 from ..hardware import Cluster
+from ..models.finetune import freeze_params, linear_weights, lora_params
 from ..models.counts import ParamCounts, count_params, layers_params
 from ..models.spec import ModelSpec
 from ..knobs import Plan
@@ -33,6 +34,15 @@ class Layout:
     stage: int = 0
     #: parameters of every pipeline stage (one entry without pipeline stages)
     stage_params: tuple[int, ...] = ()
+    #: of params_per_mp_rank, those the optimizer updates (None: all; LoRA adapters, freeze's layers otherwise)
+    trainable: int | None = None
+    #: of params_per_mp_rank, base weights stored in 4 bits (QLoRA)
+    quantized: int = 0
+
+    @property
+    def trained(self) -> int:
+        """Parameters of the rank that have gradients, fp32 masters and Adam states."""
+        return self.params_per_mp_rank if self.trainable is None else self.trainable
 
 
 @lru_cache(maxsize=256)
@@ -138,5 +148,21 @@ def layout(model: ModelSpec, cluster: Cluster, plan: Plan, training: bool = Fals
         # a PipelineModule has no HF tp_plan, so only without pipeline stages
         if tp > 1 and pp == 1:
             split += autotp_head_split(model, training)
-    return Layout(plan.dp(world), tp, pp, n - split + -(-split // tp), per, idx, first, last, n - split, stage,
-                  stage_params or (n,))
+    m = n - split + -(-split // tp)
+    trainable, quantized, extra = finetune_shares(model, plan, m, counts.total)
+    return Layout(plan.dp(world), tp, pp, m + extra, per, idx, first, last, n - split, stage, stage_params or (n,),
+                  trainable, quantized)
+
+
+def finetune_shares(model: ModelSpec, plan: Plan, m: int, total: int) -> tuple[int | None, int, int]:
+    """(trainable, 4-bit, added) parameters of a rank that owns ``m`` of the model's ``total``: full training
+    trains all; LoRA adds adapters (their share of the model's, r x (in + out) per targeted Linear) and trains only
+    them; QLoRA also stores the base Linear weights in 4 bits; freeze trains its layers' share."""
+    if plan.finetune == "full":
+        return None, 0, 0
+    share = m / total
+    if plan.finetune == "freeze":
+        return round(freeze_params(model, plan.freeze_layers, plan.trainable_modules) * share), 0, 0
+    adapters = round(lora_params(model, plan.lora_targets, plan.lora_rank) * share)
+    quantized = round(linear_weights(model) * share) if plan.finetune == "qlora" else 0
+    return adapters, quantized, adapters

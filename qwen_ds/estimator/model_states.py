@@ -26,14 +26,22 @@ def _div(n: int, d: int) -> int:
     return -(-n // d)
 
 
+#: bytes per parameter of a QLoRA base weight: NF4 (0.5 B), an 8-bit absmax per 64-weight block and, with double
+#: quantization, one fp32 constant per 256 of those blocks (bitsandbytes; QLoRA, arXiv 2305.14314 §3)
+NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)
+
+
 def params_16bit(lay: Layout, plan: Plan) -> Term:
-    """Model parameters on GPU: b·M, /D under ZeRO-3, 0 with offload_param (they live on CPU/NVMe)."""
-    b, m = compute_bytes(plan.precision), lay.params_per_mp_rank
+    """Model parameters on GPU: b·M, /D under ZeRO-3, 0 with offload_param (they live on CPU/NVMe). LoRA: M holds
+    the adapters too; QLoRA: its base Linear weights at NF4_BYTES each. ZeRO-3 partitions frozen params as well."""
+    b, m, q = compute_bytes(plan.precision), lay.params_per_mp_rank, lay.quantized
     if plan.zero_stage == 3 and plan.offload_param != "none":
         return Term("params", 0, "persistent", f"offloaded to {plan.offload_param}")
+    total, formula = b * (m - q) + round(NF4_BYTES * q), (
+        f"{b} B x {m - q:,} + NF4 {NF4_BYTES:.4f} B x {q:,}" if q else f"{b} B x {m:,}")
     if plan.zero_stage == 3:
-        return Term("params", _div(b * m, lay.dp), "persistent", f"{b} B x {m:,} / dp {lay.dp}")
-    return Term("params", b * m, "persistent", f"{b} B x {m:,}")
+        return Term("params", _div(total, lay.dp), "persistent", f"{formula} / dp {lay.dp}")
+    return Term("params", total, "persistent", formula)
 
 
 def hpz_secondary_params(lay: Layout, plan: Plan) -> Term:
@@ -48,7 +56,7 @@ def hpz_secondary_params(lay: Layout, plan: Plan) -> Term:
 def gradients(lay: Layout, plan: Plan) -> Term:
     """Gradients in the model dtype: full b·M for ZeRO 0/1, b·M/D for ZeRO 2/3; none on GPU when the
     optimizer is offloaded (stage 2/3 copy each reduced partition straight to CPU)."""
-    b, m = compute_bytes(plan.precision), lay.params_per_mp_rank
+    b, m = compute_bytes(plan.precision), lay.trained  # frozen parameters get none
     if plan.offload_optimizer != "none" and plan.zero_stage >= 2:
         return Term("gradients", 0, "persistent", "reduced partitions go to CPU (offload_optimizer)")
     if plan.zero_stage >= 2:
@@ -57,7 +65,8 @@ def gradients(lay: Layout, plan: Plan) -> Term:
 
 
 def _opt_partition(lay: Layout, plan: Plan) -> int:
-    return _div(lay.params_per_mp_rank, lay.dp) if plan.zero_stage >= 1 else lay.params_per_mp_rank
+    """The optimizer's share of the rank's trainable parameters (DeepSpeed's optimizer sees only those)."""
+    return _div(lay.trained, lay.dp) if plan.zero_stage >= 1 else lay.trained
 
 
 def master_weights(lay: Layout, plan: Plan) -> Term:

@@ -31,7 +31,7 @@ FINETUNE_METHODS = ("full", "lora", "qlora", "freeze")
 ALL_LINEAR = "all-linear"
 #: model_type -> peft's transformers-5 conversion of MoE targets (peft utils/transformers_weight_conversion.py)
 MOE_FAMILIES = ("qwen3_moe", "qwen3_next")
-_MOE_MAPPED = ("gate", "gate_proj", "up_proj", "down_proj")
+MOE_MAPPED = ("gate", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def target_names(s: ModelSpec) -> tuple[str, ...]:
     expert / router names peft maps onto parameters)."""
     names = {lin.name for kind in kind_counts(s) for lin in layer_linears(s, *kind)}
     if s.family in MOE_FAMILIES and s.n_moe_layers:
-        names |= set(_MOE_MAPPED)
+        names |= set(MOE_MAPPED)
     return tuple(sorted(names))
 
 
@@ -87,7 +87,7 @@ def parse_targets(s: ModelSpec, targets: str) -> frozenset[str]:
     if text.lower() == ALL_LINEAR:
         chosen = set(allowed)
         if s.family in MOE_FAMILIES and s.n_moe_layers:
-            chosen |= set(_MOE_MAPPED)
+            chosen |= set(MOE_MAPPED)
         return frozenset(chosen)
     chosen = {t.strip() for t in text.split(",") if t.strip()}
     bad = sorted(chosen - set(allowed))
@@ -104,7 +104,7 @@ def lora_params(s: ModelSpec, targets: str, rank: int) -> int:
     """Adapter parameters peft adds with ``target_modules=targets`` and ``r=rank``."""
     chosen = parse_targets(s, targets)
     moe_map = s.family in MOE_FAMILIES and s.n_moe_layers > 0
-    module_targets = chosen - set(_MOE_MAPPED) if moe_map else chosen
+    module_targets = chosen - set(MOE_MAPPED) if moe_map else chosen
     total = 0
     for (mixer_type, mlp_type), count in kind_counts(s).items():
         per = sum(rank * (lin.fan_in + lin.fan_out) for lin in layer_linears(s, mixer_type, mlp_type)
@@ -119,6 +119,14 @@ def lora_params(s: ModelSpec, targets: str, rank: int) -> int:
                 per += rank * E * (Im + h)
         total += count * per
     return total
+
+
+def linear_weights(s: ModelSpec) -> int:
+    """Weights of the decoder layers' ``nn.Linear`` modules: what bitsandbytes stores in 4 bits under QLoRA
+    (transformers replaces nn.Linear only: the embedding, norms, head, router and the fused routed experts of the
+    MoE families stay 16-bit)."""
+    return sum(count * sum(lin.fan_in * lin.fan_out for lin in layer_linears(s, *kind))
+               for kind, count in kind_counts(s).items())
 
 
 def freeze_params(s: ModelSpec, layers: int, modules: str = "all") -> int:
