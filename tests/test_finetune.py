@@ -160,8 +160,8 @@ def test_freeze_saves_activations_only_for_the_trained_layers():
 def test_estimate_json_and_cli_errors():
     from helpers import run_cli
 
-    rc, out, err = run_cli("estimate", "-m", "Qwen3-8B", "-g", "A100-80GB", "--gpus-per-node", "8", "--finetune", "lora",
-                           "--lora-rank", "8", "--lora-targets", "q_proj,v_proj", "--json")
+    rc, out, err = run_cli("estimate", "-m", "Qwen3-8B", "-g", "A100-80GB", "--gpus-per-node", "8",
+                           "--finetune", "lora", "--lora-rank", "8", "--lora-targets", "q_proj,v_proj", "--json")
     assert rc == 0, err
     doc = json.loads(out)
     assert doc["trainable_params"] == lora_params(load_model("Qwen3-8B"), "q_proj,v_proj", 8)
