@@ -209,6 +209,8 @@ class PlanSearch:
     result: Any  # planner.SearchResult
     options: SearchOptions
     smallest: tuple[int, Any] | None = None  # (nodes, planner.Candidate)
+    #: full training without a no-offload fit: the best LoRA r16 plan without offload on this cluster, if one fits
+    lora_fit: Any = None  # planner.Candidate
 
     @property
     def accepted(self) -> tuple:
@@ -237,6 +239,7 @@ class PlanSearch:
             "rejected_families": [{"family": f, "reason": r} for f, r in res.rejected_families()],
             "smallest_cluster_without_offload": None if smallest is None else
             {"nodes": smallest[0], "gpus_per_node": i.cluster.gpus_per_node, "plan": describe(smallest[1])},
+            "lora_r16_without_offload": None if self.lora_fit is None else describe(self.lora_fit),
         }
 
     def text(self, top: int = 8, explain: bool = False) -> str:
@@ -244,7 +247,7 @@ class PlanSearch:
 
         i = self.inputs
         out = plan_text(i.model, i.cluster, i.workload, self.result, top, self.smallest,
-                        i.workload.mode == "infer" or self.options.allow_tp)
+                        i.workload.mode == "infer" or self.options.allow_tp, self.lora_fit)
         best = self.best_estimate()
         if explain and best is not None:
             out += "\n\nwinner, memory:\n" + best.text()
@@ -269,9 +272,14 @@ def search_inputs(i: Inputs, pinned: dict[str, Any], options: SearchOptions, sma
         layout(i.model, i.cluster, i.plan, training=i.workload.mode == "train")
     small = None
     no_offload_fits = any(c.plan.offload_optimizer == c.plan.offload_param == "none" for c in res.accepted)
+    lora = None
     if smallest and i.workload.mode == "train" and not no_offload_fits:
         small = smallest_cluster_without_offload(i.model, i.cluster, i.workload, i.plan, cons, net)
-    return PlanSearch(i, res, options, small)
+        if i.plan.finetune == "full":  # would LoRA fit here without offload? (issue #17: say so)
+            lplan = dataclasses.replace(i.plan, finetune="lora", lora_rank=16, lora_targets="all-linear")
+            lres = search(i.model, i.cluster, i.workload, lplan, cons, net)
+            lora = next((c for c in lres.accepted if c.plan.offload_optimizer == c.plan.offload_param == "none"), None)
+    return PlanSearch(i, res, options, small, lora)
 
 
 def plan(model: str | ModelSpec, gpu: str | GPU, *, nodes: int | None = None, gpus_per_node: int | None = None,

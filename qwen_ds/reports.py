@@ -146,7 +146,7 @@ def batch_line(res) -> str:
             f"({ga}: pass --global-batch N to let the planner trade micro-batch for grad-accum)")
 
 
-def plan_text(model, cluster, workload, res, top, smallest, tp_wanted: bool = False) -> str:
+def plan_text(model, cluster, workload, res, top, smallest, tp_wanted: bool = False, lora_fit=None) -> str:
     lines = [f"{model.name} on {cluster.nodes} x {cluster.gpus_per_node} {cluster.gpu.name}, "
              f"{workload.mode}, seq {workload.seq_len}: "
              f"{res.considered} plans considered, {len(res.accepted)} fit"]
@@ -174,4 +174,10 @@ def plan_text(model, cluster, workload, res, top, smallest, tp_wanted: bool = Fa
                      f"{n} x {cluster.gpus_per_node} {cluster.gpu.name}: "
                      f"{c.family}, micro {c.plan.micro_batch}, {gib(c.memory.gpu_total_bytes)} GiB/GPU, "
                      f"{c.time.tokens_per_s:,.0f} tokens/s")
+    if lora_fit is not None:
+        here = f"{cluster.nodes} x {cluster.gpus_per_node}"
+        full = f"needs {smallest[0]} x {cluster.gpus_per_node}" if smallest else "does not fit"
+        lines.append(f"full: {full} without offload; LoRA r16: fits {here} with {lora_fit.family} "
+                     f"(micro {lora_fit.plan.micro_batch}, {gib(lora_fit.memory.gpu_total_bytes)} GiB/GPU, "
+                     f"{lora_fit.time.tokens_per_s:,.0f} tokens/s; --finetune lora)")
     return "\n".join(lines)

@@ -173,3 +173,37 @@ def test_estimate_json_and_cli_errors():
     assert rc == 2 and "--finetune qlora with --mode infer" in err
     rc, _, err = run_cli("estimate", "-m", "Qwen3-8B", "-g", "A100-80GB", "--finetune", "qlora", "--precision", "fp32")
     assert rc == 2 and "QLoRA computes in bf16 or fp16" in err
+
+
+# --------------------------------------------------------------------------- planner (issue #17 point 4)
+
+
+def test_lora_plans_skip_sharding_where_the_base_fits_and_are_named_when_full_needs_more():
+    from qwen_ds import plan
+    from qwen_ds.api import SearchOptions
+
+    gb64 = SearchOptions(global_batch=64)
+    small = plan("Qwen3-8B", "A100-80GB", gpus_per_node=8, finetune="lora", options=gb64)
+    assert small.best.plan.zero_stage < 3 and small.best.plan.offload_optimizer == "none"
+    full = plan("Qwen3-32B", "A100-80GB", gpus_per_node=8, options=gb64)
+    assert full.smallest is not None and full.smallest[0] == 2 and full.lora_fit is not None
+    assert full.lora_fit.plan.finetune == "lora" and full.lora_fit.plan.offload_optimizer == "none"
+    assert "full: needs 2 x 8 without offload; LoRA r16: fits 1 x 8 with ZeRO-3" in full.text()
+
+
+def test_lora_step_skips_frozen_weight_gradients():
+    """Speed model: LoRA's FLOPs are 4/6 of full training plus the adapters'; the optimizer step and the gradient
+    collectives cover the adapters only."""
+    import dataclasses
+
+    from qwen_ds.planner.throughput import finetune_flops_factor, step_time
+
+    m, c, w = load_model("Qwen3-8B"), Cluster(get_gpu("H100-SXM"), 1, 8), Workload(seq_len=4096)
+    full = Plan(zero_stage=2, micro_batch=2, grad_accum=4, loss="chunked")
+    lora = dataclasses.replace(full, finetune="lora")
+    f = finetune_flops_factor(m, lora)
+    assert f == pytest.approx(4 / 6 + lora_params(m, "all-linear", 16) / count_params(m).total)
+    tf, tl = step_time(m, c, w, full), step_time(m, c, w, lora)
+    assert tl.compute_s == pytest.approx(f * tf.compute_s)
+    assert tl.gpu_optimizer_s < tf.gpu_optimizer_s / 100 and tl.comm_s < tf.comm_s / 100
+    assert finetune_flops_factor(m, dataclasses.replace(full, finetune="freeze", freeze_layers=36)) == pytest.approx(1)

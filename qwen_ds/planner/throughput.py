@@ -114,6 +114,27 @@ def _collective_s(nbytes: float, cluster: Cluster, group: int, net: Network) -> 
     return t
 
 
+def trainable_share(model: ModelSpec, plan: Plan) -> float:
+    """Trainable parameters over the model's (LoRA adapters are extra parameters, freeze trains a subset)."""
+    from ..models.finetune import trainable_params
+
+    return trainable_params(model, plan.finetune, plan.lora_rank, plan.lora_targets, plan.freeze_layers,
+                            plan.trainable_modules) / count_params(model).total
+
+
+def finetune_flops_factor(model: ModelSpec, plan: Plan) -> float:
+    """Training FLOPs relative to full training (6 per parameter and token: forward 2, backward 2 for the input
+    gradient and 2 for the weight gradient). LoRA / QLoRA: frozen weights skip the weight gradient (4 of 6), the
+    adapters add 6 per adapter parameter. Freeze of the last N layers: forward everywhere, backward only through
+    N of L layers; of the first N: the input gradient through all, weight gradients for N."""
+    if plan.finetune in ("lora", "qlora"):
+        return 4 / 6 + trainable_share(model, plan)
+    n, layers = plan.freeze_layers, model.num_layers
+    if n > 0:
+        return (2 + 4 * n / layers) / 6
+    return (4 + 2 * -n / layers) / 6
+
+
 def step_time(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan,
               net: Network | None = None) -> StepTime:
     net = net or Network()
@@ -127,6 +148,9 @@ def step_time(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan
     flops_tok = model_flops_per_token(model, seq)
     model_flops = flops_tok * tokens_per_step
     # each GPU does 1/(tp*pp) of its data-parallel replica's work
+    if plan.finetune != "full":  # frozen weights skip their weight-gradient GEMMs (qwen_ds/models/finetune.py)
+        flops_tok *= finetune_flops_factor(model, plan)
+        model_flops = flops_tok * tokens_per_step
     per_gpu_flops = flops_tok * tokens_per_gpu_micro * plan.grad_accum / (plan.tp * plan.pp)
     eff = net.compute_efficiency * tokens_per_gpu_micro / (tokens_per_gpu_micro + net.half_efficiency_tokens)
     if plan.precision == "fp8":  # only the Linear layers torchao converts get faster, by the measured factor
@@ -142,10 +166,12 @@ def step_time(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan
     c = count_params(model)
     b = compute_bytes(plan.precision)
     shard = c.total / (plan.tp * plan.pp)  # params of one model-parallel rank's replica
+    # what has gradients and optimizer states: all of it, or LoRA's adapters / freeze's layers
+    trained = shard if plan.finetune == "full" else shard * trainable_share(model, plan)
     ga = plan.grad_accum
     # ZeRO traffic per optimizer step (bytes of the full tensor per collective)
-    if plan.zero_stage == 3:
-        comm = ga * (2 * _collective_s(b * shard, cluster, dp, net) + _collective_s(b * shard, cluster, dp, net))
+    if plan.zero_stage == 3:  # params all-gathered in forward and backward (frozen ones too), grads reduce-scattered
+        comm = ga * (2 * _collective_s(b * shard, cluster, dp, net) + _collective_s(b * trained, cluster, dp, net))
         if plan.hpz_partition_size > 1:  # backward all-gather stays in the node
             comm -= ga * _collective_s(b * shard, cluster, dp, net)
             comm += ga * _collective_s(b * shard, Cluster(gpu, 1, plan.hpz_partition_size), plan.hpz_partition_size,
@@ -153,11 +179,11 @@ def step_time(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan
         if plan.quantized_weights:
             comm *= 0.75
     elif plan.zero_stage == 2:
-        comm = ga * _collective_s(b * shard, cluster, dp, net) + _collective_s(b * shard, cluster, dp, net)
+        comm = ga * _collective_s(b * trained, cluster, dp, net) + _collective_s(b * trained, cluster, dp, net)
     elif plan.zero_stage == 1:
-        comm = 2 * _collective_s(b * shard, cluster, dp, net)
+        comm = 2 * _collective_s(b * trained, cluster, dp, net)
     else:
-        comm = 2 * _collective_s(b * shard, cluster, dp, net)  # all-reduce = reduce-scatter + all-gather
+        comm = 2 * _collective_s(b * trained, cluster, dp, net)  # all-reduce = reduce-scatter + all-gather
     if plan.tp > 1:  # AutoTP: 2 all-reduces of activations per layer in fwd, 2 in bwd
         act = b * plan.micro_batch * seq * model.hidden_size
         comm += ga * 4 * model.num_layers / plan.pp * 2 * _collective_s(act, Cluster(gpu, 1, plan.tp), plan.tp, net)
@@ -167,14 +193,14 @@ def step_time(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan
     hidden = min(overlappable * net.overlap, compute + recompute)
     exposed = comm - hidden
     # offload: PCIe traffic and CPU Adam
-    part = shard / dp
+    part, opt_part = shard / dp, trained / dp
     pcie = gpu.pcie_gbps * net.pcie_efficiency * GB
     offload = cpu_opt = 0.0
     if plan.offload_optimizer != "none":
-        offload += (b * part + b * part) / pcie  # grads down, updated params up
-        cpu_opt = 16 * part * cluster.gpus_per_node / (net.cpu_adam_gbps * GB)
+        offload += (b * opt_part + b * opt_part) / pcie  # grads down, updated params up
+        cpu_opt = 16 * opt_part * cluster.gpus_per_node / (net.cpu_adam_gbps * GB)
         if plan.offload_optimizer == "nvme":
-            cpu_opt += 2 * 12 * part * cluster.gpus_per_node / (net.nvme_gbps * GB)
+            cpu_opt += 2 * 12 * opt_part * cluster.gpus_per_node / (net.nvme_gbps * GB)
     passes = 3 if plan.checkpointing else 2  # times a micro-step runs each layer: forward, recompute, backward
     if plan.offload_param != "none":  # each rank fetches its partition from host memory in every pass, at the rate
         # measured for DeepSpeed's fetches (calibration.json param_offload_gbps), far under the PCIe link
@@ -182,7 +208,7 @@ def step_time(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan
         if plan.offload_param == "nvme":
             offload += ga * 2 * b * part * cluster.gpus_per_node / (net.nvme_gbps * GB)
     # the optimizer step on the GPU: its HBM traffic per parameter it updates (calibration.json)
-    gpu_opt = (constant("gpu_optimizer_bytes_per_param") * part / (gpu.hbm_gbps * GB)
+    gpu_opt = (constant("gpu_optimizer_bytes_per_param") * opt_part / (gpu.hbm_gbps * GB)
                if plan.offload_optimizer == "none" else 0.0)
     # ZeRO-3's hooks gather, release and reduce each large parameter on the host, in Python, one at a time; the GPU
     # waits for them when a micro-step's kernels take less time than the hooks (small micro-batches)
