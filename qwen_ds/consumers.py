@@ -78,11 +78,11 @@ class TrainArgs:
             out["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
         return out
 
-    def llamafactory_yaml(self, seq_len: int) -> str:
+    def llamafactory_yaml(self, seq_len: int, plan: Plan | None = None) -> str:
         """The LLaMA-Factory training-YAML keys this plan fixes (merge them into your own YAML).
         LLaMA-Factory turns gradient checkpointing on unless disable_gradient_checkpointing is set."""
         rows = [
-            ("finetuning_type", "full"),
+            *finetune_rows(plan),
             ("cutoff_len", seq_len),
             ("per_device_train_batch_size", self.per_device_train_batch_size),
             ("gradient_accumulation_steps", self.gradient_accumulation_steps),
@@ -101,6 +101,24 @@ class TrainArgs:
         ]
         lines = ["# qwen-ds gen-config --for hf-trainer: merge into your LLaMA-Factory training YAML"]
         return "\n".join(lines + [f"{k}: {json.dumps(v)}" for k, v in rows]) + "\n"
+
+
+def finetune_rows(plan: Plan | None) -> list[tuple[str, Any]]:
+    """LLaMA-Factory's fine-tuning keys for the plan: finetuning_type and the LoRA / QLoRA / freeze settings
+    (its lora_target spells peft's all-linear as ``all``)."""
+    method = plan.finetune if plan is not None else "full"
+    if method == "full":
+        return [("finetuning_type", "full")]
+    if method == "freeze":
+        return [("finetuning_type", "freeze"), ("freeze_trainable_layers", plan.freeze_layers),
+                ("freeze_trainable_modules", plan.trainable_modules)]
+    target = "all" if plan.lora_targets.strip().lower() == "all-linear" else plan.lora_targets
+    rows = [("finetuning_type", "lora"), ("lora_rank", plan.lora_rank),
+            ("lora_alpha", plan.lora_alpha or 2 * plan.lora_rank), ("lora_dropout", 0.0), ("lora_target", target)]
+    if method == "qlora":
+        rows += [("quantization_bit", 4), ("quantization_method", "bitsandbytes"), ("quantization_type", "nf4"),
+                 ("double_quantization", True)]
+    return rows
 
 
 def check_consumer(consumer: str, plan: Plan, mode: str) -> None:

@@ -127,7 +127,7 @@ def generate(model: str | ModelSpec, gpu: str | GPU, *, nodes: int | None = None
     i, searched, chosen_by = _choose(i, _pinned(knobs, pinned), options)
     check_consumer(consumer, i.plan, i.workload.mode)
     out = Path(output_dir) if output_dir is not None else None
-    names = ["plan.json", "ds_config.json"] + [n for n, _ in _args_files(consumer, TrainArgs(), 0)]
+    names = ["plan.json", "ds_config.json"] + [n for n, _ in _args_files(consumer, TrainArgs(), 0, None)]
     if out is not None:
         check_targets(out, names, force)  # early, to fail before the work; publish_files checks again under its lock
     rendered = render(i.model, i.cluster, i.workload, i.plan, opts, Path(template_dir) if template_dir else None)
@@ -180,20 +180,20 @@ def generate(model: str | ModelSpec, gpu: str | GPU, *, nodes: int | None = None
         # the old config, which the plan's digest refuses; the other order could pair the new config with an
         # old plan.json that has no digest, which readers only warn about
         files = [("plan.json", doc.to_bytes()), ("ds_config.json", _json_bytes(cfg))]
-        files += _args_files(consumer, args, i.workload.seq_len) if args else []
+        files += _args_files(consumer, args, i.workload.seq_len, plan_) if args else []
         publish_files(out, files, force)
         paths = tuple(out / name for name, _ in [files[1], files[0], *files[2:]])
     return Generated(cfg, doc, est, tuple(problems), edited, paths, gap)
 
 
-def _args_files(consumer: str, args: Any, seq_len: int) -> list[tuple[str, bytes]]:
+def _args_files(consumer: str, args: Any, seq_len: int, plan: Any) -> list[tuple[str, bytes]]:
     """The arguments written beside the config for the HF Trainer (also as LLaMA-Factory YAML) and
     accelerate."""
     if consumer == "deepspeed":
         return []
     files = [("training_args.json", _json_bytes(args.to_json()))]
     if consumer == "hf-trainer":
-        files.append(("llamafactory.yaml", args.llamafactory_yaml(seq_len).encode("utf-8")))
+        files.append(("llamafactory.yaml", args.llamafactory_yaml(seq_len, plan).encode("utf-8")))
     return files
 
 

@@ -143,6 +143,9 @@ def render_context(model: ModelSpec, cluster: Cluster, workload: Workload, plan:
         "pipeline": {"stages": plan.pp, "partition": "parameters",
                      "activation_checkpoint_interval": 1 if plan.checkpointing else 0} if plan.pp > 1 else None,
         "tensor_parallel": {"autotp_size": plan.tp} if plan.tp > 1 else None,
+        # peft models: trainers hand DeepSpeed their own optimizer over the adapters (QLoRA recipes use bitsandbytes'
+        # paged 8-bit AdamW), which ZeRO refuses unless allowed; full training keeps DeepSpeed's check
+        "allow_untested_optimizer": plan.finetune != "full",
         "infer": {"tp_size": plan.tp, "dtype": "int8" if plan.precision == "int8" else dtype,
                   "kernel_inject": False, "max_out_tokens": max(opts.max_out_tokens, workload.context_len)},
         "opts": asdict(opts),

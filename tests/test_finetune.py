@@ -207,3 +207,36 @@ def test_lora_step_skips_frozen_weight_gradients():
     assert tl.compute_s == pytest.approx(f * tf.compute_s)
     assert tl.gpu_optimizer_s < tf.gpu_optimizer_s / 100 and tl.comm_s < tf.comm_s / 100
     assert finetune_flops_factor(m, dataclasses.replace(full, finetune="freeze", freeze_layers=36)) == pytest.approx(1)
+
+
+# --------------------------------------------------------------------------- rendering (issue #17 point 5)
+
+
+def test_gen_config_for_peft_plans(tmp_path):
+    """A LoRA / QLoRA / freeze plan: the DeepSpeed config lets a trainer's own optimizer over the adapters through
+    (zero_allow_untested_optimizer, as LLaMA-Factory's configs do), --for hf-trainer writes LLaMA-Factory's
+    fine-tuning keys, and the launch line says the built-in trainer does not run it yet."""
+    from helpers import run_cli
+
+    base = ["gen-config", "-m", "Qwen3-8B", "-g", "A100-80GB", "--gpus-per-node", "8", "--zero", "3", "--micro-batch",
+            "2", "--grad-accum", "1", "--checkpointing", "--offload-optimizer", "none", "--offload-param", "none"]
+    rc, out, err = run_cli(*base, "--for", "hf-trainer", "--finetune", "qlora", "--lora-targets", "q_proj,v_proj",
+                           "-o", str(tmp_path / "q"))
+    assert rc == 0, err
+    cfg = json.loads((tmp_path / "q" / "ds_config.json").read_text())
+    assert cfg["zero_allow_untested_optimizer"] is True
+    yaml = (tmp_path / "q" / "llamafactory.yaml").read_text()
+    for line in ('finetuning_type: "lora"', "lora_rank: 16", "lora_alpha: 32", 'lora_target: "q_proj,v_proj"',
+                 "quantization_bit: 4", "double_quantization: true"):
+        assert line in yaml, yaml
+    plan = json.loads((tmp_path / "q" / "plan.json").read_text())
+    assert plan["plan"]["finetune"] == "qlora" and plan["plan"]["lora_targets"] == "q_proj,v_proj"
+    rc, out, err = run_cli(*base, "--finetune", "freeze", "--freeze-layers", "4", "--for", "hf-trainer",
+                           "-o", str(tmp_path / "f"))
+    assert rc == 0, err
+    yaml = (tmp_path / "f" / "llamafactory.yaml").read_text()
+    assert 'finetuning_type: "freeze"' in yaml and "freeze_trainable_layers: 4" in yaml
+    rc, out, err = run_cli(*base, "--finetune", "lora", "-o", str(tmp_path / "l"))
+    assert rc == 0 and "needs your own script: the built-in trainer runs full training only" in out
+    rc, out, err = run_cli(*base, "-o", str(tmp_path / "full"))
+    assert json.loads((tmp_path / "full" / "ds_config.json").read_text())["zero_allow_untested_optimizer"] is False
