@@ -32,8 +32,44 @@ def compiled_chunk_loss():
     return torch.compile(_chunk_loss)
 
 
+def _frozen_zero3_head(lm_head: torch.nn.Module) -> bool:
+    """A head whose ZeRO-3 partitioned weight does not train (LoRA, freeze): DeepSpeed 0.19.8 does not gather such a
+    module's parameters when checkpoint() re-runs it in backward (the recompute sees the empty shard)."""
+    return any(hasattr(p, "ds_id") and not p.requires_grad for p in lm_head.parameters())
+
+
+class _FrozenHeadChunkLoss(torch.autograd.Function):
+    """One chunk's summed cross-entropy through a frozen ZeRO-3 head, its logits recomputed in backward like the
+    checkpointed path, with the head's weight gathered explicitly both times (F.linear on the gathered weight, no
+    module hooks): only the hidden states get a gradient."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, labels: torch.Tensor, lm_head: torch.nn.Module) -> torch.Tensor:
+        import deepspeed
+
+        ctx.save_for_backward(hidden, labels)
+        ctx.lm_head = lm_head
+        with deepspeed.zero.GatheredParameters(list(lm_head.parameters()), modifier_rank=None), torch.no_grad():
+            logits = F.linear(hidden, lm_head.weight, lm_head.bias).float()
+            return F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum")
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        import deepspeed
+
+        hidden, labels = ctx.saved_tensors
+        head = ctx.lm_head
+        with deepspeed.zero.GatheredParameters(list(head.parameters()), modifier_rank=None), torch.enable_grad():
+            h = hidden.detach().requires_grad_(True)
+            logits = F.linear(h, head.weight.detach(), None if head.bias is None else head.bias.detach()).float()
+            loss = F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum")
+            (grad_hidden,) = torch.autograd.grad(loss, h, grad)
+        return grad_hidden, None, None
+
+
 def chunked_causal_lm_loss(hidden: torch.Tensor, lm_head: torch.nn.Module, labels: torch.Tensor,
                            chunk: int = 1024, chunk_loss=_chunk_loss) -> torch.Tensor:
+    frozen = _frozen_zero3_head(lm_head)
     h = hidden[:, :-1, :].reshape(-1, hidden.shape[-1])
     y = labels[:, 1:].reshape(-1)
     # train --fp8-head: float8 GEMMs need a chunk's token count (a dim of the weight-gradient GEMM) divisible by
@@ -47,7 +83,10 @@ def chunked_causal_lm_loss(hidden: torch.Tensor, lm_head: torch.nn.Module, label
         if pad:
             hc = torch.cat([hc, hc.new_zeros(pad, hc.shape[-1])])
             yc = torch.cat([yc, yc.new_full((pad,), IGNORE)])
-        total = total + checkpoint(chunk_loss, hc, yc, lm_head, use_reentrant=False)
+        if frozen:
+            total = total + _FrozenHeadChunkLoss.apply(hc, yc, lm_head)
+        else:
+            total = total + checkpoint(chunk_loss, hc, yc, lm_head, use_reentrant=False)
     return total / count
 
 
@@ -57,5 +96,7 @@ def causal_lm_loss(model, input_ids: torch.Tensor, path: str, chunk: int = 1024,
     by ``chunk_loss`` (``_chunk_loss`` or ``compiled_chunk_loss()``)."""
     if path == "hf":
         return model(input_ids=input_ids, labels=input_ids, use_cache=False).loss
+    if hasattr(model, "get_base_model"):  # a peft model (LoRA): its adapters live inside the base model's modules
+        model = model.get_base_model()
     out = model.model(input_ids=input_ids, use_cache=False)
     return chunked_causal_lm_loss(out.last_hidden_state, model.lm_head, input_ids, chunk, chunk_loss)

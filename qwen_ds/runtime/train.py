@@ -240,6 +240,17 @@ def train(args: argparse.Namespace) -> int:
     # pipeline stages: the whole model is built on the host, each stage then keeps (and moves) its layers
     model, keep = build_model(hf_config, ds_config, args.weights, args.seed, for_training=True,
                               on_device=pp == 1)
+    from .peft import apply_finetune, frozen_digest, save_adapter
+
+    knobs = plan.plan if plan is not None else None
+    base_digest = None
+    if knobs is not None and knobs.finetune != "full":
+        if pp > 1:
+            raise RuntimeFailure(f"--finetune {knobs.finetune} with pipeline stages: the built-in trainer fine-tunes "
+                                 "without them; regenerate with gen-config --pp 1")
+        model, line = apply_finetune(model, knobs, torch.cuda.is_available())
+        log0(line)
+        base_digest = frozen_digest(model)
     from .fp8 import apply_fp8, check_fp8_device, fp8_share
 
     if args.fp8_head and not (plan is not None and plan.wants_fp8):
@@ -280,7 +291,8 @@ def train(args: argparse.Namespace) -> int:
     else:
         if checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
+        trainable = [p for p in model.parameters() if p.requires_grad]  # LoRA / freeze: the optimizer sees these
+        engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=trainable, config=ds_config)
     micro, ga = engine.train_micro_batch_size_per_gpu(), engine.gradient_accumulation_steps()
     dp = engine.dp_world_size if hasattr(engine, "dp_world_size") else world_size()
     start = 0
@@ -371,9 +383,20 @@ def train(args: argparse.Namespace) -> int:
             engine.save_checkpoint(args.save_dir, tag=f"step{step + 1}", client_state={"step": step + 1})
     if bar:
         bar.close()
+    if base_digest is not None:  # the frozen base must come out as it went in
+        after = frozen_digest(engine.module)
+        if after != base_digest:
+            raise RuntimeFailure(f"--finetune {knobs.finetune}: the frozen base changed during training "
+                                 f"(sha256 {base_digest[:12]} -> {after[:12]})")
+        log0(f"{knobs.finetune}: frozen base unchanged (sha256 {after[:16]})")
     if args.save_dir:
         engine.save_checkpoint(args.save_dir, tag=f"step{args.steps}", client_state={"step": args.steps})
         out = os.path.join(args.save_dir, "hf")
+        if knobs is not None and knobs.finetune in ("lora", "qlora"):
+            save_adapter(engine, os.path.join(args.save_dir, "adapter"), r)
+            log0(f"saved DeepSpeed checkpoint and the LoRA adapter in {os.path.join(args.save_dir, 'adapter')}")
+            del keep
+            return 0
         if pp > 1:  # save_16bit_model would write the first stage's layers only
             from .pipeline import save_hf_shards
 

@@ -1,0 +1,94 @@
+"""The built-in trainer fine-tunes with LoRA (peft) under ZeRO-3 on 2 CPU ranks (issue #17): the adapters train,
+the frozen base comes out bit-identical (the trainer hashes it before and after and fails otherwise), and the saved
+adapter loads into a fresh peft model with the trained values. QLoRA is refused without CUDA.
+
+Not asserted yet: that the loss falls. On the random-init tiny models the synthetic arithmetic sequences are not
+learnable through rank-8 adapters on frozen random embeddings within a CI-sized run: plain single-process peft
+without DeepSpeed stays at 6.95 -> 6.90 over 40 steps too (full training: 6.95 -> 5.77)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("deepspeed")
+pytest.importorskip("peft")
+
+from test_runtime import losses, qwen_ds  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def hostfile(tmp_path_factory):
+    f = tmp_path_factory.mktemp("hf") / "hostfile"
+    f.write_text("localhost slots=2\n")
+    return f
+
+
+@pytest.mark.parametrize("model", ["tiny-qwen3", "tiny-qwen3-moe"])
+def test_zero3_lora_trains_the_adapter_only_and_saves_it(model, hostfile, tmp_path):
+    cfg = tmp_path / "cfg"
+    p = qwen_ds("gen-config", "-m", model, "-g", "H100-SXM", "--hostfile", str(hostfile), "--zero", "3", "--micro-batch",
+                "2", "--grad-accum", "1", "--no-checkpointing", "--offload-optimizer", "none", "--offload-param", "none",
+                "--tp", "1", "--pp", "1", "--seq-len", "64", "--loss", "chunked", "--precision", "fp32", "--lr", "3e-2",
+                "--warmup-steps", "2", "--total-steps", "100", "--finetune", "lora", "--lora-rank", "8",
+                "-o", str(cfg))
+    assert p.returncode == 0, p.stderr
+    assert "needs your own script" not in p.stdout
+    metrics, save = tmp_path / "metrics.jsonl", tmp_path / "save"
+    p = qwen_ds("launch", "--hostfile", str(hostfile), "--config", str(cfg / "ds_config.json"), "--plan",
+                str(cfg / "plan.json"), "--master-port", "auto", "--run-dir", str(tmp_path / "run"), "train", "--steps",
+                "20", "--metrics-file", str(metrics), "--save-dir", str(save))
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out[-3000:]
+    ls = losses(metrics)
+    assert len(ls) == 20 and all(5.0 < v < 8.0 for v in ls), ls  # finite, near ln(1024) = 6.93
+    assert "lora: frozen base unchanged (sha256" in out  # the trainer compared the base before and after
+    from qwen_ds.models import load_model
+    from qwen_ds.models.finetune import lora_params
+
+    spec = load_model(model)
+    assert f"targets all-linear: {lora_params(spec, 'all-linear', 8):,} adapter parameters train" in out
+    # the adapter loads back into a fresh peft model, with the trained (non-zero) B matrices
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    assert json.loads((save / "adapter" / "adapter_config.json").read_text())["r"] == 8
+    saved = load_file(str(save / "adapter" / "adapter_model.safetensors"))
+    base = AutoModelForCausalLM.from_config(AutoConfig.for_model(**spec.config))
+    fresh = PeftModel.from_pretrained(base, str(save / "adapter"))
+    loaded = {k: v for k, v in fresh.state_dict().items() if "lora_" in k}
+    assert len(loaded) == len(saved) > 0
+    b = [k for k in saved if "lora_B" in k]
+    assert b and all(saved[k].abs().sum() > 0 for k in b)  # peft starts B at zero: training moved every one
+    for key, value in saved.items():
+        match = [k for k in loaded if k.replace(".default", "") == key]
+        assert match and torch.equal(loaded[match[0]], value), key
+
+
+def test_qlora_is_refused_without_cuda():
+    from qwen_ds.knobs import Plan
+    from qwen_ds.runtime.common import RuntimeFailure
+    from qwen_ds.runtime.peft import apply_finetune
+
+    with pytest.raises(RuntimeFailure, match="--finetune qlora needs bitsandbytes' 4-bit CUDA kernels.*no CUDA device"):
+        apply_finetune(torch.nn.Linear(2, 2), Plan(finetune="qlora"), cuda=False)
+
+
+def test_frozen_head_chunk_loss_matches_the_plain_loss():
+    """The frozen-ZeRO-3-head path (explicit gather, logits recomputed in backward) gives the checkpointed path's
+    loss and hidden-state gradient; off ZeRO the gather is a no-op."""
+    from qwen_ds.runtime.loss import _chunk_loss, _FrozenHeadChunkLoss
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=False).requires_grad_(False)
+    hidden = torch.randn(12, 16, requires_grad=True)
+    labels = torch.randint(0, 50, (12,))
+    labels[3] = -100
+    ref = _chunk_loss(hidden, labels, head)
+    (g_ref,) = torch.autograd.grad(ref, hidden)
+    got = _FrozenHeadChunkLoss.apply(hidden, labels, head)
+    (g_got,) = torch.autograd.grad(got, hidden)
+    assert torch.allclose(got, ref) and torch.allclose(g_got, g_ref, atol=1e-6)
