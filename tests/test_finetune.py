@@ -215,7 +215,7 @@ def test_lora_step_skips_frozen_weight_gradients():
 def test_gen_config_for_peft_plans(tmp_path):
     """A LoRA / QLoRA / freeze plan: the DeepSpeed config lets a trainer's own optimizer over the adapters through
     (zero_allow_untested_optimizer, as LLaMA-Factory's configs do), --for hf-trainer writes LLaMA-Factory's
-    fine-tuning keys, and the launch line says the built-in trainer does not run it yet."""
+    fine-tuning keys; the launch line runs LoRA in the built-in trainer and says QLoRA needs your own script."""
     from helpers import run_cli
 
     base = ["gen-config", "-m", "Qwen3-8B", "-g", "A100-80GB", "--gpus-per-node", "8", "--zero", "3", "--micro-batch",
@@ -237,6 +237,8 @@ def test_gen_config_for_peft_plans(tmp_path):
     yaml = (tmp_path / "f" / "llamafactory.yaml").read_text()
     assert 'finetuning_type: "freeze"' in yaml and "freeze_trainable_layers: 4" in yaml
     rc, out, err = run_cli(*base, "--finetune", "lora", "-o", str(tmp_path / "l"))
-    assert rc == 0 and "needs your own script: the built-in trainer runs full training only" in out
+    assert rc == 0 and "needs your own script" not in out and out.rstrip().endswith(" train")  # the trainer runs LoRA
+    rc, out, err = run_cli(*base, "--finetune", "qlora", "-o", str(tmp_path / "q2"))
+    assert rc == 0 and "needs your own script: the built-in trainer does not quantize a base to 4 bits" in out
     rc, out, err = run_cli(*base, "-o", str(tmp_path / "full"))
     assert json.loads((tmp_path / "full" / "ds_config.json").read_text())["zero_allow_untested_optimizer"] is False

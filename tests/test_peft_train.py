@@ -29,7 +29,8 @@ def hostfile(tmp_path_factory):
 @pytest.mark.parametrize("model", ["tiny-qwen3", "tiny-qwen3-moe"])
 def test_zero3_lora_trains_the_adapter_only_and_saves_it(model, hostfile, tmp_path):
     cfg = tmp_path / "cfg"
-    p = qwen_ds("gen-config", "-m", model, "-g", "H100-SXM", "--hostfile", str(hostfile), "--zero", "3", "--micro-batch",
+    p = qwen_ds("gen-config", "-m", model, "-g", "H100-SXM", "--hostfile", str(hostfile), "--zero", "3",
+                "--micro-batch",
                 "2", "--grad-accum", "1", "--no-checkpointing", "--offload-optimizer", "none", "--offload-param", "none",
                 "--tp", "1", "--pp", "1", "--seq-len", "64", "--loss", "chunked", "--precision", "fp32", "--lr", "3e-2",
                 "--warmup-steps", "2", "--total-steps", "100", "--finetune", "lora", "--lora-rank", "8",
