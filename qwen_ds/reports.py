@@ -20,18 +20,18 @@ def trainable_params(model, workload, plan) -> int | None:
     """Parameters the optimizer updates (qwen_ds/models/finetune.py); None for inference."""
     if workload.mode != "train":
         return None
-    from .models.finetune import trainable_params as count
+    from .models.finetune import plan_trainable
 
-    return count(model, plan.finetune, plan.lora_rank, plan.lora_targets, plan.freeze_layers, plan.trainable_modules)
+    return plan_trainable(model, plan)
 
 
 def finetune_text(model, plan) -> str:
     """', finetune lora r16 (a 32) all-linear: 43.6M trainable' for the plan line; '' for full training."""
     if plan.finetune == "full":
         return ""
-    from .models.finetune import trainable_params as count
+    from .models.finetune import plan_trainable
 
-    n = count(model, plan.finetune, plan.lora_rank, plan.lora_targets, plan.freeze_layers, plan.trainable_modules)
+    n = plan_trainable(model, plan)
     if plan.finetune == "freeze":
         how = f"freeze, last {plan.freeze_layers} layers ({plan.trainable_modules})" if plan.freeze_layers > 0 else (
             f"freeze, first {-plan.freeze_layers} layers ({plan.trainable_modules})")

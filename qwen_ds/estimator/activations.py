@@ -110,19 +110,10 @@ def layer_bytes(s: ModelSpec, kind: LayerKind, kernels: str) -> tuple[int, int]:
 
 
 def lora_targeted_linears(s: ModelSpec, targets: str, kinds: dict) -> int:
-    """Targeted nn.Linear modules (and mapped expert / router tensors, one each) over the layers of ``kinds``."""
-    from ..models.finetune import MOE_MAPPED, MOE_FAMILIES, layer_linears, parse_targets
+    """Adapted units (targeted nn.Linear modules, mapped expert / router tensors) over the layers of ``kinds``."""
+    from ..models.finetune import lora_units
 
-    chosen = parse_targets(s, targets)
-    moe = s.family in MOE_FAMILIES and s.n_moe_layers > 0
-    modules = chosen - set(MOE_MAPPED) if moe else chosen
-    total = 0
-    for (mixer, mlp), n in kinds.items():
-        per = sum(lin.name in modules for lin in layer_linears(s, mixer, mlp))
-        if moe and mlp == "moe":
-            per += ("gate" in chosen) + ("gate_proj" in chosen) + ("down_proj" in chosen)
-        total += n * per
-    return total
+    return sum(n * len(lora_units(s, targets, kind)) for kind, n in kinds.items())
 
 
 def activation_terms(s: ModelSpec, lay: Layout, plan: Plan, seq_len: int) -> list[Term]:

@@ -100,25 +100,29 @@ def parse_targets(s: ModelSpec, targets: str) -> frozenset[str]:
     return frozenset(chosen)
 
 
-def lora_params(s: ModelSpec, targets: str, rank: int) -> int:
-    """Adapter parameters peft adds with ``target_modules=targets`` and ``r=rank``."""
+def lora_units(s: ModelSpec, targets: str, kind: tuple[str, str]) -> list[int]:
+    """The adapted units of one decoder layer of ``kind`` under ``targets``: each unit's adapter parameters per
+    unit of rank (peft adds rank x this): in + out per targeted nn.Linear; on the MoE families the router [E, h]
+    (h + E), the fused experts.gate_up_proj [E, 2Im, h] at rank 2r (2E(h + 2Im)) and experts.down_proj [E, h, Im]
+    (E(Im + h))."""
     chosen = parse_targets(s, targets)
     moe_map = s.family in MOE_FAMILIES and s.n_moe_layers > 0
     module_targets = chosen - set(MOE_MAPPED) if moe_map else chosen
-    total = 0
-    for (mixer_type, mlp_type), count in kind_counts(s).items():
-        per = sum(rank * (lin.fan_in + lin.fan_out) for lin in layer_linears(s, mixer_type, mlp_type)
-                  if lin.name in module_targets)
-        if moe_map and mlp_type == MOE:
-            h, E, Im = s.hidden_size, s.num_experts, s.moe_intermediate_size
-            if "gate" in chosen:  # router weight [E, h]
-                per += rank * (h + E)
-            if "gate_proj" in chosen:  # experts.gate_up_proj [E, 2Im, h] at rank 2r
-                per += 2 * rank * E * (h + 2 * Im)
-            if "down_proj" in chosen:  # experts.down_proj [E, h, Im]
-                per += rank * E * (Im + h)
-        total += count * per
-    return total
+    units = [lin.fan_in + lin.fan_out for lin in layer_linears(s, *kind) if lin.name in module_targets]
+    if moe_map and kind[1] == MOE:
+        h, E, Im = s.hidden_size, s.num_experts, s.moe_intermediate_size
+        if "gate" in chosen:
+            units.append(h + E)
+        if "gate_proj" in chosen:
+            units.append(2 * E * (h + 2 * Im))
+        if "down_proj" in chosen:
+            units.append(E * (Im + h))
+    return units
+
+
+def lora_params(s: ModelSpec, targets: str, rank: int) -> int:
+    """Adapter parameters peft adds with ``target_modules=targets`` and ``r=rank``."""
+    return rank * sum(count * sum(lora_units(s, targets, kind)) for kind, count in kind_counts(s).items())
 
 
 def linear_weights(s: ModelSpec) -> int:
@@ -162,3 +166,9 @@ def trainable_params(s: ModelSpec, method: str, rank: int = 16, targets: str = A
     if rank < 1:
         raise InputError(f"--lora-rank {rank}: choose a positive integer (8, 16, 64 are common)")
     return lora_params(s, targets, rank)
+
+
+def plan_trainable(s: ModelSpec, plan) -> int:
+    """``trainable_params`` for a plan's knobs (qwen_ds.knobs.Plan: finetune, lora_rank, lora_targets, ...)."""
+    return trainable_params(s, plan.finetune, plan.lora_rank, plan.lora_targets, plan.freeze_layers,
+                            plan.trainable_modules)

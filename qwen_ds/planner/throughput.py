@@ -116,10 +116,9 @@ def _collective_s(nbytes: float, cluster: Cluster, group: int, net: Network) -> 
 
 def trainable_share(model: ModelSpec, plan: Plan) -> float:
     """Trainable parameters over the model's (LoRA adapters are extra parameters, freeze trains a subset)."""
-    from ..models.finetune import trainable_params
+    from ..models.finetune import plan_trainable
 
-    return trainable_params(model, plan.finetune, plan.lora_rank, plan.lora_targets, plan.freeze_layers,
-                            plan.trainable_modules) / count_params(model).total
+    return plan_trainable(model, plan) / count_params(model).total
 
 
 def finetune_flops_factor(model: ModelSpec, plan: Plan) -> float:
