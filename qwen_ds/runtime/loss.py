@@ -35,7 +35,8 @@ def compiled_chunk_loss():
 def _frozen_zero3_head(lm_head: torch.nn.Module) -> bool:
     """A head whose ZeRO-3 partitioned weight does not train (LoRA, freeze): DeepSpeed 0.19.8 does not gather such a
     module's parameters when checkpoint() re-runs it in backward (the recompute sees the empty shard)."""
-    return any(hasattr(p, "ds_id") and not p.requires_grad for p in lm_head.parameters())
+    params = getattr(lm_head, "parameters", None)  # the pipeline passes a functools.partial, never ZeRO-3
+    return params is not None and any(hasattr(p, "ds_id") and not p.requires_grad for p in params())
 
 
 class _FrozenHeadChunkLoss(torch.autograd.Function):
