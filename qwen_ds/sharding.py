@@ -94,10 +94,56 @@ def gathered_tensors(s: ModelSpec, threshold: int) -> int:
 
 
 def persistent_params(s: ModelSpec, threshold: int) -> int:
-    """Elements of parameter tensors smaller than ``stage3_param_persistence_threshold``: ZeRO-3
-    keeps these unpartitioned on every rank (`partition_parameters.py`, ds_persist)."""
-    small = sum_tensors(s, lambda module, n: n < threshold)
-    return small + (s.hidden_size if s.hidden_size < threshold else 0)
+    """Elements of parameter tensors of at most ``stage3_param_persistence_threshold`` elements: ZeRO-3
+    keeps these unpartitioned on every rank (parameter_offload.py mark_persistent_parameters, ds_persist)."""
+    small = sum_tensors(s, lambda module, n: n <= threshold)
+    return small + (s.hidden_size if s.hidden_size <= threshold else 0)
+
+
+def persistent_split(s: ModelSpec, plan, threshold: int) -> tuple[int, int]:
+    """(frozen, trained) elements of the tensors ZeRO-3 keeps whole on every rank (see persistent_params) under the
+    plan's fine-tuning method (qwen_ds.knobs.Plan: finetune, lora_*, freeze_layers, trainable_modules): a trained one
+    also gets a full-size gradient. LoRA adds its small adapter tensors (A [r, in], B [out, r]) to the trained side;
+    freeze trains the small tensors of its layers."""
+    from .models.finetune import freeze_selection, lora_tensors
+
+    base = persistent_params(s, threshold)
+    if plan.finetune == "full":
+        return 0, base
+    if plan.finetune == "freeze":
+        layers, keep = freeze_selection(s, plan.freeze_layers, plan.trainable_modules)
+        trained = sum_tensors(s, lambda module, n: n <= threshold and keep(module, n), layers)
+        return base - trained, trained
+    adapters = sum(count * sum(n for _, n in lora_tensors(s, plan.lora_targets, plan.lora_rank, kind) if n <= threshold)
+                   for kind, count in kind_counts(s).items())
+    return base, adapters
+
+
+def largest_trained_gathered(s: ModelSpec, plan) -> int:
+    """Elements of the largest ZeRO-3 gathered unit that produces gradients (its full-size gradient exists before
+    the reduce-scatter). Full training: largest_gathered. LoRA: one adapter tensor (peft's lora_A / lora_B are
+    modules of their own), or all adapters inside an MoE block, which ZeRO-3 gathers as one leaf module. Freeze: the
+    largest unit of the trained tensors of its layers (never the frozen embedding or head)."""
+    from .models.finetune import freeze_selection, lora_tensors
+
+    if plan.finetune == "full" or not s.closed_form:
+        return largest_gathered(s)[0]
+    best = 0
+    if plan.finetune == "freeze":
+        layers, keep = freeze_selection(s, plan.freeze_layers, plan.trainable_modules)
+        for kind in kind_counts(s, layers):
+            units: dict[str, int] = {}
+            for module, n in kind_tensors(s, kind):
+                if keep(module, n):
+                    key = "mlp (MoE block)" if kind[1] == MOE and module.startswith("mlp") else module
+                    units[key] = units.get(key, 0) + n
+            best = max([best, *units.values()])
+        return best
+    for kind in kind_counts(s):
+        tensors = lora_tensors(s, plan.lora_targets, plan.lora_rank, kind)
+        block = sum(n for path, n in tensors if kind[1] == MOE and path.startswith("mlp"))
+        best = max([best, block, *(n for path, n in tensors if not (kind[1] == MOE and path.startswith("mlp")))])
+    return best
 
 
 #: model_type -> the transformers (5.x) class of its sparse MoE block, one per decoder layer with experts

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections import Counter
 
 import pytest
 
 from qwen_ds.errors import InputError
 from qwen_ds.models import count_params, load_model
-from qwen_ds.models.finetune import freeze_params, lora_params, target_names, trainable_params
+from qwen_ds.models.counts import kind_counts
+from qwen_ds.models.finetune import freeze_params, lora_params, lora_tensors, target_names, trainable_params
 
 
 def reduced(name: str, layers: int, tmp_path) -> str:
@@ -22,7 +24,8 @@ def reduced(name: str, layers: int, tmp_path) -> str:
     return str(path)
 
 
-def peft_trainable(model_ref: str, rank: int, targets: str) -> int:
+def peft_trainable(model_ref: str, rank: int, targets: str) -> Counter:
+    """Sizes (elements) of the tensors that require grad once peft wraps the model: how many of each size."""
     pytest.importorskip("peft")
     from peft import LoraConfig, get_peft_model
 
@@ -34,7 +37,7 @@ def peft_trainable(model_ref: str, rank: int, targets: str) -> int:
         cfg = LoraConfig(r=rank, lora_alpha=2 * rank,
                          target_modules=targets if targets == "all-linear" else targets.split(","))
         peft_model = get_peft_model(model, cfg)
-    return sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    return Counter(p.numel() for p in peft_model.parameters() if p.requires_grad)
 
 
 @pytest.mark.runtime
@@ -52,8 +55,16 @@ def peft_trainable(model_ref: str, rank: int, targets: str) -> int:
     ("Qwen3-Next-80B-A3B", 4, 4, "shared_expert_gate,down_proj"),
 ])
 def test_lora_trainable_params_equal_peft(name, layers, rank, targets, tmp_path):
+    """The count, and each adapter tensor's size (what ZeRO-3's persistence threshold and gradient gathering see)."""
     ref = reduced(name, layers, tmp_path) if layers else name
-    assert lora_params(load_model(ref), targets, rank) == peft_trainable(ref, rank, targets)
+    spec = load_model(ref)
+    sizes = peft_trainable(ref, rank, targets)
+    assert lora_params(spec, targets, rank) == sum(n * k for n, k in sizes.items())
+    ours: Counter = Counter()
+    for kind, count in kind_counts(spec).items():
+        for _, n in lora_tensors(spec, targets, rank, kind):
+            ours[n] += count
+    assert ours == sizes
 
 
 def test_lora_counts_scale_with_rank_and_depth():
@@ -242,3 +253,26 @@ def test_gen_config_for_peft_plans(tmp_path):
     assert rc == 0 and "needs your own script: the built-in trainer does not quantize a base to 4 bits" in out
     rc, out, err = run_cli(*base, "-o", str(tmp_path / "full"))
     assert json.loads((tmp_path / "full" / "ds_config.json").read_text())["zero_allow_untested_optimizer"] is False
+
+
+def test_zero3_gathered_grads_and_persistent_tensors_count_only_what_trains():
+    """Under ZeRO-3 a full-size gradient exists only for a unit that trains: LoRA's largest adapter tensor (Qwen3-8B
+    r16: down_proj's A, 16 x 12,288), freeze's largest trained Linear, never the frozen embedding. peft's small
+    adapter tensors fall under the persistence threshold and stay whole on every rank, with their gradients."""
+    from qwen_ds.sharding import largest_gathered, persistent_params
+
+    spec = load_model("Qwen3-8B")
+    _, full = _terms("Qwen3-8B", zero_stage=3)
+    _, lora = _terms("Qwen3-8B", zero_stage=3, finetune="lora")
+    _, freeze = _terms("Qwen3-8B", zero_stage=3, finetune="freeze")
+    assert full["zero3_gathered_grads"] == 2 * largest_gathered(spec)[0] == 2 * 151_936 * 4096
+    assert lora["zero3_gathered_grads"] == 2 * 16 * 12_288
+    assert freeze["zero3_gathered_grads"] == 2 * 12_288 * 4096
+    thr = Plan(zero_stage=3).buckets(spec.hidden_size)["param_persistence_threshold"]
+    small = sum(count * sum(n for _, n in lora_tensors(spec, "all-linear", 16, kind) if n <= thr)
+                for kind, count in kind_counts(spec).items())
+    assert 0 < small < lora_params(spec, "all-linear", 16)  # A [16, 4096] is small, down_proj's A [16, 12288] not
+    base = persistent_params(spec, thr)
+    assert full["zero3_persistent_params"] == 2 * 2 * base
+    assert lora["zero3_persistent_params"] == 2 * (base + 2 * small)
+    assert base < freeze["zero3_persistent_params"] // 2 < 2 * base  # the 2 trained layers' norms get gradients

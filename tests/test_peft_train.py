@@ -66,11 +66,29 @@ def test_zero3_lora_trains_the_adapter_only_and_saves_it(model, hostfile, corpus
     assert len(ls) == 20 and all(0.0 < v < 8.0 for v in ls), ls  # finite; starts near ln(1024) = 6.93
     assert sum(ls[-3:]) / 3 < ls[0] - 0.5, ls  # the adapters fit the rows every step sees again
     assert "lora: frozen base unchanged (sha256" in out  # the trainer compared the base before and after
-    from qwen_ds.models import load_model
+    from qwen_ds.knobs import Plan
+    from qwen_ds.models import count_params, load_model
     from qwen_ds.models.finetune import lora_params
+    from qwen_ds.sharding import persistent_split
 
     spec = load_model(model)
-    assert f"targets all-linear: {lora_params(spec, 'all-linear', 8):,} adapter parameters train" in out
+    adapters = lora_params(spec, "all-linear", 8)
+    assert f"targets all-linear: {adapters:,} adapter parameters train" in out
+    # what DeepSpeed allocated on each rank after step 1 equals the estimator's terms in plan.json (fp32: 4 B)
+    plan = json.loads((cfg / "plan.json").read_text())
+    terms, ds = plan["memory"]["terms"], json.loads((cfg / "ds_config.json").read_text())
+    thr = ds["zero_optimization"]["stage3_param_persistence_threshold"]
+    frozen, trained = persistent_split(spec, Plan(finetune="lora", lora_rank=8), thr)
+    total = count_params(spec).total + adapters
+    first = json.loads(metrics.read_text().splitlines()[0])["model_states"]
+    for rank in first:
+        assert rank["master"] == -(-adapters // 2) and rank["states"] == 2 * rank["master"], rank  # adapters only
+        assert rank["params"] == frozen + trained, (rank, frozen, trained)  # whole on every rank: small tensors
+        assert total // 2 <= rank["partition"] <= total // 2 + 200, (rank, total)  # each tensor split, padded
+    assert terms["master_weights_fp32"] == 4 * first[0]["master"] == terms["gradients"]
+    assert terms["optimizer_states"] == 8 * first[0]["master"]
+    assert terms["zero3_persistent_params"] == 4 * (frozen + 2 * trained)
+    assert abs(terms["params"] - 4 * first[0]["partition"]) <= 4 * 200
     # the adapter loads back into a fresh peft model, with the trained (non-zero) B matrices
     from peft import PeftModel
     from safetensors.torch import load_file

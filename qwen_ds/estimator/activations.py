@@ -111,9 +111,9 @@ def layer_bytes(s: ModelSpec, kind: LayerKind, kernels: str) -> tuple[int, int]:
 
 def lora_targeted_linears(s: ModelSpec, targets: str, kinds: dict) -> int:
     """Adapted units (targeted nn.Linear modules, mapped expert / router tensors) over the layers of ``kinds``."""
-    from ..models.finetune import lora_units
+    from ..models.finetune import lora_shapes
 
-    return sum(n * len(lora_units(s, targets, kind)) for kind, n in kinds.items())
+    return sum(n * len(lora_shapes(s, targets, kind)) for kind, n in kinds.items())
 
 
 def activation_terms(s: ModelSpec, lay: Layout, plan: Plan, seq_len: int) -> list[Term]:

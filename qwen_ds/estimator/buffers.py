@@ -13,7 +13,7 @@ from __future__ import annotations
 from ..calibration import constant
 from ..models.spec import ModelSpec
 from ..knobs import Plan
-from ..sharding import autotp_shards, largest_gathered, persistent_params
+from ..sharding import autotp_shards, largest_gathered, largest_trained_gathered, persistent_split
 from ..units import compute_bytes
 from .breakdown import Term
 from .layout import Layout
@@ -50,23 +50,30 @@ def zero3_gathered_params(model: ModelSpec, lay: Layout, plan: Plan) -> Term:
 
 
 def zero3_gathered_grads(model: ModelSpec, lay: Layout, plan: Plan) -> Term:
-    """ZeRO-3 backward: full gradients of the gathered unit before reduce-scatter: b·L (/tp where split)."""
+    """ZeRO-3 backward: full gradients of the gathered unit before reduce-scatter: b·L (/tp where split); under
+    LoRA / freeze the largest unit that trains (largest_trained_gathered)."""
     if plan.zero_stage != 3:
         return Term("zero3_gathered_grads", 0, "fwd_bwd", "not ZeRO-3")
     b = compute_bytes(plan.precision)
-    largest = largest_gathered_per_rank(model, lay.tp)
+    full = plan.finetune == "full"
+    largest = largest_gathered_per_rank(model, lay.tp) if full else largest_trained_gathered(model, plan)
     return Term("zero3_gathered_grads", b * largest, "fwd_bwd", f"{b} B x {largest:,}")
 
 
 def zero3_persistent_params(model: ModelSpec, lay: Layout, plan: Plan) -> Term:
-    """Params smaller than stage3_param_persistence_threshold stay unpartitioned on every rank:
-    b·(sum of small tensors), with their full-size gradients b·(same)."""
+    """Params of at most stage3_param_persistence_threshold elements stay unpartitioned on every rank:
+    b·(sum of small tensors), with full-size gradients b·(the trained ones among them: all in full training; LoRA's
+    small adapters, which peft adds next to the frozen small base tensors; freeze's trained layers)."""
     if plan.zero_stage != 3:
         return Term("zero3_persistent_params", 0, "persistent", "not ZeRO-3")
     b = compute_bytes(plan.precision)
     thr = plan.buckets(model.hidden_size)["param_persistence_threshold"]
-    n = persistent_params(model, thr) if model.closed_form else 0
-    return Term("zero3_persistent_params", 2 * b * n, "persistent", f"2 x {b} B x {n:,} params < {thr:,} elements")
+    frozen, trained = persistent_split(model, plan, thr) if model.closed_form else (0, 0)
+    if not frozen:
+        return Term("zero3_persistent_params", 2 * b * trained, "persistent",
+                    f"2 x {b} B x {trained:,} params <= {thr:,} elements")
+    return Term("zero3_persistent_params", b * (frozen + 2 * trained), "persistent",
+                f"{b} B x ({frozen:,} frozen + 2 x {trained:,} trained) params <= {thr:,} elements")
 
 
 def cuda_context(world: int) -> list[Term]:

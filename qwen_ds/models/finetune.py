@@ -22,9 +22,10 @@ all of each layer's parameters or only the sub-modules named (``mlp``, ``self_at
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from ..errors import InputError
-from .counts import count_params, kind_counts, kind_tensors
+from .counts import count_params, kind_counts, kind_tensors, sum_tensors
 from .spec import LINEAR_ATTENTION, MOE, ModelSpec
 
 FINETUNE_METHODS = ("full", "lora", "qlora", "freeze")
@@ -100,29 +101,37 @@ def parse_targets(s: ModelSpec, targets: str) -> frozenset[str]:
     return frozenset(chosen)
 
 
-def lora_units(s: ModelSpec, targets: str, kind: tuple[str, str]) -> list[int]:
-    """The adapted units of one decoder layer of ``kind`` under ``targets``: each unit's adapter parameters per
-    unit of rank (peft adds rank x this): in + out per targeted nn.Linear; on the MoE families the router [E, h]
-    (h + E), the fused experts.gate_up_proj [E, 2Im, h] at rank 2r (2E(h + 2Im)) and experts.down_proj [E, h, Im]
-    (E(Im + h))."""
+def lora_shapes(s: ModelSpec, targets: str, kind: tuple[str, str]) -> list[tuple[str, int, int, int]]:
+    """The adapted units of one decoder layer of ``kind`` under ``targets``, as (module path below the layer, fan_in,
+    fan_out, m): peft gives each
+    A [m r, fan_in] and B [fan_out, m r]. m is 1 for a targeted nn.Linear and for the MoE router [E, h] (h -> E); the
+    fused experts.gate_up_proj [E, 2Im, h] is adapted at rank 2r over the E experts (h -> 2Im, m = 2E) and
+    experts.down_proj [E, h, Im] at rank r (Im -> h, m = E)."""
     chosen = parse_targets(s, targets)
     moe_map = s.family in MOE_FAMILIES and s.n_moe_layers > 0
     module_targets = chosen - set(MOE_MAPPED) if moe_map else chosen
-    units = [lin.fan_in + lin.fan_out for lin in layer_linears(s, *kind) if lin.name in module_targets]
+    shapes = [(lin.path, lin.fan_in, lin.fan_out, 1) for lin in layer_linears(s, *kind) if lin.name in module_targets]
     if moe_map and kind[1] == MOE:
         h, E, Im = s.hidden_size, s.num_experts, s.moe_intermediate_size
         if "gate" in chosen:
-            units.append(h + E)
+            shapes.append(("mlp.gate", h, E, 1))
         if "gate_proj" in chosen:
-            units.append(2 * E * (h + 2 * Im))
+            shapes.append(("mlp.experts.gate_up_proj", h, 2 * Im, 2 * E))
         if "down_proj" in chosen:
-            units.append(E * (Im + h))
-    return units
+            shapes.append(("mlp.experts.down_proj", Im, h, E))
+    return shapes
+
+
+def lora_tensors(s: ModelSpec, targets: str, rank: int, kind: tuple[str, str]) -> list[tuple[str, int]]:
+    """(module path, elements) of each adapter tensor (A, then B, per unit) peft adds to one decoder layer of
+    ``kind``."""
+    return [(path, n) for path, i, o, m in lora_shapes(s, targets, kind) for n in (m * rank * i, o * m * rank)]
 
 
 def lora_params(s: ModelSpec, targets: str, rank: int) -> int:
     """Adapter parameters peft adds with ``target_modules=targets`` and ``r=rank``."""
-    return rank * sum(count * sum(lora_units(s, targets, kind)) for kind, count in kind_counts(s).items())
+    return sum(count * sum(n for _, n in lora_tensors(s, targets, rank, kind))
+               for kind, count in kind_counts(s).items())
 
 
 def linear_weights(s: ModelSpec) -> int:
@@ -133,9 +142,10 @@ def linear_weights(s: ModelSpec) -> int:
                for kind, count in kind_counts(s).items())
 
 
-def freeze_params(s: ModelSpec, layers: int, modules: str = "all") -> int:
-    """Parameters that train under freeze: the last ``layers`` decoder layers (the first -layers when negative),
-    all their parameters or those below the named sub-modules (comma-separated, e.g. ``mlp,self_attn``)."""
+def freeze_selection(s: ModelSpec, layers: int, modules: str = "all") -> tuple[range, Callable[[str, int], bool]]:
+    """The decoder layers that train under freeze (the last ``layers``, the first -layers when negative) and the
+    test a layer tensor (module path, numel) passes to train: all, or those below the named sub-modules
+    (comma-separated, e.g. ``mlp,self_attn``)."""
     n = s.num_layers
     if layers == 0 or abs(layers) > n:
         raise InputError(f"--freeze-layers {layers}: choose 1..{n} (the last N layers train) or -{n}..-1 (the first N)")
@@ -149,9 +159,13 @@ def freeze_params(s: ModelSpec, layers: int, modules: str = "all") -> int:
     if bad:
         raise InputError(f"--trainable-modules {modules!r}: {', '.join(bad)} not in {s.name}'s layers; "
                          f"choose all or from: {', '.join(sorted(known))}")
-    return sum(count * sum(numel for path, numel in kind_tensors(s, kind)
-                           if every or path.split(".", 1)[0] in wanted)
-               for kind, count in kind_counts(s, idx).items())
+    return idx, lambda path, numel: every or path.split(".", 1)[0] in wanted
+
+
+def freeze_params(s: ModelSpec, layers: int, modules: str = "all") -> int:
+    """Parameters that train under freeze: the tensors freeze_selection picks."""
+    idx, keep = freeze_selection(s, layers, modules)
+    return sum_tensors(s, keep, idx)
 
 
 def trainable_params(s: ModelSpec, method: str, rank: int = 16, targets: str = ALL_LINEAR, freeze_layers: int = 2,

@@ -116,7 +116,9 @@ def append_jsonl(path: str, rec: dict) -> None:
 def model_state_counts(engine) -> dict:
     """Elements of the model states this rank holds after an optimizer step: its parameters (a pipeline
     stage's layers, AutoTP's shards), the fp32 master partition of DeepSpeed's ZeRO optimizer (0 without
-    one) and the optimizer states (Adam's m and v). What the estimator's per-GPU terms count."""
+    one) and the optimizer states (Adam's m and v). What the estimator's per-GPU terms count. Under ZeRO-3
+    ``params`` counts only what stays whole on every rank (the persistent small tensors; a partitioned parameter's
+    data is empty) and ``partition`` the rank's shards of every parameter."""
     opt = engine.optimizer
     masters = getattr(opt, "single_partition_of_fp32_groups", None) or getattr(opt, "fp32_partitioned_groups_flat",
                                                                                 None) or []
@@ -124,7 +126,8 @@ def model_state_counts(engine) -> dict:
     state = getattr(inner, "state", {})
     states = [v for st in state.values() for v in st.values() if torch.is_tensor(v) and v.dim() > 0]
     return {"params": sum(p.numel() for p in engine.module.parameters()),
-            "master": sum(t.numel() for t in masters), "states": sum(v.numel() for v in states)}
+            "master": sum(t.numel() for t in masters), "states": sum(v.numel() for v in states),
+            "partition": sum(p.ds_tensor.numel() for p in engine.module.parameters() if hasattr(p, "ds_tensor"))}
 
 
 def model_states_by_rank(engine) -> list[dict]:
