@@ -308,7 +308,7 @@ def test_sums_per_layer_kind_equal_sums_per_layer(cfg, data):
     c = count_params(spec)
     assert c.total - c.embedding - c.lm_head - c.final_norm == per_layer(range(L))
     assert [(lp.mixer_type, lp.mlp_type) for lp in c.layers] == list(zip(spec.layer_types, spec.mlp_types))
-    assert persistent_params(spec, 40) == per_layer(range(L), lambda module, n: n <= 40) + 32  # + final norm, h 32 <= 40
+    assert persistent_params(spec, 40) == per_layer(range(L), lambda module, n: n <= 40) + 32  # + final norm
     assert fp8_matmul_params(spec) == per_layer(range(L), lambda module, n: fp8_converts(module))
 
 
