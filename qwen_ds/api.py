@@ -291,6 +291,57 @@ def plan(model: str | ModelSpec, gpu: str | GPU, *, nodes: int | None = None, gp
     return search_inputs(i, _pinned(knobs, pinned), options or SearchOptions())
 
 
+#: the methods ``plan --compare-finetune`` weighs, in its row order
+COMPARED_METHODS = ("full", "lora", "qlora", "freeze")
+
+
+@dataclass(frozen=True)
+class FinetuneComparison:
+    """``plan --compare-finetune``: the planner's search for each fine-tuning method on the same cluster and workload
+    (the other knobs as given): the fastest plan of each, or why the method was refused."""
+
+    searches: tuple[tuple[str, PlanSearch | None, str | None], ...]  # (method, search, refusal)
+
+    def to_json(self) -> dict[str, Any]:
+        from .reports import describe, trainable_params
+
+        rows = []
+        for method, s, why in self.searches:
+            row: dict[str, Any] = {"finetune": method, "refused": why}
+            if s is not None:
+                i = s.inputs
+                row.update(trainable_params=trainable_params(i.model, i.workload, i.plan),
+                           best=None if s.best is None else describe(s.best),
+                           smallest_cluster_without_offload=None if s.smallest is None else
+                           {"nodes": s.smallest[0], "plan": describe(s.smallest[1])})
+            rows.append(row)
+        return {"methods": rows}
+
+    def text(self) -> str:
+        from .reports import finetune_comparison_text
+
+        return finetune_comparison_text(self.searches)
+
+
+def compare_finetune(model: str | ModelSpec, gpu: str | GPU, *, nodes: int | None = None,
+                     gpus_per_node: int | None = None, hostfile: str | None = None,
+                     pinned: Collection[str] | None = None, options: SearchOptions | None = None,
+                     **knobs: Any) -> FinetuneComparison:
+    """``plan`` once per method of COMPARED_METHODS (``finetune`` in knobs is replaced): full vs LoRA vs QLoRA vs
+    freeze side by side. A method the other knobs rule out (QLoRA at fp32) is kept with its reason."""
+    out = []
+    for method in COMPARED_METHODS:
+        try:
+            s = plan(model, gpu, nodes=nodes, gpus_per_node=gpus_per_node, hostfile=hostfile, pinned=pinned,
+                     options=options, **{**knobs, "finetune": method})
+            out.append((method, s, None))
+        except InputError as exc:
+            if method == "full":
+                raise
+            out.append((method, None, str(exc)))
+    return FinetuneComparison(tuple(out))
+
+
 def problems_text(problems, source: str) -> str:
     """Validation problems, one line each, as gen-config and validate print them."""
     return "\n".join(f"{source}: {p.severity}: {p.path}: {p.message} [{p.rule}]" for p in problems)

@@ -181,3 +181,51 @@ def plan_text(model, cluster, workload, res, top, smallest, tp_wanted: bool = Fa
                      f"(micro {lora_fit.plan.micro_batch}, {gib(lora_fit.memory.gpu_total_bytes)} GiB/GPU, "
                      f"{lora_fit.time.tokens_per_s:,.0f} tokens/s; --finetune lora)")
     return "\n".join(lines)
+
+
+#: plan --compare-finetune's memory columns: the terms each sums (the rest of GiB/GPU is activations, loss,
+#: DeepSpeed's buffers and the CUDA / NCCL context)
+WEIGHT_TERMS = ("params", "hpz_secondary_params", "zero3_persistent_params")
+OPTIMIZER_TERMS = ("gradients", "master_weights_fp32", "optimizer_states")
+
+
+def finetune_comparison_text(searches) -> str:
+    """The fastest plan of each fine-tuning method in one table, with its memory split into weights, optimizer
+    (gradients, fp32 masters, Adam m and v) and the rest; then, for a method whose plans all offload, the smallest
+    cluster without offload."""
+    first = next(s for _, s, _ in searches if s is not None)
+    i = first.inputs
+    cl, w = i.cluster, i.workload
+    lines = [f"{i.model.name} on {cl.nodes} x {cl.gpus_per_node} {cl.gpu.name}, train, seq {w.seq_len}: "
+             "the fastest plan of each fine-tuning method"]
+    rows, notes = [], []
+    for method, s, why in searches:
+        label = method if method in ("full", "freeze") else f"{method} r{i.plan.lora_rank}"
+        if method == "freeze":
+            label += f" {s.inputs.plan.freeze_layers if s else i.plan.freeze_layers}"
+        if s is None:
+            notes.append(f"{label}: refused: {why}")
+            continue
+        n = trainable_params(s.inputs.model, w, s.inputs.plan)
+        c = s.best
+        if c is None:
+            rows.append([label, human_count(n), "does not fit", *[""] * 9])
+        else:
+            t, m, p = c.time, c.memory, c.plan
+            terms = m.terms_dict()
+            weights = sum(terms.get(k, 0) for k in WEIGHT_TERMS)
+            opt = sum(terms.get(k, 0) for k in OPTIMIZER_TERMS)
+            rows.append([label, human_count(n), c.family, str(p.micro_batch), str(p.grad_accum), gib(weights),
+                         gib(opt), gib(m.gpu_total_bytes - weights - opt), gib(m.gpu_total_bytes),
+                         gib(m.cpu_total_bytes_per_node), f"{t.tokens_per_s:,.0f}", f"{100 * t.mfu:.1f}%"])
+        if s.smallest is not None:
+            k, sc = s.smallest
+            notes.append(f"{label}: without offload needs {k} x {cl.gpus_per_node} {cl.gpu.name} "
+                         f"({sc.family}, micro {sc.plan.micro_batch}, {gib(sc.memory.gpu_total_bytes)} GiB/GPU, "
+                         f"{sc.time.tokens_per_s:,.0f} tokens/s)")
+    lines.append(table(["method", "trainable", "fastest plan", "micro", "GA", "weights", "grads+Adam", "other",
+                        "GiB/GPU", "CPU GiB/node", "tokens/s", "MFU"], rows, "lrlrrrrrrrrr"))
+    lines.append("GiB per GPU: weights (16-bit, or NF4 under QLoRA; as ZeRO partitions them), grads+Adam (gradients, "
+                 "fp32 masters, Adam m and v of what trains), other (activations, loss, buffers, CUDA / NCCL)")
+    lines += notes
+    return "\n".join(lines)

@@ -276,3 +276,32 @@ def test_zero3_gathered_grads_and_persistent_tensors_count_only_what_trains():
     assert full["zero3_persistent_params"] == 2 * 2 * base
     assert lora["zero3_persistent_params"] == 2 * (base + 2 * small)
     assert base < freeze["zero3_persistent_params"] // 2 < 2 * base  # the 2 trained layers' norms get gradients
+
+
+def test_plan_compare_finetune_puts_each_methods_fastest_plan_side_by_side():
+    """Qwen3-32B on 1 x 8 A100-80GB (the README's example): full training fits only with the optimizer offloaded,
+    LoRA and QLoRA without offload, each row the planner's own winner for that method; QLoRA at fp32 is refused in its
+    row, not for the whole table."""
+    from helpers import run_cli
+
+    from qwen_ds import api
+
+    args = ("plan", "-m", "Qwen3-32B", "-g", "A100-80GB", "--gpus-per-node", "8", "--seq-len", "4096")
+    rc, out, err = run_cli(*args, "--compare-finetune", "--json")
+    assert rc == 0, err
+    rows = {r["finetune"]: r for r in json.loads(out)["methods"]}
+    assert list(rows) == ["full", "lora", "qlora", "freeze"]
+    for method, row in rows.items():
+        best = api.plan("Qwen3-32B", "A100-80GB", gpus_per_node=8, seq_len=4096, finetune=method).best
+        assert row["best"]["tokens_per_s"] == best.time.tokens_per_s and row["best"]["family"] == best.family
+    assert rows["full"]["best"]["offload_optimizer"] == "cpu" and rows["full"]["smallest_cluster_without_offload"]
+    assert rows["lora"]["best"]["offload_optimizer"] == rows["qlora"]["best"]["offload_optimizer"] == "none"
+    assert rows["lora"]["trainable_params"] == lora_params(load_model("Qwen3-32B"), "all-linear", 16)
+    assert rows["qlora"]["best"]["zero_stage"] < 3  # the 4-bit base fits whole: no parameter gathering
+    rc, out, err = run_cli(*args, "--compare-finetune")
+    assert rc == 0 and "full: without offload needs 2 x 8 A100-80GB" in out
+    assert [line.split()[0] for line in out.splitlines()[3:7]] == ["full", "lora", "qlora", "freeze"]
+    rc, out, err = run_cli(*args, "--compare-finetune", "--precision", "fp32")
+    assert rc == 0 and "qlora r16: refused: --finetune qlora with --precision fp32" in out
+    rc, _, err = run_cli(*args, "--compare-finetune", "--finetune", "lora")
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "--compare-finetune with --finetune lora" in err

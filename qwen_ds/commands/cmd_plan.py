@@ -22,11 +22,16 @@ from .options import cluster_options, pinned, plan_options, planner_options, sea
 @click.option("--chart", type=click.Path(dir_okay=False), default=None,
               help="Write a stacked-bar chart of the top plans' memory (.png, .svg, .pdf, ...; png without a suffix).")
 @click.option("--force", is_flag=True, help="Overwrite an existing --chart file.")
+@click.option("--compare-finetune", is_flag=True,
+              help="Training: the fastest plan of each fine-tuning method (full, lora, qlora, freeze) side by side, "
+                   "with the other knobs as given.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def command(ctx: click.Context, top: int, explain: bool, chart: str | None, force: bool, as_json: bool, model: str,
-            gpu: str,
-            **kw) -> None:
+def command(ctx: click.Context, top: int, explain: bool, chart: str | None, force: bool, compare_finetune: bool,
+            as_json: bool, model: str, gpu: str, **kw) -> None:
+    if compare_finetune:
+        _compare(ctx, chart, as_json, model, gpu, kw)
+        return
     if chart:
         from ..chart import chart_format
 
@@ -39,4 +44,21 @@ def command(ctx: click.Context, top: int, explain: bool, chart: str | None, forc
 
         memory_chart(result.accepted[:min(top, 6)], result.inputs.cluster, options.headroom, chart, force)
     if not result.accepted:
+        sys.exit(EXIT_DOES_NOT_FIT)
+
+
+def _compare(ctx: click.Context, chart: str | None, as_json: bool, model: str, gpu: str, kw: dict) -> None:
+    from ..errors import InputError
+
+    given = ctx.get_parameter_source("finetune")
+    if given is not None and given.name == "COMMANDLINE":
+        raise InputError(f"--compare-finetune with --finetune {kw['finetune']}: the comparison plans every method; "
+                         "drop one of the two")
+    if kw.get("mode") == "infer":
+        raise InputError("--compare-finetune with --mode infer: fine-tuning methods are for training")
+    if chart:
+        raise InputError("--compare-finetune with --chart: the chart draws one method's plans; drop one of the two")
+    result = api.compare_finetune(model, gpu, pinned=pinned(ctx), options=search_options(kw), **kw)
+    click.echo(json.dumps(result.to_json(), indent=2) if as_json else result.text())
+    if not any(s is not None and s.best is not None for _, s, _ in result.searches):
         sys.exit(EXIT_DOES_NOT_FIT)

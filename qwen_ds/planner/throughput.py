@@ -164,6 +164,14 @@ def step_time(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan
     recompute = compute / 3 if plan.checkpointing else 0.0  # one extra forward = 1/3 of fwd+bwd
     c = count_params(model)
     b = compute_bytes(plan.precision)
+    passes = 3 if plan.checkpointing else 2  # times a micro-step runs each layer: forward, recompute, backward
+    if plan.finetune == "qlora":  # bitsandbytes dequantizes each 4-bit Linear weight to 16 bits before every use:
+        # it reads NF4 + constants and writes b bytes per weight, at HBM speed (an upper bound on its rate: unmeasured)
+        from ..estimator.model_states import NF4_BYTES
+        from ..models.finetune import linear_weights
+
+        per_rank = linear_weights(model) / (plan.tp * plan.pp)
+        compute += plan.grad_accum * passes * per_rank * (NF4_BYTES + b) / (gpu.hbm_gbps * GB)
     shard = c.total / (plan.tp * plan.pp)  # params of one model-parallel rank's replica
     # what has gradients and optimizer states: all of it, or LoRA's adapters / freeze's layers
     trained = shard if plan.finetune == "full" else shard * trainable_share(model, plan)
@@ -200,7 +208,6 @@ def step_time(model: ModelSpec, cluster: Cluster, workload: Workload, plan: Plan
         cpu_opt = 16 * opt_part * cluster.gpus_per_node / (net.cpu_adam_gbps * GB)
         if plan.offload_optimizer == "nvme":
             cpu_opt += 2 * 12 * opt_part * cluster.gpus_per_node / (net.nvme_gbps * GB)
-    passes = 3 if plan.checkpointing else 2  # times a micro-step runs each layer: forward, recompute, backward
     if plan.offload_param != "none":  # each rank fetches its partition from host memory in every pass, at the rate
         # measured for DeepSpeed's fetches (calibration.json param_offload_gbps), far under the PCIe link
         offload += ga * passes * b * part / (constant("param_offload_gbps") * GB)
