@@ -21,9 +21,9 @@ def builtin_compiles(family: str, plan: Plan) -> bool:
 
 def builtin_gap(family: str, plan: Plan, mode: str) -> str | None:
     """Why the built-in runtime cannot run this plan (one clause naming what is missing), or None."""
-    if mode == "train" and plan.finetune == "qlora":
-        return ("the built-in trainer does not quantize a base to 4 bits (QLoRA); train it with your own script "
-                "(gen-config --for hf-trainer writes the LLaMA-Factory keys)")
+    if mode == "train" and plan.finetune == "qlora" and plan.zero_stage == 3:
+        return ("the built-in trainer keeps QLoRA's 4-bit base whole on each GPU (ZeRO 0-2), not partitioned by "
+                "ZeRO-3 (gen-config --zero 2, or --for hf-trainer for LLaMA-Factory)")
     if mode == "train" and plan.finetune != "full" and plan.pp > 1:
         return f"the built-in trainer runs --finetune {plan.finetune} without pipeline stages"
     if mode == "train" and plan.pp > 1:

@@ -249,8 +249,10 @@ def test_gen_config_for_peft_plans(tmp_path):
     assert 'finetuning_type: "freeze"' in yaml and "freeze_trainable_layers: 4" in yaml
     rc, out, err = run_cli(*base, "--finetune", "lora", "-o", str(tmp_path / "l"))
     assert rc == 0 and "needs your own script" not in out and out.rstrip().endswith(" train")  # the trainer runs LoRA
-    rc, out, err = run_cli(*base, "--finetune", "qlora", "-o", str(tmp_path / "q2"))
-    assert rc == 0 and "needs your own script: the built-in trainer does not quantize a base to 4 bits" in out
+    rc, out, err = run_cli(*base, "--finetune", "qlora", "--zero", "3", "-o", str(tmp_path / "q2"))
+    assert rc == 0 and "needs your own script: the built-in trainer keeps QLoRA's 4-bit base whole" in out
+    rc, out, err = run_cli(*base, "--finetune", "qlora", "--zero", "2", "-o", str(tmp_path / "q3"))
+    assert rc == 0 and "needs your own script" not in out and out.rstrip().endswith(" train")
     rc, out, err = run_cli(*base, "-o", str(tmp_path / "full"))
     assert json.loads((tmp_path / "full" / "ds_config.json").read_text())["zero_allow_untested_optimizer"] is False
 

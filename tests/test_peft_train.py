@@ -1,6 +1,8 @@
 """The built-in trainer fine-tunes with LoRA (peft) under ZeRO-3 on 2 CPU ranks (issue #17): the adapters train,
 the frozen base comes out bit-identical (the trainer hashes it before and after and fails otherwise), and the saved
-adapter loads into a fresh peft model with the trained values, and the loss falls. QLoRA is refused without CUDA.
+adapter loads into a fresh peft model with the trained values, and the loss falls. QLoRA runs the same way under ZeRO-2
+on a base bitsandbytes stores in NF4 (bitsandbytes 0.50 has CPU kernels), and is refused, naming the fix, without
+bitsandbytes or under ZeRO-3.
 
 The run reads a small local text corpus through --data / --tokenizer (a BPE tokenizer trained here, offline): a
 handful of packed rows that every step sees again. The synthetic arithmetic sequences are not learnable through
@@ -11,6 +13,7 @@ check that gradients reach the adapters and the optimizer steps them."""
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -42,6 +45,26 @@ def hostfile(tmp_path_factory):
     f = tmp_path_factory.mktemp("hf") / "hostfile"
     f.write_text("localhost slots=2\n")
     return f
+
+
+def adapter_reloads(spec, adapter, rank: int) -> None:
+    """The saved adapter loads back into a fresh peft model on an unquantized base, with the trained values (every
+    lora_B moved off peft's zero init)."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    assert json.loads((adapter / "adapter_config.json").read_text())["r"] == rank
+    saved = load_file(str(adapter / "adapter_model.safetensors"))
+    base = AutoModelForCausalLM.from_config(AutoConfig.for_model(**spec.config))
+    fresh = PeftModel.from_pretrained(base, str(adapter))
+    loaded = {k: v for k, v in fresh.state_dict().items() if "lora_" in k}
+    assert len(loaded) == len(saved) > 0
+    b = [k for k in saved if "lora_B" in k]
+    assert b and all(saved[k].abs().sum() > 0 for k in b)  # peft starts B at zero: training moved every one
+    for key, value in saved.items():
+        match = [k for k in loaded if k.replace(".default", "") == key]
+        assert match and torch.equal(loaded[match[0]], value), key
 
 
 @pytest.mark.parametrize("model", ["tiny-qwen3", "tiny-qwen3-moe"])
@@ -89,31 +112,54 @@ def test_zero3_lora_trains_the_adapter_only_and_saves_it(model, hostfile, corpus
     assert terms["optimizer_states"] == 8 * first[0]["master"]
     assert terms["zero3_persistent_params"] == 4 * (frozen + 2 * trained)
     assert abs(terms["params"] - 4 * first[0]["partition"]) <= 4 * 200
-    # the adapter loads back into a fresh peft model, with the trained (non-zero) B matrices
-    from peft import PeftModel
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    assert json.loads((save / "adapter" / "adapter_config.json").read_text())["r"] == 8
-    saved = load_file(str(save / "adapter" / "adapter_model.safetensors"))
-    base = AutoModelForCausalLM.from_config(AutoConfig.for_model(**spec.config))
-    fresh = PeftModel.from_pretrained(base, str(save / "adapter"))
-    loaded = {k: v for k, v in fresh.state_dict().items() if "lora_" in k}
-    assert len(loaded) == len(saved) > 0
-    b = [k for k in saved if "lora_B" in k]
-    assert b and all(saved[k].abs().sum() > 0 for k in b)  # peft starts B at zero: training moved every one
-    for key, value in saved.items():
-        match = [k for k in loaded if k.replace(".default", "") == key]
-        assert match and torch.equal(loaded[match[0]], value), key
+    adapter_reloads(spec, save / "adapter", rank=8)
 
 
-def test_qlora_is_refused_without_cuda():
+def test_zero2_qlora_trains_adapters_on_an_nf4_base(hostfile, corpus, tmp_path):
+    """QLoRA in the built-in trainer: bitsandbytes (0.50 runs NF4 on CPU too) stores every decoder nn.Linear in 4 bits,
+    the count the estimator's NF4 term uses; peft trains adapters on top, bf16, ZeRO-2 over 2 ranks."""
+    pytest.importorskip("bitsandbytes")
+    from qwen_ds.models import load_model
+    from qwen_ds.models.finetune import linear_weights, lora_params
+
+    cfg = tmp_path / "cfg"
+    p = qwen_ds("gen-config", "-m", "tiny-qwen3", "-g", "H100-SXM", "--hostfile", str(hostfile), "--zero", "2",
+                "--micro-batch", "2", "--grad-accum", "1", "--no-checkpointing", "--offload-optimizer", "none",
+                "--offload-param", "none", "--tp", "1", "--pp", "1", "--seq-len", "64", "--loss", "chunked",
+                "--precision", "bf16", "--lr", "1e-2", "--warmup-steps", "2", "--total-steps", "100", "--finetune",
+                "qlora", "--lora-rank", "8", "-o", str(cfg))
+    assert p.returncode == 0 and "needs your own script" not in p.stdout, p.stdout + p.stderr
+    metrics, save = tmp_path / "metrics.jsonl", tmp_path / "save"
+    p = qwen_ds("launch", "--hostfile", str(hostfile), "--config", str(cfg / "ds_config.json"), "--plan",
+                str(cfg / "plan.json"), "--master-port", "auto", "--run-dir", str(tmp_path / "run"), "train", "--steps",
+                "20", "--metrics-file", str(metrics), "--save-dir", str(save), "--data", str(corpus / "data.txt"),
+                "--tokenizer", str(corpus / "tok"))
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out[-3000:]
+    spec = load_model("tiny-qwen3")
+    assert f"Linear layers ({linear_weights(spec):,} weights) in NF4 on cpu" in out
+    assert "qlora: frozen base unchanged (sha256" in out
+    adapters = lora_params(spec, "all-linear", 8)
+    terms = json.loads((cfg / "plan.json").read_text())["memory"]["terms"]
+    for rank in json.loads(metrics.read_text().splitlines()[0])["model_states"]:  # ZeRO-2: adapters' masters split
+        assert rank["master"] == -(-adapters // 2) and rank["states"] == 2 * rank["master"], rank
+        assert terms["master_weights_fp32"] == 4 * rank["master"] and terms["optimizer_states"] == 8 * rank["master"]
+    ls = losses(metrics)
+    assert len(ls) == 20 and sum(ls[-3:]) / 3 < ls[0] - 0.5, ls
+    adapter_reloads(spec, save / "adapter", rank=8)
+
+
+def test_qlora_without_bitsandbytes_or_under_zero3_is_refused(monkeypatch):
     from qwen_ds.knobs import Plan
     from qwen_ds.runtime.common import RuntimeFailure
     from qwen_ds.runtime.peft import apply_finetune
 
-    with pytest.raises(RuntimeFailure, match="--finetune qlora needs bitsandbytes' 4-bit CUDA kernels.*no CUDA device"):
-        apply_finetune(torch.nn.Linear(2, 2), Plan(finetune="qlora"), cuda=False)
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    with pytest.raises(RuntimeFailure, match="--finetune qlora under ZeRO-3.*gen-config --zero 2"):
+        apply_finetune(model, Plan(finetune="qlora"), torch.device("cpu"), 3)
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # what an install without the qlora extra sees
+    with pytest.raises(RuntimeFailure, match=r"needs bitsandbytes: pip install 'qwen-ds\[qlora\]'"):
+        apply_finetune(model, Plan(finetune="qlora"), torch.device("cpu"), 2)
 
 
 def test_frozen_head_chunk_loss_matches_the_plain_loss():

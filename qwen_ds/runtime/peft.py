@@ -1,5 +1,6 @@
-"""Fine-tuning methods in the built-in trainer (issue #17): LoRA with peft, freeze by requires_grad. The plan's knobs
-say what trains (qwen_ds/models/finetune.py counts the same parameters); QLoRA needs bitsandbytes' CUDA kernels."""
+"""Fine-tuning methods in the built-in trainer (issue #17): LoRA with peft, QLoRA (peft on a base whose nn.Linear
+weights bitsandbytes stores in NF4), freeze by requires_grad. The plan's knobs say what trains
+(qwen_ds/models/finetune.py counts the same parameters and the same 4-bit weights)."""
 
 from __future__ import annotations
 
@@ -10,16 +11,19 @@ import torch
 from .common import RuntimeFailure
 
 
-def apply_finetune(model, knobs, cuda: bool):
-    """The model to train under the plan's --finetune (a peft model for LoRA), and a line saying what trains."""
+def apply_finetune(model, knobs, device: torch.device, zero_stage: int):
+    """The model to train under the plan's --finetune (a peft model for LoRA / QLoRA), and a line saying what trains.
+    QLoRA first quantizes the base on ``device`` (quantize_linears)."""
     method = knobs.finetune
     if method == "full":
         return model, None
+    quantized = ""
     if method == "qlora":
-        why = ("no CUDA device here" if not cuda else
-               "the built-in trainer does not quantize a base model to 4 bits yet")
-        raise RuntimeFailure(f"--finetune qlora needs bitsandbytes' 4-bit CUDA kernels and a quantized base: {why}; "
-                             "use --finetune lora, or gen-config --for hf-trainer and LLaMA-Factory for QLoRA")
+        if zero_stage == 3:
+            raise RuntimeFailure("--finetune qlora under ZeRO-3: the built-in trainer keeps the 4-bit base whole on "
+                                 "each GPU (ZeRO 0-2); regenerate with gen-config --zero 2")
+        n, weights = quantize_linears(model, device)
+        quantized = f"; {n} Linear layers ({weights:,} weights) in NF4 on {device.type}"
     if method == "freeze":
         trained = freeze_layers(model, knobs.freeze_layers, knobs.trainable_modules)
         return model, f"freeze: {trained:,} parameters train ({knobs.freeze_layers} layers, {knobs.trainable_modules})"
@@ -33,7 +37,35 @@ def apply_finetune(model, knobs, cuda: bool):
                      target_modules=targets, bias="none", task_type="CAUSAL_LM")
     peft_model = get_peft_model(model, cfg)
     n = sum(_numel(p) for p in peft_model.parameters() if p.requires_grad)
-    return peft_model, f"lora: r {cfg.r}, alpha {cfg.lora_alpha}, targets {text}: {n:,} adapter parameters train"
+    return peft_model, (f"{method}: r {cfg.r}, alpha {cfg.lora_alpha}, targets {text}: {n:,} adapter parameters "
+                        f"train{quantized}")
+
+
+def quantize_linears(model, device: torch.device) -> tuple[int, int]:
+    """QLoRA's base, as transformers' bitsandbytes integration makes it: every nn.Linear but the output head becomes
+    bitsandbytes' Linear4bit (NF4, double quantization, computing in the weights' dtype), quantized when it moves to
+    ``device`` (one layer at a time: the 16-bit copy of the whole model never sits there). The embedding, norms, head,
+    MoE routers and fused routed experts (not nn.Linear) stay 16-bit. Returns (layers, weights quantized)."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise RuntimeFailure("--finetune qlora needs bitsandbytes: pip install 'qwen-ds[qlora]'") from None
+    head = model.get_output_embeddings()
+    layers = weights = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is not torch.nn.Linear or child is head:
+                continue
+            w = child.weight.data
+            q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
+                                  compute_dtype=w.dtype, compress_statistics=True, quant_type="nf4", device="meta")
+            q.weight = bnb.nn.Params4bit(w, requires_grad=False, compress_statistics=True, quant_type="nf4")
+            if child.bias is not None:
+                q.bias = torch.nn.Parameter(child.bias.data, requires_grad=False)
+            setattr(parent, name, q.to(device))  # Params4bit quantizes on its first move to a device
+            layers += 1
+            weights += w.numel()
+    return layers, weights
 
 
 def _numel(p: torch.Tensor) -> int:

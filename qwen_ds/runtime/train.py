@@ -238,17 +238,20 @@ def train(args: argparse.Namespace) -> int:
     if note:
         log0(note)
     # pipeline stages: the whole model is built on the host, each stage then keeps (and moves) its layers
+    knobs = plan.plan if plan is not None else None
+    qlora = knobs is not None and knobs.finetune == "qlora"  # built on the host, quantized layer by layer onto the GPU
     model, keep = build_model(hf_config, ds_config, args.weights, args.seed, for_training=True,
-                              on_device=pp == 1)
+                              on_device=pp == 1 and not qlora)
     from .peft import apply_finetune, frozen_digest, save_adapter
 
-    knobs = plan.plan if plan is not None else None
     base_digest = None
     if knobs is not None and knobs.finetune != "full":
         if pp > 1:
             raise RuntimeFailure(f"--finetune {knobs.finetune} with pipeline stages: the built-in trainer fine-tunes "
                                  "without them; regenerate with gen-config --pp 1")
-        model, line = apply_finetune(model, knobs, torch.cuda.is_available())
+        device = (torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available()
+                  else torch.device("cpu"))
+        model, line = apply_finetune(model, knobs, device, ds_config.get("zero_optimization", {}).get("stage", 0))
         log0(line)
         base_digest = frozen_digest(model)
     from .fp8 import apply_fp8, check_fp8_device, fp8_share
