@@ -7,6 +7,7 @@ states exist), compare. Cases run in priority order and stop before --deadline s
 device call always ends with a result file.
 
 python benchmarks/memory_accuracy.py --out DIR [--deadline 520] [--gpus 2] [--steps 3]
+python benchmarks/memory_accuracy.py --gpus 1 --only PEFT --name peft_memory   (issue #17's PEFT cases)
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-# name, preset, layers (None = full), gpus, zero, offload_optimizer, micro, seq, checkpointing, loss[, offload_param]
+# name, preset, layers (None = full), gpus, zero, offload_optimizer, micro, seq, checkpointing, loss[, offload_param
+# [, finetune]]: finetune lora / qlora is r16 on all-linear (peft), QLoRA's base in NF4 (bitsandbytes)
 CASES = [
     ("q0.6b-z3-ckpt-chunked", "Qwen3-0.6B", None, 2, 3, "none", 2, 2048, True, "chunked"),
     ("q4b-z3-ckpt-chunked-s4096", "Qwen3-4B", None, 2, 3, "none", 2, 4096, True, "chunked"),
@@ -62,7 +64,15 @@ CASES = [
     ("qnext-L2-z3-ckpt-chunked-s4096-1gpu", "Qwen3-Next-80B-A3B", 2, 1, 3, "none", 2, 4096, True, "chunked"),
     ("qnext-L4-z3-ckpt-chunked-1gpu", "Qwen3-Next-80B-A3B", 4, 1, 3, "none", 1, 2048, True, "chunked"),
     ("q4b-z0-nockpt-chunked-s4096-1gpu", "Qwen3-4B", None, 1, 0, "none", 1, 4096, False, "chunked"),
+    # issue #17, one GPU: LoRA under ZeRO-2 and ZeRO-3, QLoRA, LoRA on the MoE at reduced depth (--only PEFT)
+    ("q8b-lora-z2-ckpt-chunked-1gpu", "Qwen3-8B", None, 1, 2, "none", 2, 4096, True, "chunked", "none", "lora"),
+    ("q8b-lora-z3-ckpt-chunked-1gpu", "Qwen3-8B", None, 1, 3, "none", 2, 4096, True, "chunked", "none", "lora"),
+    ("q8b-qlora-z2-ckpt-chunked-1gpu", "Qwen3-8B", None, 1, 2, "none", 2, 4096, True, "chunked", "none", "qlora"),
+    ("q30ba3b-L8-lora-z3-ckpt-chunked-1gpu", "Qwen3-30B-A3B", 8, 1, 3, "none", 1, 4096, True, "chunked", "none",
+     "lora"),
+    ("q8b-lora-z2-nockpt-hf-1gpu", "Qwen3-8B", None, 1, 2, "none", 1, 2048, False, "hf", "none", "lora"),
 ]
+PEFT = [c[0] for c in CASES if len(c) > 11 and c[11] != "full"]
 
 
 def catalog_gpu() -> str:
@@ -78,6 +88,7 @@ def run_case(case, work: Path, gpu: str, steps: int, timeout: float, include: st
              allocator: str = "expandable") -> dict:
     name, preset, layers, gpus, zero, oo, micro, seq, ckpt, loss, *rest = case
     op = rest[0] if rest else "none"
+    finetune = rest[1] if len(rest) > 1 else "full"
     from qwen_ds.models import load_model
     from qwen_ds.plandoc import read_plan_document
 
@@ -97,7 +108,7 @@ def run_case(case, work: Path, gpu: str, steps: int, timeout: float, include: st
     p = qwen_ds("gen-config", "-m", model_arg, "-g", gpu, "--hostfile", str(hf), "--zero", str(zero), "--offload-optimizer", oo,
                 "--offload-param", op, "--micro-batch", str(micro), "--grad-accum", "1",
                 "--checkpointing" if ckpt else "--no-checkpointing", "--tp", "1", "--pp", "1", "--seq-len", str(seq), "--loss", loss,
-                "--precision", "bf16", "--allocator", allocator, "-o", str(out), "--force")
+                "--precision", "bf16", "--allocator", allocator, "--finetune", finetune, "-o", str(out), "--force")
     if p.returncode != 0:
         return {"case": name, "error": "gen-config: " + p.stderr.strip()[-400:]}
     plan = read_plan_document(str(out / "plan.json"))
@@ -118,7 +129,7 @@ def run_case(case, work: Path, gpu: str, steps: int, timeout: float, include: st
     wall = time.time() - t0
     mem = plan.memory
     rec = {"case": name, "model": spec.name if not layers else f"{spec.name}-L{layers}", "gpus": gpus, "zero": zero,
-           "offload_optimizer": oo, "offload_param": op, "allocator": allocator, "micro_batch": micro, "seq_len": seq, "checkpointing": ckpt, "loss": loss,
+           "offload_optimizer": oo, "offload_param": op, "finetune": finetune, "allocator": allocator, "micro_batch": micro, "seq_len": seq, "checkpointing": ckpt, "loss": loss,
            "pred_allocated": mem.gpu_allocated_bytes, "pred_reserved": mem.gpu_reserved_bytes, "pred_total": mem.gpu_total_bytes,
            "pred_terms": mem.terms, "wall_s": round(wall, 1)}
     if p.returncode != 0 or not metrics.exists():
@@ -144,7 +155,8 @@ def main() -> None:
     ap.add_argument("--deadline", type=float, default=520)
     ap.add_argument("--gpus", type=int, default=2)
     ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--only", default="", help="comma-separated case names")
+    ap.add_argument("--only", default="", help="comma-separated case names; PEFT: issue #17's LoRA / QLoRA cases")
+    ap.add_argument("--name", default="memory_accuracy", help="result file stem: NAME_<gpu>_<date>.{md,jsonl}")
     ap.add_argument("--skip", type=int, default=0, help="skip the first N cases (continue a matrix in a second call)")
     ap.add_argument("--allocator", choices=("expandable", "default"), default="expandable",
                     help="the CUDA allocator the cases run with (and gen-config --allocator plans for): default runs "
@@ -158,9 +170,10 @@ def main() -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     date = datetime.date.today().isoformat()
     tag = f"{gpu.lower().replace('-', '')}_{date}" + ("_default-allocator" if args.allocator == "default" else "")
-    jsonl = out_dir / f"memory_accuracy_{tag}.jsonl"
+    jsonl = out_dir / f"{args.name}_{tag}.jsonl"
     rows = []
-    cases = [c for c in CASES if not args.only or c[0] in args.only.split(",")]
+    only = [n for part in args.only.split(",") if part for n in (PEFT if part == "PEFT" else [part])]
+    cases = [c for c in CASES if not only or c[0] in only]
     cases = cases[args.skip:]
     pending_1gpu = [c for c in cases if c[3] == 1] if args.gpus >= 2 else []
     from concurrent.futures import ThreadPoolExecutor
@@ -188,7 +201,7 @@ def main() -> None:
                     record(f.result())
             continue
         record(run_case(case, work, gpu, args.steps, timeout=left - 10, allocator=args.allocator))
-    write_report(rows, out_dir / f"memory_accuracy_{tag}.md", gpu)
+    write_report(rows, out_dir / f"{args.name}_{tag}.md", gpu)
 
 
 def write_report(rows: list[dict], path: Path, gpu: str) -> None:
