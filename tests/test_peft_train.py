@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -67,24 +68,29 @@ def adapter_reloads(spec, adapter, rank: int) -> None:
         assert match and torch.equal(loaded[match[0]], value), key
 
 
-@pytest.mark.parametrize("model", ["tiny-qwen3", "tiny-qwen3-moe"])
-def test_zero3_lora_trains_the_adapter_only_and_saves_it(model, hostfile, corpus, tmp_path):
+def finetune_run(model: str, zero: int, precision: str, method: str, hostfile, corpus, tmp_path) -> tuple[Path, str]:
+    """gen-config (rank 8, lr 1e-2, micro 2 of seq 64, no checkpointing), then its 20-step launch on the corpus; the
+    config directory and the launch's output."""
     cfg = tmp_path / "cfg"
-    p = qwen_ds("gen-config", "-m", model, "-g", "H100-SXM", "--hostfile", str(hostfile), "--zero", "3",
+    p = qwen_ds("gen-config", "-m", model, "-g", "H100-SXM", "--hostfile", str(hostfile), "--zero", str(zero),
                 "--micro-batch", "2", "--grad-accum", "1", "--no-checkpointing", "--offload-optimizer", "none",
-                "--offload-param", "none",
-                "--tp", "1", "--pp", "1", "--seq-len", "64", "--loss", "chunked", "--precision", "fp32", "--lr", "1e-2",
-                "--warmup-steps", "2", "--total-steps", "100", "--finetune", "lora", "--lora-rank", "8",
-                "-o", str(cfg))
-    assert p.returncode == 0, p.stderr
-    assert "needs your own script" not in p.stdout
-    metrics, save = tmp_path / "metrics.jsonl", tmp_path / "save"
+                "--offload-param", "none", "--tp", "1", "--pp", "1", "--seq-len", "64", "--loss", "chunked",
+                "--precision", precision, "--lr", "1e-2", "--warmup-steps", "2", "--total-steps", "100", "--finetune",
+                method, "--lora-rank", "8", "-o", str(cfg))
+    assert p.returncode == 0 and "needs your own script" not in p.stdout, p.stdout + p.stderr
     p = qwen_ds("launch", "--hostfile", str(hostfile), "--config", str(cfg / "ds_config.json"), "--plan",
                 str(cfg / "plan.json"), "--master-port", "auto", "--run-dir", str(tmp_path / "run"), "train", "--steps",
-                "20", "--metrics-file", str(metrics), "--save-dir", str(save), "--data", str(corpus / "data.txt"),
-                "--tokenizer", str(corpus / "tok"))
+                "20", "--metrics-file", str(tmp_path / "metrics.jsonl"), "--save-dir", str(tmp_path / "save"),
+                "--data", str(corpus / "data.txt"), "--tokenizer", str(corpus / "tok"))
     out = p.stdout + p.stderr
     assert p.returncode == 0, out[-3000:]
+    return cfg, out
+
+
+@pytest.mark.parametrize("model", ["tiny-qwen3", "tiny-qwen3-moe"])
+def test_zero3_lora_trains_the_adapter_only_and_saves_it(model, hostfile, corpus, tmp_path):
+    cfg, out = finetune_run(model, 3, "fp32", "lora", hostfile, corpus, tmp_path)
+    metrics, save = tmp_path / "metrics.jsonl", tmp_path / "save"
     ls = losses(metrics)
     assert len(ls) == 20 and all(0.0 < v < 8.0 for v in ls), ls  # finite; starts near ln(1024) = 6.93
     assert sum(ls[-3:]) / 3 < ls[0] - 0.5, ls  # the adapters fit the rows every step sees again
@@ -122,20 +128,8 @@ def test_zero2_qlora_trains_adapters_on_an_nf4_base(hostfile, corpus, tmp_path):
     from qwen_ds.models import load_model
     from qwen_ds.models.finetune import linear_weights, lora_params
 
-    cfg = tmp_path / "cfg"
-    p = qwen_ds("gen-config", "-m", "tiny-qwen3", "-g", "H100-SXM", "--hostfile", str(hostfile), "--zero", "2",
-                "--micro-batch", "2", "--grad-accum", "1", "--no-checkpointing", "--offload-optimizer", "none",
-                "--offload-param", "none", "--tp", "1", "--pp", "1", "--seq-len", "64", "--loss", "chunked",
-                "--precision", "bf16", "--lr", "1e-2", "--warmup-steps", "2", "--total-steps", "100", "--finetune",
-                "qlora", "--lora-rank", "8", "-o", str(cfg))
-    assert p.returncode == 0 and "needs your own script" not in p.stdout, p.stdout + p.stderr
+    cfg, out = finetune_run("tiny-qwen3", 2, "bf16", "qlora", hostfile, corpus, tmp_path)
     metrics, save = tmp_path / "metrics.jsonl", tmp_path / "save"
-    p = qwen_ds("launch", "--hostfile", str(hostfile), "--config", str(cfg / "ds_config.json"), "--plan",
-                str(cfg / "plan.json"), "--master-port", "auto", "--run-dir", str(tmp_path / "run"), "train", "--steps",
-                "20", "--metrics-file", str(metrics), "--save-dir", str(save), "--data", str(corpus / "data.txt"),
-                "--tokenizer", str(corpus / "tok"))
-    out = p.stdout + p.stderr
-    assert p.returncode == 0, out[-3000:]
     spec = load_model("tiny-qwen3")
     assert f"Linear layers ({linear_weights(spec):,} weights) in NF4 on cpu" in out
     assert "qlora: frozen base unchanged (sha256" in out
