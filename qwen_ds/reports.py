@@ -200,9 +200,8 @@ def finetune_comparison_text(searches) -> str:
              "the fastest plan of each fine-tuning method"]
     rows, notes = [], []
     for method, s, why in searches:
-        label = method if method in ("full", "freeze") else f"{method} r{i.plan.lora_rank}"
-        if method == "freeze":
-            label += f" {s.inputs.plan.freeze_layers if s else i.plan.freeze_layers}"
+        label = {"full": "full", "freeze": f"freeze {i.plan.freeze_layers}"}.get(method,
+                                                                                 f"{method} r{i.plan.lora_rank}")
         if s is None:
             notes.append(f"{label}: refused: {why}")
             continue

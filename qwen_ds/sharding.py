@@ -135,14 +135,15 @@ def largest_trained_gathered(s: ModelSpec, plan) -> int:
             units: dict[str, int] = {}
             for module, n in kind_tensors(s, kind):
                 if keep(module, n):
-                    key = "mlp (MoE block)" if kind[1] == MOE and module.startswith("mlp") else module
+                    key = gathered_unit(kind, module)
                     units[key] = units.get(key, 0) + n
             best = max([best, *units.values()])
         return best
-    for kind in kind_counts(s):
+    for kind in kind_counts(s):  # each adapter tensor is its own unit, but inside an MoE block they are one
         tensors = lora_tensors(s, plan.lora_targets, plan.lora_rank, kind)
-        block = sum(n for path, n in tensors if kind[1] == MOE and path.startswith("mlp"))
-        best = max([best, block, *(n for path, n in tensors if not (kind[1] == MOE and path.startswith("mlp")))])
+        in_block = [gathered_unit(kind, path) == MOE_BLOCK_UNIT for path, _ in tensors]
+        block = sum(n for (_, n), b in zip(tensors, in_block) if b)
+        best = max([best, block, *(n for (_, n), b in zip(tensors, in_block) if not b)])
     return best
 
 
@@ -179,6 +180,15 @@ def zero3_leaf_classes(s: ModelSpec) -> tuple[str, ...]:
     return (name,)
 
 
+MOE_BLOCK_UNIT = "mlp (MoE block)"
+
+
+def gathered_unit(kind: tuple[str, str], module: str) -> str:
+    """The unit ZeRO-3 gathers a layer tensor with: its module, or the whole MoE block of an MoE layer (a leaf
+    module, see zero3_leaf_classes)."""
+    return MOE_BLOCK_UNIT if kind[1] == MOE and module.startswith("mlp") else module
+
+
 @lru_cache(maxsize=256)
 def largest_gathered(s: ModelSpec) -> tuple[int, str]:
     """(elements, module) of the largest unit ZeRO-3 gathers at once: one module's own parameters, or a
@@ -194,7 +204,7 @@ def largest_gathered(s: ModelSpec) -> tuple[int, str]:
     for kind in kind_counts(s):
         per_module: dict[str, int] = {}
         for module, n in kind_tensors(s, kind):
-            key = "mlp (MoE block)" if kind[1] == MOE and module.startswith("mlp") else module
+            key = gathered_unit(kind, module)
             per_module[key] = per_module.get(key, 0) + n
         for key, n in per_module.items():
             if n > modules.get(key, 0):

@@ -103,10 +103,9 @@ def parse_targets(s: ModelSpec, targets: str) -> frozenset[str]:
 
 def lora_shapes(s: ModelSpec, targets: str, kind: tuple[str, str]) -> list[tuple[str, int, int, int]]:
     """The adapted units of one decoder layer of ``kind`` under ``targets``, as (module path below the layer, fan_in,
-    fan_out, m): peft gives each
-    A [m r, fan_in] and B [fan_out, m r]. m is 1 for a targeted nn.Linear and for the MoE router [E, h] (h -> E); the
-    fused experts.gate_up_proj [E, 2Im, h] is adapted at rank 2r over the E experts (h -> 2Im, m = 2E) and
-    experts.down_proj [E, h, Im] at rank r (Im -> h, m = E)."""
+    fan_out, m): peft gives each A [m r, fan_in] and B [fan_out, m r]. m is 1 for a targeted nn.Linear and for the
+    MoE router [E, h] (h -> E); the fused experts.gate_up_proj [E, 2Im, h] is adapted at rank 2r over the E experts
+    (h -> 2Im, m = 2E) and experts.down_proj [E, h, Im] at rank r (Im -> h, m = E)."""
     chosen = parse_targets(s, targets)
     moe_map = s.family in MOE_FAMILIES and s.n_moe_layers > 0
     module_targets = chosen - set(MOE_MAPPED) if moe_map else chosen
