@@ -13,10 +13,33 @@ PIPE_MODEL_TYPES = ("qwen3", "qwen3_moe", "qwen3_next")
 COMPILED_MODEL_TYPES = ("qwen3",)
 
 
+def compile_reason(choice: str, model_type: str, pp: int, zero_stage: int, tp: int, cuda: bool,
+                   finetune: str = "full") -> str | None:
+    """Why the built-in trainer's --compile CHOICE leaves the decoder layers eager (None: it compiles them;
+    runtime/compiled.py)."""
+    if choice == "off":
+        return "--compile off"
+    if pp > 1:
+        return "pipeline stages run the layers inside DeepSpeed's PipelineModule"
+    if zero_stage == 3:
+        return "ZeRO-3 gathers parameters in hooks inside each layer (a graph break at every parameter)"
+    if choice == "on":
+        return None
+    if tp > 1:
+        return "not measured with tensor parallelism (--compile on compiles the layers)"
+    if not cuda:
+        return "no CUDA device (--compile on compiles on the CPU too)"
+    if model_type not in COMPILED_MODEL_TYPES:
+        return f"not measured for {model_type} layers (--compile on compiles them)"
+    if finetune != "full":
+        return f"not measured with --finetune {finetune} (peft adapters, 4-bit layers; --compile on compiles them)"
+    return None
+
+
 def builtin_compiles(family: str, plan: Plan) -> bool:
-    """Whether the built-in trainer's --compile auto compiles this plan's layers on a GPU (runtime/compiled.py):
-    a measured model type, no pipeline stages, ZeRO below 3, no tensor parallelism."""
-    return family in COMPILED_MODEL_TYPES and plan.pp == 1 and plan.zero_stage < 3 and plan.tp == 1
+    """Whether the built-in trainer's --compile auto compiles this plan's layers on a GPU: the planner's speed model
+    times the others eager."""
+    return compile_reason("auto", family, plan.pp, plan.zero_stage, plan.tp, True, plan.finetune) is None
 
 
 def builtin_gap(family: str, plan: Plan, mode: str) -> str | None:

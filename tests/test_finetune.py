@@ -207,6 +207,7 @@ def test_lora_step_skips_frozen_weight_gradients():
     collectives cover the adapters only."""
     import dataclasses
 
+    from qwen_ds.calibration import constant
     from qwen_ds.planner.throughput import finetune_flops_factor, step_time
 
     m, c, w = load_model("Qwen3-8B"), Cluster(get_gpu("H100-SXM"), 1, 8), Workload(seq_len=4096)
@@ -215,7 +216,8 @@ def test_lora_step_skips_frozen_weight_gradients():
     f = finetune_flops_factor(m, lora)
     assert f == pytest.approx(4 / 6 + lora_params(m, "all-linear", 16) / count_params(m).total)
     tf, tl = step_time(m, c, w, full), step_time(m, c, w, lora)
-    assert tl.compute_s == pytest.approx(f * tf.compute_s)
+    # the built-in trainer compiles the full plan's layers, not the LoRA plan's (builtin.compile_reason)
+    assert tl.compute_s == pytest.approx(f * tf.compute_s * constant("eager_slowdown"))
     assert tl.gpu_optimizer_s < tf.gpu_optimizer_s / 100 and tl.comm_s < tf.comm_s / 100
     assert finetune_flops_factor(m, dataclasses.replace(full, finetune="freeze", freeze_layers=36)) == pytest.approx(1)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from ..builtin import COMPILED_MODEL_TYPES  # the planner's speed model reads it too (builtin_compiles)
+from ..builtin import compile_reason  # noqa: F401  torch-free: the planner's speed model asks it too
 
 CHOICES = ("auto", "on", "off")
 
@@ -26,25 +26,6 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList | None:
     """The HF model's decoder layers (``model.model.layers``), None for other layouts."""
     layers = getattr(getattr(model, "model", None), "layers", None)
     return layers if isinstance(layers, torch.nn.ModuleList) else None
-
-
-def compile_reason(choice: str, model_type: str, pp: int, zero_stage: int, tp: int, cuda: bool) -> str | None:
-    """Why the layers are not compiled (None: compile them)."""
-    if choice == "off":
-        return "--compile off"
-    if pp > 1:
-        return "pipeline stages run the layers inside DeepSpeed's PipelineModule"
-    if zero_stage == 3:
-        return "ZeRO-3 gathers parameters in hooks inside each layer (a graph break at every parameter)"
-    if choice == "on":
-        return None
-    if tp > 1:
-        return "not measured with tensor parallelism (--compile on compiles the layers)"
-    if not cuda:
-        return "no CUDA device (--compile on compiles on the CPU too)"
-    if model_type not in COMPILED_MODEL_TYPES:
-        return f"not measured for {model_type} layers (--compile on compiles them)"
-    return None
 
 
 def compile_layers(model: torch.nn.Module) -> int:

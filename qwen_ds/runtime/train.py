@@ -268,7 +268,7 @@ def train(args: argparse.Namespace) -> int:
 
     zero_stage = ds_config.get("zero_optimization", {}).get("stage", 0)
     tp = autotp_size(ds_config)
-    run = (hf_config.model_type, pp, zero_stage, tp, torch.cuda.is_available())
+    run = (hf_config.model_type, pp, zero_stage, tp, torch.cuda.is_available(), knobs.finetune if knobs else "full")
     why_not = compile_reason(args.compile, *run)
     compiled = 0 if why_not else compile_layers(model)
     log0(f"torch.compile: {compiled} decoder layers (step 1 pays the compile; Inductor caches it on this machine)"
