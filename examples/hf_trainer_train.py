@@ -8,6 +8,10 @@ training_args.json holds the TrainingArguments the memory estimate was made for 
 precision, checkpointing) and the path of ds_config.json ("deepspeed"); the HF Trainer fills the config's
 "auto" values from them. The model is built from its config with random weights and trained on random
 token ids: replace build_model() and synthetic_dataset() with your own model and data.
+
+For a LoRA plan (`gen-config --finetune lora --lora-rank R --for hf-trainer`), pass `--lora-rank R`: the model is
+wrapped with peft before the Trainer sees it, and the Trainer's optimizer covers the adapters only (the config allows
+that optimizer: zero_allow_untested_optimizer).
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="optimizer steps (overrides max_steps)")
     parser.add_argument("--seq-len", type=int, default=128, help="tokens per synthetic sequence")
     parser.add_argument("--output-dir", default=None, help="Trainer output directory [a temporary one]")
+    parser.add_argument("--lora-rank", type=int, default=0, help="LoRA rank (peft, all-linear, alpha 2r) [0: full]")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)  # the launcher's
     args = parser.parse_args()
     single_process_env()
@@ -78,6 +83,11 @@ def main() -> None:
         deepspeed.init_distributed(dist_backend="gloo")
 
     model = build_model(args.model)
+    if args.lora_rank:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=args.lora_rank, lora_alpha=2 * args.lora_rank,
+                                                 target_modules="all-linear", task_type="CAUSAL_LM"))
     batch = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
     rows = batch * training_args.world_size * args.steps
     data = synthetic_dataset(model.config.vocab_size, args.seq_len, rows)
@@ -85,8 +95,9 @@ def main() -> None:
     result = trainer.train()
     losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
     if trainer.is_world_process_zero():
+        trained = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)
         print(f"deepspeed: {trainer.is_deepspeed_enabled}, world size {training_args.world_size}, "
-              f"{result.global_step} steps")
+              f"{result.global_step} steps, {trained:,} parameters trained")
         print(f"final loss {losses[-1]:.4f} (mean {result.training_loss:.4f})")
 
 

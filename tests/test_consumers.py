@@ -275,3 +275,32 @@ def test_hf_trainer_example_on_two_cpu_ranks_under_qwen_ds_launch(pair):
                           capture_output=True, text=True, timeout=480, cwd=REPO,
                           env=dict(os.environ, DS_ACCELERATOR="cpu"))
     assert_trained_on_two_ranks(proc)
+
+
+@pytest.mark.runtime
+@pytest.mark.slow
+def test_hf_trainer_trains_a_peft_lora_model_under_the_lora_plans_config(tmp_path):
+    """Issue #17: gen-config --finetune lora --for hf-trainer (ZeRO-3) under the HF Trainer with a peft model, 2 CPU
+    ranks: DeepSpeed accepts the Trainer's optimizer over the adapters (zero_allow_untested_optimizer), and the
+    parameters trained are peft's adapters, the estimator's count."""
+    pytest.importorskip("deepspeed")
+    pytest.importorskip("peft")
+    from qwen_ds.models import load_model
+    from qwen_ds.models.finetune import lora_params
+
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("localhost slots=2\n")
+    out = tmp_path / "run"
+    rc, _, err = run_cli("gen-config", "-m", "tiny-qwen3", "-g", "H100-SXM", "--hostfile", str(hostfile), "--zero", "3",
+                         "--micro-batch", "2", "--grad-accum", "1", "--checkpointing", "--offload-optimizer", "none",
+                         "--offload-param", "none", "--tp", "1", "--pp", "1", "--seq-len", "32", "--finetune", "lora",
+                         "--lora-rank", "8", "--for", "hf-trainer", "-o", str(out))
+    assert rc == 0, err
+    assert read(out, "ds_config.json")["zero_allow_untested_optimizer"] is True
+    proc = subprocess.run([sys.executable, "-m", "qwen_ds.cli", "launch", "--hostfile", str(hostfile), "--config",
+                           str(out / "ds_config.json"), "--plan", str(out / "plan.json"), "--master-port", "auto",
+                           "--run-dir", str(tmp_path / "runs"), *trainer_args(out), "--lora-rank", "8"],
+                          capture_output=True, text=True, timeout=480, cwd=REPO,
+                          env=dict(os.environ, DS_ACCELERATOR="cpu"))
+    assert_trained_on_two_ranks(proc)
+    assert f"{lora_params(load_model('tiny-qwen3'), 'all-linear', 8):,} parameters trained" in proc.stdout
