@@ -105,7 +105,8 @@ class TrainArgs:
 
 def finetune_rows(plan: Plan | None) -> list[tuple[str, Any]]:
     """LLaMA-Factory's fine-tuning keys for the plan: finetuning_type and the LoRA / QLoRA / freeze settings
-    (its lora_target spells peft's all-linear as ``all``)."""
+    (its lora_target spells peft's all-linear as ``all``; its quantization_method calls bitsandbytes ``bnb``).
+    finetune_from_yaml reads them back."""
     method = plan.finetune if plan is not None else "full"
     if method == "full":
         return [("finetuning_type", "full")]
@@ -116,9 +117,44 @@ def finetune_rows(plan: Plan | None) -> list[tuple[str, Any]]:
     rows = [("finetuning_type", "lora"), ("lora_rank", plan.lora_rank),
             ("lora_alpha", plan.lora_alpha or 2 * plan.lora_rank), ("lora_dropout", 0.0), ("lora_target", target)]
     if method == "qlora":
-        rows += [("quantization_bit", 4), ("quantization_method", "bitsandbytes"), ("quantization_type", "nf4"),
+        rows += [("quantization_bit", 4), ("quantization_method", "bnb"), ("quantization_type", "nf4"),
                  ("double_quantization", True)]
     return rows
+
+
+#: LLaMA-Factory's FinetuningArguments defaults (a YAML without finetuning_type trains LoRA r8 on all Linears)
+LF_FINETUNE_DEFAULTS = {"finetuning_type": "lora", "lora_rank": 8, "lora_alpha": None, "lora_target": "all",
+                        "freeze_trainable_layers": 2, "freeze_trainable_modules": "all", "quantization_bit": None}
+
+
+def finetune_from_yaml(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """The plan knobs (finetune, lora_rank, lora_alpha, lora_targets, freeze_layers, trainable_modules) a
+    LLaMA-Factory training YAML trains with, its defaults where it is silent: the keys finetune_rows writes."""
+    v = {k: data.get(k, d) if data.get(k) is not None else d for k, d in LF_FINETUNE_DEFAULTS.items()}
+    kind = str(v["finetuning_type"]).lower()
+    if kind not in ("full", "lora", "freeze"):
+        raise InputError(f"{where}: finetuning_type {v['finetuning_type']!r}; qwen-ds sizes full, lora (with "
+                         "quantization_bit 4: QLoRA) and freeze")
+    if kind == "full":
+        return {"finetune": "full"}
+    if kind == "freeze":
+        return {"finetune": "freeze", "freeze_layers": _lf_int(where, "freeze_trainable_layers", v),
+                "trainable_modules": str(v["freeze_trainable_modules"])}
+    bits = v["quantization_bit"]
+    if bits not in (None, 4):
+        raise InputError(f"{where}: quantization_bit {bits!r}; qwen-ds sizes 16-bit LoRA and 4-bit QLoRA bases "
+                         "(quantization_bit 4, or none)")
+    target = str(v["lora_target"]).strip()
+    return {"finetune": "qlora" if bits == 4 else "lora", "lora_rank": _lf_int(where, "lora_rank", v),
+            "lora_alpha": None if v["lora_alpha"] is None else _lf_int(where, "lora_alpha", v),
+            "lora_targets": "all-linear" if target.lower() == "all" else target}
+
+
+def _lf_int(where: str, name: str, values: dict[str, Any]) -> int:
+    value = values[name]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(f"{where}: {name} is {value!r}; it must be an integer")
+    return value
 
 
 def check_consumer(consumer: str, plan: Plan, mode: str) -> None:
@@ -230,6 +266,8 @@ class Filled:
     keys: tuple[str, ...]  # the dotted keys that were "auto" and are now filled
     seq_len: int | None = None  # LLaMA-Factory cutoff_len
     checkpointing: bool | None = None  # from the arguments file, when it says
+    #: what trains, from a LLaMA-Factory YAML (finetune_from_yaml); None: the file does not say (full training)
+    finetune: dict[str, Any] | None = None
 
     def lines(self) -> list[str]:
         """One line per filled key: its value and where that came from."""
@@ -311,7 +349,7 @@ def fill_auto(cfg: dict[str, Any], world: int, hidden_size: int, *, training_arg
     kinds = {f: type(v) for f, v in asdict(base).items()}
     values: dict[str, Any] = {}
     origins: dict[str, str] = {f: "the qwen-ds default" for f in kinds}
-    seq_len = checkpointing = None
+    seq_len = checkpointing = finetune = None
     if training_args:
         where = f"--training-args {one_line(training_args)}"
         data = read_train_args(training_args)
@@ -322,6 +360,7 @@ def fill_auto(cfg: dict[str, Any], world: int, hidden_size: int, *, training_arg
                 origins[name] = where
         if lf:  # LLaMA-Factory turns gradient checkpointing on unless disabled
             checkpointing = not bool(data.get("disable_gradient_checkpointing", False))
+            finetune = finetune_from_yaml(data, where)
             if isinstance(data.get("cutoff_len"), int) and data["cutoff_len"] > 0:
                 seq_len = data["cutoff_len"]
         else:  # transformers 5.x also spells it activation_checkpointing (gradient_checkpointing goes in v6)
@@ -341,7 +380,7 @@ def fill_auto(cfg: dict[str, Any], world: int, hidden_size: int, *, training_arg
         origins["bf16"] = origins["fp16"] = "--precision"
     args = dataclasses.replace(base, **values)
     keys = tuple(hf_fillable(cfg))
-    return Filled(hf_fill(cfg, args, world, hidden_size), args, origins, keys, seq_len, checkpointing)
+    return Filled(hf_fill(cfg, args, world, hidden_size), args, origins, keys, seq_len, checkpointing, finetune)
 
 
 def as_run(cfg: dict[str, Any], world: int, plan: Any = None) -> dict[str, Any]:

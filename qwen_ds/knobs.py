@@ -33,6 +33,11 @@ ALLOCATORS = ("expandable", "default")
 OPTIMIZERS = ("adamw",)
 
 
+#: the Plan fields that say what trains (qwen_ds/models/finetune.py): a DeepSpeed config does not say them, so
+#: estimate --config / validate take them from flags or a LLaMA-Factory YAML
+FINETUNE_KNOBS = ("finetune", "lora_rank", "lora_alpha", "lora_targets", "freeze_layers", "trainable_modules")
+
+
 @dataclass(frozen=True)
 class Workload:
     """mode train: seq_len tokens per sample. mode infer: seq_len prompt tokens + new_tokens generated."""

@@ -9,7 +9,7 @@ from typing import Any
 from .api import Estimate, Inputs, cluster_shape, estimate_inputs, problems_text
 from .errors import InputError
 from .hardware import GPU, Cluster, get_gpu
-from .knobs import Workload
+from .knobs import FINETUNE_KNOBS, Workload
 from .models import ModelSpec, load_model
 from .units import GIB
 
@@ -71,7 +71,8 @@ def validate(config: str, *, model: str | ModelSpec | None = None, gpu: str | GP
              seq_len: int | None = None, new_tokens: int = 0, checkpointing: bool | None = None,
              use_deepspeed: bool | None = None, plan_path: str | None = None, consumer: str | None = None,
              training_args: str | None = None, micro_batch: int | None = None, grad_accum: int | None = None,
-             precision: str | None = None, allocator: str | None = None) -> Validation:
+             precision: str | None = None, allocator: str | None = None,
+             finetune: dict[str, Any] | None = None) -> Validation:
     """Check the DeepSpeed config file ``config``: JSON Schema of DeepSpeed 0.19.8, semantic rules,
     DeepSpeed's own parser (``use_deepspeed``; default: when it is installed), against a plan.json
     (``plan_path``), and with ``model`` and ``gpu`` the memory verdict.
@@ -80,7 +81,9 @@ def validate(config: str, *, model: str | ModelSpec | None = None, gpu: str | GP
     detected) is checked as the Trainer will run it: "auto" filled from ``micro_batch`` /
     ``grad_accum`` / ``precision``, else the ``training_args`` file (training_args.json or a
     LLaMA-Factory YAML), else qwen-ds's defaults; ``Validation.filled`` says which value came from
-    where. ``seq_len`` / ``checkpointing`` None: the YAML's cutoff_len / checkpointing, else 4096 / on."""
+    where. ``seq_len`` / ``checkpointing`` None: the YAML's cutoff_len / checkpointing, else 4096 / on. What trains
+    (the memory verdict's --finetune knobs, FINETUNE_KNOBS): ``finetune``, else a LLaMA-Factory YAML's
+    finetuning_type / lora_* / quantization_bit / freeze_*, else full training."""
     from .consumers import CONSUMERS, fill_auto, hf_fillable, launch_allocator
     from .plandoc import read_plan_document
     from .validate import Context, Problem, validate_config
@@ -127,7 +130,8 @@ def validate(config: str, *, model: str | ModelSpec | None = None, gpu: str | GP
             # the HF Trainer / accelerate launch ("auto" filled) and qwen-ds launch's expandable segments otherwise
             alloc = allocator or (doc.plan.allocator if doc is not None else
                                   launch_allocator("hf-trainer" if filled is not None else "deepspeed"))
-            verdict = config_estimate(runs, spec, gpu_spec, world, gpn, pp, seq, new_tokens, ckpt, alloc)
+            trains = {**(filled.finetune or {} if filled is not None else {}), **(finetune or {})}
+            verdict = config_estimate(runs, spec, gpu_spec, world, gpn, pp, seq, new_tokens, ckpt, alloc, trains)
             verdict.to_json()  # the totals overflow a float for absurd sizes: here, where it is a warning
             memory = verdict
         except (InputError, OverflowError, ValueError) as exc:
@@ -138,14 +142,16 @@ def validate(config: str, *, model: str | ModelSpec | None = None, gpu: str | GP
 
 
 def config_estimate(cfg: dict[str, Any], spec: ModelSpec, gpu: GPU, world: int | None, gpn: int | None, pp: int,
-                    seq_len: int, new_tokens: int, checkpointing: bool, allocator: str = "expandable") -> Estimate:
+                    seq_len: int, new_tokens: int, checkpointing: bool, allocator: str = "expandable",
+                    finetune: dict[str, Any] | None = None) -> Estimate:
     """The memory of the plan a DeepSpeed config runs (its knobs read back by plan_from_config), under the CUDA
-    allocator ``allocator`` (knobs.ALLOCATORS)."""
+    allocator ``allocator`` (knobs.ALLOCATORS), training what ``finetune`` says (FINETUNE_KNOBS; a DeepSpeed config
+    does not say what trains)."""
     from .validate import is_inference_config
     from .validate.plan_from_config import plan_from_config
 
     p = plan_from_config(cfg, pp=pp, checkpointing=checkpointing, default_precision="bf16" if gpu.bf16 else "fp16")
-    p = replace(p, allocator=allocator)
+    p = replace(p, allocator=allocator, **(finetune or {}))
     # ZeRO-Inference configs are ZeRO-3 with params offloaded and no optimizer; a config with batch keys
     # trains (the HF Trainer brings its own optimizer when the config has none: LLaMA-Factory's ZeRO-3 offload)
     batch_keys = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
@@ -188,7 +194,8 @@ def estimate_config(config: str, model: str | ModelSpec, gpu: str | GPU, *, node
     from .knobs import BY_NAME
 
     given = dict(given or {})
-    allowed = ("micro_batch", "grad_accum", "precision", "seq_len", "new_tokens", "checkpointing", "pp", "allocator")
+    allowed = ("micro_batch", "grad_accum", "precision", "seq_len", "new_tokens", "checkpointing", "pp", "allocator",
+               *FINETUNE_KNOBS)
     for name in given:
         if name not in allowed:
             flag = BY_NAME[name].flag if name in BY_NAME else name
@@ -199,7 +206,8 @@ def estimate_config(config: str, model: str | ModelSpec, gpu: str | GPU, *, node
                  seq_len=given.get("seq_len"), new_tokens=given.get("new_tokens", 0),
                  checkpointing=given.get("checkpointing"), use_deepspeed=False, training_args=training_args,
                  micro_batch=given.get("micro_batch"), grad_accum=given.get("grad_accum"),
-                 precision=given.get("precision"), allocator=given.get("allocator"))
+                 precision=given.get("precision"), allocator=given.get("allocator"),
+                 finetune={k: given[k] for k in FINETUNE_KNOBS if k in given})
     if v.errors:
         raise InputError(f"{config} has {len(v.errors)} problem(s) (qwen-ds validate {config} lists them); "
                          "no estimate", detail=problems_text(v.problems, config))

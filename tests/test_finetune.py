@@ -309,3 +309,65 @@ def test_plan_compare_finetune_puts_each_methods_fastest_plan_side_by_side():
     assert rc == 0 and "qlora r16: refused: --finetune qlora with --precision fp32" in out
     rc, _, err = run_cli(*args, "--compare-finetune", "--finetune", "lora")
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "--compare-finetune with --finetune lora" in err
+
+
+@pytest.mark.parametrize("method,extra", [("qlora", ()), ("freeze", ("--freeze-layers", "-3")),
+                                          ("lora", ("--lora-rank", "32", "--lora-targets", "q_proj,v_proj"))])
+def test_the_llamafactory_yaml_gen_config_writes_sizes_back_to_its_plan(method, extra, tmp_path):
+    """estimate --config / validate with the LLaMA-Factory YAML of a PEFT plan read what trains from it
+    (finetuning_type, lora_*, quantization_bit, freeze_*) and size the plan gen-config wrote, byte for byte."""
+    from helpers import run_cli
+
+    from qwen_ds import api
+
+    out = tmp_path / "run"
+    cluster = ("-m", "Qwen3-8B", "-g", "A100-80GB", "--gpus-per-node", "8")
+    rc, _, err = run_cli("gen-config", *cluster, "--zero", "2", "--micro-batch", "2", "--grad-accum", "4",
+                         "--checkpointing", "--offload-optimizer", "none", "--offload-param", "none", "--tp", "1",
+                         "--pp", "1", "--seq-len", "4096", "--finetune", method, *extra, "--for", "hf-trainer",
+                         "-o", str(out))
+    assert rc == 0, err
+    planned = json.loads((out / "plan.json").read_text())["memory"]["gpu_total_bytes"]
+    rc, text, err = run_cli("estimate", *cluster, "--config", str(out / "ds_config.json"), "--training-args",
+                            str(out / "llamafactory.yaml"), "--json")
+    assert rc == 0, err
+    doc = json.loads(text)
+    assert doc["plan"]["finetune"] == method and doc["gpu_total_bytes"] == planned
+    v = api.validate(str(out / "ds_config.json"), model="Qwen3-8B", gpu="A100-80GB", gpus_per_node=8, nodes=1,
+                     training_args=str(out / "llamafactory.yaml"), use_deepspeed=False)
+    assert v.memory.memory.gpu_total_bytes == planned
+
+
+def test_llamafactory_defaults_and_refusals_when_reading_what_trains(tmp_path):
+    """A LLaMA-Factory YAML without finetuning_type trains LoRA r8 on all Linears (its defaults); flags on estimate
+    --config win over the YAML; 8-bit LoRA and unknown methods are one-line errors naming the key."""
+    from helpers import run_cli
+
+    from qwen_ds.consumers import finetune_from_yaml
+
+    assert finetune_from_yaml({}, "x") == {"finetune": "lora", "lora_rank": 8, "lora_alpha": None,
+                                           "lora_targets": "all-linear"}
+    assert finetune_from_yaml({"finetuning_type": "full"}, "x") == {"finetune": "full"}
+    assert finetune_from_yaml({"finetuning_type": "freeze"}, "x") == {"finetune": "freeze", "freeze_layers": 2,
+                                                                      "trainable_modules": "all"}
+    with pytest.raises(InputError, match="x: quantization_bit 8"):
+        finetune_from_yaml({"quantization_bit": 8}, "x")
+    with pytest.raises(InputError, match="x: finetuning_type 'oft'"):
+        finetune_from_yaml({"finetuning_type": "oft"}, "x")
+    with pytest.raises(InputError, match="x: lora_rank is 'sixteen'"):
+        finetune_from_yaml({"lora_rank": "sixteen"}, "x")
+    cfg = tmp_path / "ds.json"
+    cfg.write_text(json.dumps({"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+                               "bf16": {"enabled": "auto"}, "zero_optimization": {"stage": 3}}))
+    yaml = tmp_path / "sft.yaml"
+    yaml.write_text("per_device_train_batch_size: 1\nbf16: true\ncutoff_len: 2048\n")
+    base = ("estimate", "-m", "Qwen3-8B", "-g", "A100-80GB", "--gpus-per-node", "8", "--config", str(cfg),
+            "--training-args", str(yaml), "--json")
+    rc, out, err = run_cli(*base)
+    assert rc == 0, err
+    assert json.loads(out)["trainable_params"] == lora_params(load_model("Qwen3-8B"), "all-linear", 8)
+    rc, out, err = run_cli(*base, "--finetune", "full")
+    assert rc == 0 and json.loads(out)["trainable_params"] == count_params(load_model("Qwen3-8B")).total
+    yaml.write_text("finetuning_type: lora\nquantization_bit: 8\n")
+    rc, _, err = run_cli(*base)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "quantization_bit 8" in err and "sft.yaml" in err
