@@ -219,19 +219,23 @@ def test_accelerate_refuses_the_deepspeed_flavour_with_its_optimizer_block(gener
 # --------------------------------------------------------------------------- 2 CPU ranks, the HF Trainer example
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    """gen-config -m tiny-qwen3 --for hf-trainer for a 2-slot localhost hostfile (ZeRO-3, micro-batch 2)."""
-    root = tmp_path_factory.mktemp("pair")
+def hf_trainer_config(root: Path, *extra: str) -> tuple[Path, Path]:
+    """gen-config -m tiny-qwen3 --for hf-trainer for a 2-slot localhost hostfile (ZeRO-3, micro-batch 2) in root,
+    with ``extra`` flags: (hostfile, output directory)."""
     hostfile = root / "hostfile"
     hostfile.write_text("localhost slots=2\n")
     out = root / "run"
     rc, _, err = run_cli("gen-config", "-m", "tiny-qwen3", "-g", "H100-SXM", "--hostfile", str(hostfile), "--zero", "3",
                          "--micro-batch", "2", "--grad-accum", "1", "--checkpointing", "--offload-optimizer", "none",
-                         "--offload-param", "none", "--tp", "1", "--pp", "1", "--seq-len", "32", "--for", "hf-trainer",
-                         "-o", str(out))
+                         "--offload-param", "none", "--tp", "1", "--pp", "1", "--seq-len", "32", *extra,
+                         "--for", "hf-trainer", "-o", str(out))
     assert rc == 0, err
     return hostfile, out
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    return hf_trainer_config(tmp_path_factory.mktemp("pair"))
 
 
 def trainer_args(out: Path) -> list[str]:
@@ -268,13 +272,16 @@ def test_hf_trainer_example_on_two_cpu_ranks_under_deepspeeds_launcher(pair):
 @pytest.mark.slow
 def test_hf_trainer_example_on_two_cpu_ranks_under_qwen_ds_launch(pair):
     pytest.importorskip("deepspeed")
-    hostfile, out = pair
-    proc = subprocess.run([sys.executable, "-m", "qwen_ds.cli", "launch", "--hostfile", str(hostfile), "--config",
+    assert_trained_on_two_ranks(launch_trainer(*pair))
+
+
+def launch_trainer(hostfile: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    """The HF Trainer example under `qwen-ds launch` with gen-config's config and plan, on 2 CPU ranks."""
+    return subprocess.run([sys.executable, "-m", "qwen_ds.cli", "launch", "--hostfile", str(hostfile), "--config",
                            str(out / "ds_config.json"), "--plan", str(out / "plan.json"), "--master-port", "auto",
-                           "--run-dir", str(out.parent / "runs"), *trainer_args(out)],
+                           "--run-dir", str(out.parent / "runs"), *trainer_args(out), *extra],
                           capture_output=True, text=True, timeout=480, cwd=REPO,
                           env=dict(os.environ, DS_ACCELERATOR="cpu"))
-    assert_trained_on_two_ranks(proc)
 
 
 @pytest.mark.runtime
@@ -288,19 +295,8 @@ def test_hf_trainer_trains_a_peft_lora_model_under_the_lora_plans_config(tmp_pat
     from qwen_ds.models import load_model
     from qwen_ds.models.finetune import lora_params
 
-    hostfile = tmp_path / "hostfile"
-    hostfile.write_text("localhost slots=2\n")
-    out = tmp_path / "run"
-    rc, _, err = run_cli("gen-config", "-m", "tiny-qwen3", "-g", "H100-SXM", "--hostfile", str(hostfile), "--zero", "3",
-                         "--micro-batch", "2", "--grad-accum", "1", "--checkpointing", "--offload-optimizer", "none",
-                         "--offload-param", "none", "--tp", "1", "--pp", "1", "--seq-len", "32", "--finetune", "lora",
-                         "--lora-rank", "8", "--for", "hf-trainer", "-o", str(out))
-    assert rc == 0, err
+    hostfile, out = hf_trainer_config(tmp_path, "--finetune", "lora", "--lora-rank", "8")
     assert read(out, "ds_config.json")["zero_allow_untested_optimizer"] is True
-    proc = subprocess.run([sys.executable, "-m", "qwen_ds.cli", "launch", "--hostfile", str(hostfile), "--config",
-                           str(out / "ds_config.json"), "--plan", str(out / "plan.json"), "--master-port", "auto",
-                           "--run-dir", str(tmp_path / "runs"), *trainer_args(out), "--lora-rank", "8"],
-                          capture_output=True, text=True, timeout=480, cwd=REPO,
-                          env=dict(os.environ, DS_ACCELERATOR="cpu"))
+    proc = launch_trainer(hostfile, out, "--lora-rank", "8")
     assert_trained_on_two_ranks(proc)
     assert f"{lora_params(load_model('tiny-qwen3'), 'all-linear', 8):,} parameters trained" in proc.stdout
