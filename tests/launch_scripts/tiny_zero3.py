@@ -38,7 +38,7 @@ model = AutoModelForCausalLM.from_config(hf_cfg)
 engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
 if os.environ.get("TINY_FAIL_RANK") == str(rank):
     print(f"rank {rank} failing on purpose", flush=True)
-    sys.exit(1)
+    os._exit(1)  # not sys.exit: the interpreter's teardown can abort (134) with gloo's threads alive (see the end)
 print(f"READY rank {rank}", flush=True)
 time.sleep(float(os.environ.get("TINY_SLEEP", "0")))
 micro = ds_config["train_micro_batch_size_per_gpu"]
