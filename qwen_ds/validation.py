@@ -130,7 +130,8 @@ def validate(config: str, *, model: str | ModelSpec | None = None, gpu: str | GP
             # the HF Trainer / accelerate launch ("auto" filled) and qwen-ds launch's expandable segments otherwise
             alloc = allocator or (doc.plan.allocator if doc is not None else
                                   launch_allocator("hf-trainer" if filled is not None else "deepspeed"))
-            trains = {**(filled.finetune or {} if filled is not None else {}), **(finetune or {})}
+            from_yaml = (filled.finetune if filled is not None else None) or {}
+            trains = {**from_yaml, **(finetune or {})}  # flags win over the YAML
             verdict = config_estimate(runs, spec, gpu_spec, world, gpn, pp, seq, new_tokens, ckpt, alloc, trains)
             verdict.to_json()  # the totals overflow a float for absurd sizes: here, where it is a warning
             memory = verdict
