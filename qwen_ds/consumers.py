@@ -130,7 +130,7 @@ LF_FINETUNE_DEFAULTS = {"finetuning_type": "lora", "lora_rank": 8, "lora_alpha":
 def finetune_from_yaml(data: dict[str, Any], where: str) -> dict[str, Any]:
     """The plan knobs (finetune, lora_rank, lora_alpha, lora_targets, freeze_layers, trainable_modules) a
     LLaMA-Factory training YAML trains with, its defaults where it is silent: the keys finetune_rows writes."""
-    v = {k: data.get(k, d) if data.get(k) is not None else d for k, d in LF_FINETUNE_DEFAULTS.items()}
+    v = {k: d if data.get(k) is None else data[k] for k, d in LF_FINETUNE_DEFAULTS.items()}
     kind = str(v["finetuning_type"]).lower()
     if kind not in ("full", "lora", "freeze"):
         raise InputError(f"{where}: finetuning_type {v['finetuning_type']!r}; qwen-ds sizes full, lora (with "

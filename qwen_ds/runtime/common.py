@@ -64,6 +64,12 @@ def read_config_and_plan(args: Any) -> tuple[dict, PlanDocument | None]:
     return ds_config, plan
 
 
+def rank_device() -> torch.device:
+    """This rank's GPU (LOCAL_RANK), or the CPU without CUDA."""
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() else \
+        torch.device("cpu")
+
+
 def init_distributed() -> str:
     """nccl on GPUs, gloo on CPU (DeepSpeed's CPU accelerator)."""
     import deepspeed
@@ -72,7 +78,7 @@ def init_distributed() -> str:
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     deepspeed.init_distributed(dist_backend=backend)
     if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(rank_device())
     return get_accelerator().device_name()
 
 
@@ -221,8 +227,7 @@ def build_model(hf_config, ds_config: dict, weights: str | None, seed: int, for_
     keep = HfDeepSpeedConfig(ds_config) if zero3 else None  # noqa: F841  must stay alive while building
     torch.manual_seed(seed)
     dtype = torch_dtype(ds_config)
-    device = (torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-              if on_device and not zero3 and torch.cuda.is_available() else None)
+    device = rank_device() if on_device and not zero3 and torch.cuda.is_available() else None
     if weights:
         extra = {"device_map": {"": device}} if device is not None else {}
         model = AutoModelForCausalLM.from_pretrained(weights, config=hf_config, dtype=dtype, **extra)

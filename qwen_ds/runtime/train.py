@@ -20,7 +20,7 @@ from ..builtin import builtin_gap
 from ..launch.payload import LAUNCH_T0
 from .compiled import CHOICES as COMPILE_CHOICES
 from .common import (RuntimeFailure, exit_process, model_spec, run_entry, build_model, init_distributed, log0,
-                     model_config, rank, read_config_and_plan, world_size)
+                     model_config, rank, rank_device, read_config_and_plan, world_size)
 
 
 PROCESS_T0 = time.time()  # startup is counted from here without qwen-ds launch
@@ -239,6 +239,7 @@ def train(args: argparse.Namespace) -> int:
         log0(note)
     # pipeline stages: the whole model is built on the host, each stage then keeps (and moves) its layers
     knobs = plan.plan if plan is not None else None
+    zero_stage = ds_config.get("zero_optimization", {}).get("stage", 0)
     qlora = knobs is not None and knobs.finetune == "qlora"  # built on the host, quantized layer by layer onto the GPU
     model, keep = build_model(hf_config, ds_config, args.weights, args.seed, for_training=True,
                               on_device=pp == 1 and not qlora)
@@ -249,9 +250,7 @@ def train(args: argparse.Namespace) -> int:
         if pp > 1:
             raise RuntimeFailure(f"--finetune {knobs.finetune} with pipeline stages: the built-in trainer fine-tunes "
                                  "without them; regenerate with gen-config --pp 1")
-        device = (torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available()
-                  else torch.device("cpu"))
-        model, line = apply_finetune(model, knobs, device, ds_config.get("zero_optimization", {}).get("stage", 0))
+        model, line = apply_finetune(model, knobs, rank_device(), zero_stage)
         log0(line)
         base_digest = frozen_digest(model)
     from .fp8 import apply_fp8, check_fp8_device, fp8_share
@@ -266,7 +265,6 @@ def train(args: argparse.Namespace) -> int:
     from ..builtin import COMPILED_MODEL_TYPES
     from .compiled import compile_layers, compile_reason
 
-    zero_stage = ds_config.get("zero_optimization", {}).get("stage", 0)
     tp = autotp_size(ds_config)
     run = (hf_config.model_type, pp, zero_stage, tp, torch.cuda.is_available(), knobs.finetune if knobs else "full")
     why_not = compile_reason(args.compile, *run)
